@@ -1,0 +1,223 @@
+//! Per-partition batching: encoded events are appended straight into the
+//! request body (`[e1,e2,...]`), sealed when the next event would pass
+//! `BATCH_MAX_EVENTS` or `BATCH_MAX_BYTES`, or when the linger time is up.
+//! Pure: time is passed in.
+
+use std::time::Instant;
+
+use crate::config::BatchLimits;
+use crate::offsets::UnitId;
+
+/// A sealed batch: the request body and what it covers.
+#[derive(Debug)]
+pub struct Batch {
+    /// The JSON array, exactly as it will be POSTed.
+    pub body: Vec<u8>,
+    pub events: usize,
+    /// The offsets unit this batch completes when delivered.
+    pub unit: UnitId,
+    /// Kafka timestamp (ms) of the batch's oldest message, for latency metrics.
+    pub oldest_kafka_ts_ms: Option<i64>,
+    /// True when a single event alone exceeds `BATCH_MAX_BYTES`.
+    pub oversized: bool,
+}
+
+#[derive(Debug)]
+struct Open {
+    body: Vec<u8>,
+    events: usize,
+    unit: UnitId,
+    oldest_kafka_ts_ms: Option<i64>,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+pub struct Batcher {
+    limits: BatchLimits,
+    open: Option<Open>,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits) -> Self {
+        Batcher { limits, open: None }
+    }
+
+    /// When the open batch must be sent, if one is open.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.open.as_ref().map(|o| o.deadline)
+    }
+
+    /// Bytes held by the open batch.
+    pub fn open_bytes(&self) -> usize {
+        self.open.as_ref().map_or(0, |o| o.body.len())
+    }
+
+    /// The offsets unit of the open batch, if any.
+    pub fn open_unit(&self) -> Option<UnitId> {
+        self.open.as_ref().map(|o| o.unit)
+    }
+
+    /// True if `event_len` more bytes fit into the open batch (or no batch is open).
+    pub fn fits(&self, event_len: usize) -> bool {
+        match &self.open {
+            None => true,
+            Some(open) => {
+                open.events < self.limits.max_events
+                    // existing body + ',' + event + closing ']'
+                    && open.body.len() + 1 + event_len + 1 <= self.limits.max_bytes
+            }
+        }
+    }
+
+    /// Appends an event. The caller seals first when `fits` says no, and
+    /// supplies the unit for a new batch through `new_unit` (called only when a
+    /// batch opens).
+    pub fn push(
+        &mut self,
+        event: &[u8],
+        kafka_ts_ms: Option<i64>,
+        now: Instant,
+        new_unit: impl FnOnce() -> UnitId,
+    ) {
+        let open = self.open.get_or_insert_with(|| Open {
+            body: Vec::with_capacity((event.len() + 2).min(self.limits.max_bytes)),
+            events: 0,
+            unit: new_unit(),
+            oldest_kafka_ts_ms: None,
+            deadline: now + self.limits.linger,
+        });
+        open.body.push(if open.events == 0 { b'[' } else { b',' });
+        open.body.extend_from_slice(event);
+        open.events += 1;
+        if open.oldest_kafka_ts_ms.is_none() {
+            open.oldest_kafka_ts_ms = kafka_ts_ms;
+        }
+    }
+
+    /// True when the open batch cannot take another event of any size.
+    pub fn is_full(&self) -> bool {
+        self.open.as_ref().is_some_and(|o| {
+            o.events >= self.limits.max_events || o.body.len() + 2 >= self.limits.max_bytes
+        })
+    }
+
+    /// True when the open batch's linger time is up.
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.open.as_ref().is_some_and(|o| now >= o.deadline)
+    }
+
+    /// Closes the open batch, if any.
+    pub fn seal(&mut self) -> Option<Batch> {
+        let mut open = self.open.take()?;
+        open.body.push(b']');
+        let oversized = open.body.len() > self.limits.max_bytes;
+        Some(Batch {
+            body: open.body,
+            events: open.events,
+            unit: open.unit,
+            oldest_kafka_ts_ms: open.oldest_kafka_ts_ms,
+            oversized,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::offsets::Frontier;
+
+    fn limits(max_events: usize, max_bytes: usize) -> BatchLimits {
+        BatchLimits {
+            max_events,
+            max_bytes,
+            linger: Duration::from_millis(100),
+        }
+    }
+
+    /// Feeds events the way a partition worker does; returns the sealed bodies.
+    fn run(limits: BatchLimits, events: &[&str]) -> Vec<String> {
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (offset, event) in events.iter().enumerate() {
+            if !batcher.fits(event.len()) {
+                out.extend(batcher.seal());
+            }
+            batcher.push(event.as_bytes(), None, now, || {
+                frontier.open(offset as i64, None)
+            });
+            if batcher.is_full() {
+                out.extend(batcher.seal());
+            }
+        }
+        out.extend(batcher.seal());
+        out.into_iter()
+            .map(|b| String::from_utf8(b.body).expect("utf8"))
+            .collect()
+    }
+
+    #[test]
+    fn the_body_is_a_json_array_of_the_events_in_order() {
+        let bodies = run(limits(10, 1000), &[r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(bodies, vec![r#"[{"a":1},{"b":2}]"#]);
+    }
+
+    #[test]
+    fn a_batch_is_sealed_at_max_events() {
+        let bodies = run(limits(2, 1000), &["1", "2", "3", "4", "5"]);
+        assert_eq!(bodies, vec!["[1,2]", "[3,4]", "[5]"]);
+    }
+
+    #[test]
+    fn no_body_exceeds_max_bytes_and_every_byte_counts() {
+        // "[11,22]" is 7 bytes: fits exactly in 7, not in 6.
+        assert_eq!(
+            run(limits(10, 7), &["11", "22", "33"]),
+            vec!["[11,22]", "[33]"]
+        );
+        assert_eq!(
+            run(limits(10, 6), &["11", "22", "33"]),
+            vec!["[11]", "[22]", "[33]"]
+        );
+        let events: Vec<String> = (0..100).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+        for body in run(limits(1000, 64), &refs) {
+            assert!(body.len() <= 64, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("valid JSON");
+        }
+    }
+
+    #[test]
+    fn an_event_larger_than_max_bytes_goes_alone_and_is_flagged() {
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(10, 8));
+        let now = Instant::now();
+        assert!(batcher.fits(20));
+        batcher.push(&[b'7'; 20], None, now, || frontier.open(0, None));
+        assert!(batcher.is_full());
+        let batch = batcher.seal().expect("open");
+        assert!(batch.oversized);
+        assert_eq!(batch.events, 1);
+    }
+
+    #[test]
+    fn the_linger_deadline_starts_with_the_first_event() {
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(10, 1000));
+        let t0 = Instant::now();
+        assert_eq!(batcher.deadline(), None);
+        batcher.push(b"1", Some(5), t0, || frontier.open(0, Some(5)));
+        batcher.push(b"2", Some(9), t0 + Duration::from_millis(50), || {
+            unreachable!("batch is open")
+        });
+        assert_eq!(batcher.deadline(), Some(t0 + Duration::from_millis(100)));
+        assert!(!batcher.is_due(t0 + Duration::from_millis(99)));
+        assert!(batcher.is_due(t0 + Duration::from_millis(100)));
+        let batch = batcher.seal().expect("open");
+        assert_eq!(batch.oldest_kafka_ts_ms, Some(5));
+        assert!(batcher.seal().is_none());
+    }
+}

@@ -1,0 +1,600 @@
+//! Configuration: every option is a CLI flag and an environment variable
+//! (PostHog's naming). Parsing and validation happen once, at start-up, so a
+//! bad value stops the process with a message naming the option.
+//!
+//! Secrets (the webhook URL's path and query, Kafka passwords passed through
+//! `KAFKA_PROPERTIES`) never reach a log line: [`Config`]'s `Debug` and
+//! [`Config::redacted_summary`] print them redacted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use url::Url;
+
+/// Which PostHog topic format the messages are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Detect per message: a string `data` field means captured, a string `properties` field means ClickHouse.
+    Auto,
+    /// `events_plugin_ingestion`: capture's output, the SDK event in a JSON string `data`.
+    Captured,
+    /// `clickhouse_events_json`: processed events, `properties` as a JSON string.
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command-line and environment options, exactly as the user writes them.
+#[derive(Parser, Clone)]
+#[command(
+    name = "patterns-connector",
+    version,
+    about = "Streams PostHog events from Kafka to a Patterns webhook, at least once.",
+    long_about = "Reads PostHog's event topic with a Kafka consumer group, batches events per partition, \
+POSTs each batch as a JSON array to a webhook, and commits offsets only after the webhook accepted the batch. \
+Every option can also be set with the environment variable shown."
+)]
+pub struct Cli {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_HOSTS", default_value = "localhost:9092")]
+    pub kafka_hosts: String,
+
+    /// Topic to read (PostHog's topics may carry a KAFKA_PREFIX).
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "events_plugin_ingestion")]
+    pub kafka_topic: String,
+
+    /// Consumer group id; replicas with the same group share the partitions.
+    #[arg(
+        long,
+        env = "KAFKA_CONSUMER_GROUP",
+        default_value = "patterns-connector"
+    )]
+    pub kafka_consumer_group: String,
+
+    /// Extra librdkafka properties, comma-separated key=value (e.g.
+    /// security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,fetch.max.bytes=52428800).
+    /// Values of keys containing "password", "secret" or "key" are never printed.
+    #[arg(
+        long,
+        env = "KAFKA_PROPERTIES",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub kafka_properties: String,
+
+    /// Webhook URL that receives the batches (required). Its path and query are
+    /// treated as secret and never logged.
+    #[arg(long, env = "PATTERNS_WEBHOOK_URL", hide_env_values = true)]
+    pub patterns_webhook_url: String,
+
+    /// Comma-separated event names to deliver (spaces trimmed); empty delivers every event.
+    #[arg(long, env = "ALLOWED_EVENT_TYPES", default_value = "")]
+    pub allowed_event_types: String,
+
+    /// Deliver only events of this project API token (phc_...); empty means every project.
+    #[arg(long, env = "POSTHOG_PROJECT_TOKEN", default_value = "")]
+    pub posthog_project_token: String,
+
+    /// Deliver only events of this team id; empty means every team.
+    #[arg(long, env = "POSTHOG_TEAM_ID", default_value = "")]
+    pub posthog_team_id: String,
+
+    /// Message format of the topic.
+    #[arg(long, env = "INPUT_FORMAT", value_enum, default_value = "auto")]
+    pub input_format: InputFormat,
+
+    /// Most events in one webhook request.
+    #[arg(long, env = "BATCH_MAX_EVENTS", default_value = "500")]
+    pub batch_max_events: String,
+
+    /// Most bytes in one request body (the encoded JSON array).
+    #[arg(long, env = "BATCH_MAX_BYTES", default_value = "1048576")]
+    pub batch_max_bytes: String,
+
+    /// Longest time an event waits for its batch to fill, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value = "1000")]
+    pub batch_linger_ms: String,
+
+    /// Timeout of one webhook request, in milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value = "30000")]
+    pub webhook_timeout_ms: String,
+
+    /// First retry delay after a failed request, in milliseconds (doubles each attempt, full jitter).
+    #[arg(long, env = "RETRY_BACKOFF_MIN_MS", default_value = "200")]
+    pub retry_backoff_min_ms: String,
+
+    /// Longest retry delay, in milliseconds.
+    #[arg(long, env = "RETRY_BACKOFF_MAX_MS", default_value = "30000")]
+    pub retry_backoff_max_ms: String,
+
+    /// Most webhook requests in flight at once, across all partitions.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value = "16")]
+    pub max_concurrent_requests: String,
+
+    /// Cap on bytes of consumed-but-undelivered messages held in memory; partitions
+    /// over their share are paused until deliveries catch up.
+    #[arg(long, env = "MAX_BUFFERED_BYTES", default_value = "67108864")]
+    pub max_buffered_bytes: String,
+
+    /// How often delivered offsets are committed to Kafka, in milliseconds.
+    #[arg(long, env = "COMMIT_INTERVAL_MS", default_value = "5000")]
+    pub commit_interval_ms: String,
+
+    /// On SIGTERM or partition revocation, how long in-flight batches may take to finish, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value = "20000")]
+    pub shutdown_timeout_ms: String,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    pub http_addr: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A validated configuration, passed whole to the parts that need it.
+#[derive(Clone)]
+pub struct Config {
+    pub kafka_hosts: String,
+    pub kafka_topic: String,
+    pub kafka_consumer_group: String,
+    pub kafka_properties: BTreeMap<String, String>,
+    pub webhook_url: Url,
+    pub allowed_event_types: Vec<String>,
+    pub project_token: Option<String>,
+    pub team_id: Option<i64>,
+    pub input_format: InputFormat,
+    pub batch: BatchLimits,
+    pub webhook_timeout: Duration,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_buffered_bytes: usize,
+    pub commit_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// When a partition's open batch is sealed and sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+}
+
+/// A bad option value: names the option and says what was expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid value for {option}: {problem}")]
+pub struct ConfigError {
+    pub option: &'static str,
+    pub problem: String,
+}
+
+fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        option,
+        problem: problem.into(),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    option: &'static str,
+    raw: &str,
+    min: T,
+    max: T,
+    unit: &str,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    let value: T = raw.trim().parse().map_err(|_| {
+        bad(
+            option,
+            format!("expected a whole number of {unit} between {min} and {max}, got {raw:?}"),
+        )
+    })?;
+    if value < min || value > max {
+        return Err(bad(
+            option,
+            format!("expected a whole number of {unit} between {min} and {max}, got {raw:?}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn millis(option: &'static str, raw: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    number(option, raw, min, max, "milliseconds").map(Duration::from_millis)
+}
+
+/// Splits the old app's comma-separated allow-list: spaces trimmed, empties dropped.
+pub fn parse_allow_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses `key=value,key=value` librdkafka properties.
+pub fn parse_kafka_properties(raw: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut props = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            bad(
+                "KAFKA_PROPERTIES",
+                format!(
+                    "expected comma-separated key=value pairs, got an entry without '=' ({:?})",
+                    redact_property_entry(pair)
+                ),
+            )
+        })?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(bad("KAFKA_PROPERTIES", "an entry has an empty key"));
+        }
+        if MANAGED_KAFKA_PROPERTIES.contains(&key) {
+            return Err(bad(
+                "KAFKA_PROPERTIES",
+                format!("{key} is managed by patterns-connector (it guards the at-least-once guarantee) and cannot be overridden"),
+            ));
+        }
+        props.insert(key.to_owned(), value.trim().to_owned());
+    }
+    Ok(props)
+}
+
+/// librdkafka properties the connector sets itself because the delivery
+/// guarantee depends on them.
+pub const MANAGED_KAFKA_PROPERTIES: &[&str] =
+    &["enable.auto.offset.store", "group.id", "bootstrap.servers"];
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "credential", "jaas"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+fn redact_property_entry(entry: &str) -> String {
+    if is_secret_key(entry) {
+        "<redacted>".to_owned()
+    } else {
+        entry.to_owned()
+    }
+}
+
+/// The webhook URL with its path and query hidden: Patterns' webhook URLs carry
+/// their secret there. Only scheme, host and port remain.
+pub fn redact_url(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = if url.path() != "/" || url.query().is_some() {
+        "/<redacted>"
+    } else {
+        "/"
+    };
+    format!("{}://{host}{port}{hidden}", url.scheme())
+}
+
+impl Config {
+    /// Validates the raw options.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let webhook_url = Url::parse(cli.patterns_webhook_url.trim()).map_err(|e| {
+            bad(
+                "PATTERNS_WEBHOOK_URL",
+                format!("expected an absolute http:// or https:// URL ({e})"),
+            )
+        })?;
+        if !matches!(webhook_url.scheme(), "http" | "https") || webhook_url.host_str().is_none() {
+            return Err(bad(
+                "PATTERNS_WEBHOOK_URL",
+                "expected an absolute http:// or https:// URL with a host",
+            ));
+        }
+        if !webhook_url.username().is_empty() || webhook_url.password().is_some() {
+            return Err(bad(
+                "PATTERNS_WEBHOOK_URL",
+                "credentials in the URL (user:password@) are not supported",
+            ));
+        }
+        let non_empty = |option: &'static str, raw: &str| {
+            let v = raw.trim();
+            if v.is_empty() {
+                Err(bad(option, "expected a non-empty value"))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        let team_id = match cli.posthog_team_id.trim() {
+            "" => None,
+            raw => Some(number("POSTHOG_TEAM_ID", raw, 0, i64::MAX, "team id")?),
+        };
+        let token = cli.posthog_project_token.trim();
+        let batch = BatchLimits {
+            max_events: number(
+                "BATCH_MAX_EVENTS",
+                &cli.batch_max_events,
+                1,
+                1_000_000,
+                "events",
+            )?,
+            max_bytes: number(
+                "BATCH_MAX_BYTES",
+                &cli.batch_max_bytes,
+                1024,
+                1 << 30,
+                "bytes",
+            )?,
+            linger: millis("BATCH_LINGER_MS", &cli.batch_linger_ms, 0, 3_600_000)?,
+        };
+        let retry_backoff_min = millis(
+            "RETRY_BACKOFF_MIN_MS",
+            &cli.retry_backoff_min_ms,
+            1,
+            3_600_000,
+        )?;
+        let retry_backoff_max = millis(
+            "RETRY_BACKOFF_MAX_MS",
+            &cli.retry_backoff_max_ms,
+            1,
+            3_600_000,
+        )?;
+        if retry_backoff_max < retry_backoff_min {
+            return Err(bad(
+                "RETRY_BACKOFF_MAX_MS",
+                format!(
+                    "expected at least RETRY_BACKOFF_MIN_MS ({} ms), got {:?}",
+                    retry_backoff_min.as_millis(),
+                    cli.retry_backoff_max_ms
+                ),
+            ));
+        }
+        Ok(Config {
+            kafka_hosts: non_empty("KAFKA_HOSTS", &cli.kafka_hosts)?,
+            kafka_topic: non_empty("KAFKA_TOPIC", &cli.kafka_topic)?,
+            kafka_consumer_group: non_empty("KAFKA_CONSUMER_GROUP", &cli.kafka_consumer_group)?,
+            kafka_properties: parse_kafka_properties(&cli.kafka_properties)?,
+            webhook_url,
+            allowed_event_types: parse_allow_list(&cli.allowed_event_types),
+            project_token: (!token.is_empty()).then(|| token.to_owned()),
+            team_id,
+            input_format: cli.input_format,
+            batch,
+            webhook_timeout: millis("WEBHOOK_TIMEOUT_MS", &cli.webhook_timeout_ms, 1, 3_600_000)?,
+            retry_backoff_min,
+            retry_backoff_max,
+            max_concurrent_requests: number(
+                "MAX_CONCURRENT_REQUESTS",
+                &cli.max_concurrent_requests,
+                1,
+                10_000,
+                "requests",
+            )?,
+            max_buffered_bytes: number(
+                "MAX_BUFFERED_BYTES",
+                &cli.max_buffered_bytes,
+                1 << 20,
+                usize::MAX,
+                "bytes",
+            )?,
+            commit_interval: millis("COMMIT_INTERVAL_MS", &cli.commit_interval_ms, 100, 600_000)?,
+            shutdown_timeout: millis(
+                "SHUTDOWN_TIMEOUT_MS",
+                &cli.shutdown_timeout_ms,
+                0,
+                3_600_000,
+            )?,
+            http_addr: cli.http_addr.trim().parse().map_err(|_| {
+                bad(
+                    "HTTP_ADDR",
+                    format!(
+                        "expected an IP address and port such as 0.0.0.0:9464, got {:?}",
+                        cli.http_addr
+                    ),
+                )
+            })?,
+            log_format: cli.log_format,
+            log_level: cli.log_level,
+        })
+    }
+
+    /// One line per option for the start-up log, secrets redacted.
+    pub fn redacted_summary(&self) -> Vec<(&'static str, String)> {
+        let props = self
+            .kafka_properties
+            .iter()
+            .map(|(k, v)| {
+                if is_secret_key(k) {
+                    format!("{k}=<redacted>")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            ("KAFKA_HOSTS", self.kafka_hosts.clone()),
+            ("KAFKA_TOPIC", self.kafka_topic.clone()),
+            ("KAFKA_CONSUMER_GROUP", self.kafka_consumer_group.clone()),
+            ("KAFKA_PROPERTIES", props),
+            ("PATTERNS_WEBHOOK_URL", redact_url(&self.webhook_url)),
+            ("ALLOWED_EVENT_TYPES", self.allowed_event_types.join(",")),
+            (
+                "POSTHOG_PROJECT_TOKEN",
+                self.project_token.clone().unwrap_or_default(),
+            ),
+            (
+                "POSTHOG_TEAM_ID",
+                self.team_id.map(|t| t.to_string()).unwrap_or_default(),
+            ),
+            ("INPUT_FORMAT", format!("{:?}", self.input_format)),
+            ("BATCH_MAX_EVENTS", self.batch.max_events.to_string()),
+            ("BATCH_MAX_BYTES", self.batch.max_bytes.to_string()),
+            ("BATCH_LINGER_MS", self.batch.linger.as_millis().to_string()),
+            (
+                "WEBHOOK_TIMEOUT_MS",
+                self.webhook_timeout.as_millis().to_string(),
+            ),
+            (
+                "RETRY_BACKOFF_MIN_MS",
+                self.retry_backoff_min.as_millis().to_string(),
+            ),
+            (
+                "RETRY_BACKOFF_MAX_MS",
+                self.retry_backoff_max.as_millis().to_string(),
+            ),
+            (
+                "MAX_CONCURRENT_REQUESTS",
+                self.max_concurrent_requests.to_string(),
+            ),
+            ("MAX_BUFFERED_BYTES", self.max_buffered_bytes.to_string()),
+            (
+                "COMMIT_INTERVAL_MS",
+                self.commit_interval.as_millis().to_string(),
+            ),
+            (
+                "SHUTDOWN_TIMEOUT_MS",
+                self.shutdown_timeout.as_millis().to_string(),
+            ),
+            ("HTTP_ADDR", self.http_addr.to_string()),
+        ]
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Config");
+        for (name, value) in self.redacted_summary() {
+            s.field(name, &value);
+        }
+        s.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec![
+            "patterns-connector",
+            "--patterns-webhook-url",
+            "https://hooks.example/abc/secret-token?key=s3cret",
+        ];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Config::from_cli(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = cli(&[]).expect("defaults are valid");
+        assert_eq!(config.kafka_topic, "events_plugin_ingestion");
+        assert_eq!(config.kafka_consumer_group, "patterns-connector");
+        assert_eq!(config.batch.max_events, 500);
+        assert_eq!(config.batch.max_bytes, 1 << 20);
+        assert_eq!(config.batch.linger, Duration::from_millis(1000));
+        assert!(config.allowed_event_types.is_empty());
+        assert_eq!(config.project_token, None);
+    }
+
+    #[test]
+    fn allow_list_trims_spaces_and_drops_empty_entries_like_the_old_app() {
+        assert_eq!(
+            parse_allow_list(" $pageview, $autocapture ,,signed up"),
+            vec!["$pageview", "$autocapture", "signed up"]
+        );
+        assert!(parse_allow_list("  ").is_empty());
+    }
+
+    #[test]
+    fn a_bad_number_names_the_option_and_the_expected_range() {
+        let err = cli(&["--batch-max-events", "lots"]).unwrap_err();
+        assert!(err.contains("BATCH_MAX_EVENTS"), "{err}");
+        assert!(err.contains("between 1 and"), "{err}");
+        let err = cli(&["--batch-max-bytes", "10"]).unwrap_err();
+        assert!(err.contains("BATCH_MAX_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn a_non_http_webhook_url_is_rejected_without_echoing_it() {
+        let cli = Cli::try_parse_from([
+            "patterns-connector",
+            "--patterns-webhook-url",
+            "ftp://host/secret-path",
+        ])
+        .expect("clap accepts any string");
+        let err = Config::from_cli(cli).unwrap_err().to_string();
+        assert!(err.contains("PATTERNS_WEBHOOK_URL"), "{err}");
+        assert!(!err.contains("secret-path"), "{err}");
+    }
+
+    #[test]
+    fn backoff_max_below_min_is_rejected() {
+        let err = cli(&[
+            "--retry-backoff-min-ms",
+            "500",
+            "--retry-backoff-max-ms",
+            "100",
+        ])
+        .unwrap_err();
+        assert!(err.contains("RETRY_BACKOFF_MAX_MS"), "{err}");
+    }
+
+    #[test]
+    fn kafka_properties_parse_and_managed_keys_are_refused() {
+        let props = parse_kafka_properties("security.protocol=SASL_SSL, sasl.password=hunter2")
+            .expect("valid");
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.password"], "hunter2");
+        let err = parse_kafka_properties("enable.auto.offset.store=true").unwrap_err();
+        assert_eq!(err.option, "KAFKA_PROPERTIES");
+        let err = parse_kafka_properties("sasl.password")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("sasl.password"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_hides_the_webhook_secret_and_passwords() {
+        let config = cli(&[
+            "--kafka-properties",
+            "sasl.password=hunter2,fetch.max.bytes=1000",
+        ])
+        .expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("secret-token"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(
+            printed.contains("https://hooks.example/<redacted>"),
+            "{printed}"
+        );
+        assert!(printed.contains("fetch.max.bytes=1000"), "{printed}");
+    }
+
+    #[test]
+    fn team_id_must_be_a_number() {
+        let err = cli(&["--posthog-team-id", "two"]).unwrap_err();
+        assert!(err.contains("POSTHOG_TEAM_ID"), "{err}");
+        assert_eq!(
+            cli(&["--posthog-team-id", "2"]).expect("valid").team_id,
+            Some(2)
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! The consumer loop: the one thread that owns the Kafka consumer.
+//!
+//! It polls, hands each message to its partition's worker, stores the offsets
+//! the workers report as delivered (librdkafka's auto-commit then commits only
+//! stored offsets), pauses partitions whose buffers are full, and handles
+//! rebalances in librdkafka's callbacks, which run on this same thread:
+//! - revoke: each revoked partition's worker drains (finishes its in-flight
+//!   batch until the deadline), then its final offset is stored and committed
+//!   synchronously, before the partition goes to another member;
+//! - lost (session timed out): workers are dropped without committing;
+//! - assign: a fresh worker per new partition, starting at the committed offset.
+//!
+//! It is a plain thread, not a task, because librdkafka's callbacks are
+//! synchronous and a revocation must block until the drain is done.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::lag::{self, LagTracker};
+use crate::metrics::Metrics;
+use crate::partition::{self, Message, Progress};
+
+pub type Consumer_ = BaseConsumer<Context>;
+
+/// Shared by the consumer loop and librdkafka's callbacks.
+pub struct Context {
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    deps: Arc<partition::Deps>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    drain_timeout: Duration,
+    workers: Mutex<HashMap<i32, partition::Handle>>,
+    next_generation: AtomicU64,
+    lag: Mutex<LagTracker>,
+}
+
+impl Context {
+    fn workers(&self) -> MutexGuard<'_, HashMap<i32, partition::Handle>> {
+        self.workers
+            .lock()
+            .expect("no code panics while holding the workers lock")
+    }
+
+    fn assign(&self, tpl: &TopicPartitionList) {
+        let mut workers = self.workers();
+        let mut added = Vec::new();
+        for elem in tpl.elements_for_topic(&self.topic) {
+            let partition = elem.partition();
+            if workers.contains_key(&partition) {
+                continue;
+            }
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            workers.insert(
+                partition,
+                partition::spawn(&self.runtime, self.deps.clone(), partition, generation),
+            );
+            added.push(partition);
+        }
+        self.metrics.assigned_partitions.set(workers.len() as i64);
+        added.sort_unstable();
+        info!(topic = %self.topic, partitions = ?added, assigned = workers.len(), "partitions assigned");
+    }
+
+    /// Drains the revoked partitions' workers and commits what they delivered.
+    fn revoke(&self, consumer: &Consumer_, tpl: &TopicPartitionList) {
+        let lost = consumer.assignment_lost();
+        let removed: Vec<(i32, partition::Handle)> = {
+            let mut workers = self.workers();
+            let removed = tpl
+                .elements_for_topic(&self.topic)
+                .iter()
+                .filter_map(|e| workers.remove(&e.partition()).map(|h| (e.partition(), h)))
+                .collect();
+            self.metrics.assigned_partitions.set(workers.len() as i64);
+            removed
+        };
+        let partitions: Vec<i32> = removed.iter().map(|(p, _)| *p).collect();
+        if lost {
+            warn!(topic = %self.topic, ?partitions, "partitions lost (group membership expired); abandoning their undelivered batches without committing");
+            for (_, handle) in removed {
+                handle.abort();
+            }
+        } else {
+            info!(topic = %self.topic, ?partitions, "partitions revoked; draining in-flight batches");
+            let finals = self.stop_workers(removed, self.drain_timeout);
+            self.commit_sync(consumer, &finals, "revoke");
+        }
+        let mut lag = self.lag.lock().expect("lag lock");
+        for partition in partitions {
+            lag.forget(partition);
+            self.metrics.forget_partition(&self.topic, partition);
+        }
+    }
+
+    /// Stops workers, waiting up to `timeout`; returns each one's final safe offset.
+    fn stop_workers(
+        &self,
+        workers: Vec<(i32, partition::Handle)>,
+        timeout: Duration,
+    ) -> Vec<(i32, i64)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stops: Vec<_> = workers
+            .into_iter()
+            .map(|(p, h)| {
+                let stop = h.stop(deadline);
+                async move { (p, stop.await) }
+            })
+            .collect();
+        let results = self.runtime.block_on(async move {
+            let mut results = Vec::with_capacity(stops.len());
+            let handles: Vec<_> = stops.into_iter().map(tokio::spawn).collect();
+            for handle in handles {
+                if let Ok(result) = handle.await {
+                    results.push(result);
+                }
+            }
+            results
+        });
+        results
+            .into_iter()
+            .filter_map(|(p, offset)| offset.map(|o| (p, o)))
+            .collect()
+    }
+
+    /// Stores and synchronously commits explicit offsets.
+    fn commit_sync(&self, consumer: &Consumer_, offsets: &[(i32, i64)], why: &str) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*offset))
+            {
+                error!(partition, error = %e, "cannot build the commit list");
+            }
+        }
+        // Storing too keeps the close-time auto-commit from committing anything older.
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            warn!(error = %e, why, "storing final offsets failed");
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => info!(why, offsets = ?offsets, "committed delivered offsets"),
+            Err(e) => {
+                self.metrics.commits.with_label_values(&["error"]).inc();
+                error!(why, error = %e, "committing delivered offsets failed; they will be redelivered");
+            }
+        }
+    }
+}
+
+impl ClientContext for Context {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Some(stats) = lag::parse_stats(statistics, &self.topic) else {
+            return;
+        };
+        self.health.set_broker_up(stats.broker_up);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let workers = self.workers();
+        let mut lag = self.lag.lock().expect("lag lock");
+        for (partition, p) in &stats.partitions {
+            let Some(worker) = workers.get(partition) else {
+                continue;
+            };
+            let view = lag.observe(*partition, p, worker.shared.oldest_pending_ts_ms(), now_ms);
+            let label = partition.to_string();
+            let labels = [self.topic.as_str(), label.as_str()];
+            let m = &self.metrics;
+            m.partition_high_watermark
+                .with_label_values(&labels)
+                .set(view.high_watermark);
+            m.partition_committed_offset
+                .with_label_values(&labels)
+                .set(view.committed.unwrap_or(-1));
+            m.partition_no_commit
+                .with_label_values(&labels)
+                .set(i64::from(view.committed.is_none()));
+            m.partition_lag_messages
+                .with_label_values(&labels)
+                .set(view.lag_messages);
+            m.partition_lag_seconds
+                .with_label_values(&labels)
+                .set(view.lag_seconds);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.set_broker_up(false);
+        }
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &Consumer_, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let kind = if consumer.assignment_lost() {
+                    "lost"
+                } else {
+                    "revoke"
+                };
+                self.metrics.rebalances.with_label_values(&[kind]).inc();
+                self.revoke(consumer, tpl);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                error!(error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &Consumer_, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.metrics.rebalances.with_label_values(&["assign"]).inc();
+            self.assign(tpl);
+        }
+        self.health.set_joined(true);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                let mut lag = self.lag.lock().expect("lag lock");
+                for elem in offsets.elements_for_topic(&self.topic) {
+                    if let Offset::Offset(offset) = elem.offset() {
+                        if lag.committed(elem.partition(), offset) {
+                            let label = elem.partition().to_string();
+                            self.metrics
+                                .partition_last_commit
+                                .with_label_values(&[self.topic.as_str(), label.as_str()])
+                                .set(now);
+                        }
+                    }
+                }
+            }
+            // "No offset to commit" is the normal answer of an idle auto-commit.
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics.commits.with_label_values(&["error"]).inc();
+                warn!(error = %e, "offset commit failed; it is retried at the next commit");
+            }
+        }
+    }
+}
+
+/// Builds the consumer with the settings the delivery guarantee needs.
+pub fn create(
+    config: &Config,
+    runtime: tokio::runtime::Handle,
+    deps: Arc<partition::Deps>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<Consumer_> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_hosts)
+        .set("group.id", &config.kafka_consumer_group)
+        .set("client.id", "patterns-connector")
+        // Cooperative rebalancing: adding a replica moves only the partitions it takes.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A new group starts at the oldest retained event: nothing is skipped.
+        .set("auto.offset.reset", "earliest")
+        // Bounds librdkafka's prefetch queue (all partitions together).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("statistics.interval.ms", "1000")
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            config.commit_interval.as_millis().to_string(),
+        )
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &config.kafka_properties {
+        client.set(key, value);
+    }
+    // The guarantee: librdkafka stores nothing by itself; only offsets the
+    // workers report as delivered are stored, and auto-commit commits those.
+    client.set("enable.auto.offset.store", "false");
+
+    let context = Context {
+        topic: config.kafka_topic.clone(),
+        runtime,
+        deps,
+        metrics,
+        health,
+        drain_timeout: config.shutdown_timeout,
+        workers: Mutex::new(HashMap::new()),
+        next_generation: AtomicU64::new(0),
+        lag: Mutex::new(LagTracker::default()),
+    };
+    let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the Kafka consumer (check KAFKA_HOSTS and KAFKA_PROPERTIES): {e}"
+        )
+    })?;
+    consumer.subscribe(&[&config.kafka_topic]).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot subscribe to KAFKA_TOPIC {}: {e}",
+            config.kafka_topic
+        )
+    })?;
+    Ok(consumer)
+}
+
+/// Runs the consumer loop until `shutdown`, then drains every worker, commits
+/// what was delivered and leaves the group.
+pub fn run(
+    consumer: Consumer_,
+    mut progress: mpsc::UnboundedReceiver<Progress>,
+    max_buffered_bytes: usize,
+    shutdown_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let ctx = consumer.context();
+    let topic = ctx.topic.clone();
+    let mut last_gauges = Instant::now();
+    let mut consume_errors_logged: u64 = 0;
+    while !shutdown.is_cancelled() {
+        ctx.health.beat(SystemTime::now());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                ctx.metrics.events_consumed.inc();
+                let message = Message {
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                };
+                if let Some(worker) = ctx.workers().get(&m.partition()) {
+                    worker.send(message);
+                }
+            }
+            Some(Err(e)) => {
+                ctx.metrics.consume_errors.inc();
+                if consume_errors_logged.is_power_of_two() || consume_errors_logged == 0 {
+                    warn!(error = %e, count = consume_errors_logged + 1, "kafka consume error");
+                }
+                consume_errors_logged += 1;
+            }
+            None => {}
+        }
+        store_progress(&consumer, &topic, &mut progress);
+        apply_backpressure(&consumer, &topic, max_buffered_bytes);
+        if last_gauges.elapsed() >= Duration::from_millis(500) {
+            last_gauges = Instant::now();
+            let total: usize = ctx
+                .workers()
+                .values()
+                .map(|w| w.shared.buffered_bytes())
+                .sum();
+            ctx.metrics.buffered_bytes.set(total as i64);
+        }
+    }
+
+    info!("shutting down: draining partition workers");
+    ctx.health.set_shutting_down();
+    let workers: Vec<(i32, partition::Handle)> = ctx.workers().drain().collect();
+    ctx.metrics.assigned_partitions.set(0);
+    store_progress(&consumer, &topic, &mut progress);
+    let finals = ctx.stop_workers(workers, shutdown_timeout);
+    ctx.commit_sync(&consumer, &finals, "shutdown");
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group so the partitions
+    // move to the other replicas without waiting for the session timeout.
+    drop(consumer);
+    info!("consumer closed");
+}
+
+/// Stores the offsets that workers report as delivered.
+fn store_progress(
+    consumer: &Consumer_,
+    topic: &str,
+    progress: &mut mpsc::UnboundedReceiver<Progress>,
+) {
+    let ctx = consumer.context();
+    let mut latest: HashMap<i32, i64> = HashMap::new();
+    {
+        let workers = ctx.workers();
+        while let Ok(p) = progress.try_recv() {
+            // A report from an older incarnation of the partition's worker is stale.
+            if workers
+                .get(&p.partition)
+                .is_some_and(|w| w.generation == p.generation)
+            {
+                let entry = latest.entry(p.partition).or_insert(p.next_offset);
+                *entry = (*entry).max(p.next_offset);
+            }
+        }
+    }
+    if latest.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in &latest {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Happens when a partition was revoked in between; its worker's final
+        // offset was committed by the revocation itself.
+        warn!(error = %e, "storing delivered offsets failed");
+    }
+}
+
+/// Pauses a partition whose buffered bytes pass its share of
+/// `MAX_BUFFERED_BYTES`, and resumes it once it is below half of that.
+fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usize) {
+    let ctx = consumer.context();
+    let mut workers = ctx.workers();
+    let share = max_buffered_bytes / workers.len().max(1);
+    for (partition, worker) in workers.iter_mut() {
+        let buffered = worker.shared.buffered_bytes();
+        let change = if !worker.paused && buffered > share {
+            Some(true)
+        } else if worker.paused && buffered < share / 2 {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(pause) = change else { continue };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        let result = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match result {
+            Ok(()) => {
+                worker.paused = pause;
+                let label = partition.to_string();
+                ctx.metrics
+                    .partition_paused
+                    .with_label_values(&[topic, label.as_str()])
+                    .set(i64::from(pause));
+                info!(
+                    partition,
+                    buffered,
+                    share,
+                    paused = pause,
+                    "partition {}",
+                    if pause {
+                        "paused: buffer full"
+                    } else {
+                        "resumed"
+                    }
+                );
+            }
+            Err(e) => warn!(partition, error = %e, "pause/resume failed"),
+        }
+    }
+}

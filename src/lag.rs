@@ -1,0 +1,256 @@
+//! Consumer lag, computed inside the consumer where it can be exact.
+//!
+//! Messages: high watermark minus committed offset, from one librdkafka
+//! statistics snapshot (so the two are read together), clamped at 0. A
+//! partition with no commit yet counts from its low watermark (new groups
+//! start at the earliest offset) and is flagged by its own gauge.
+//!
+//! Seconds: now minus the Kafka timestamp of the oldest consumed-but-undelivered
+//! event. When nothing consumed is pending but unconsumed messages exist
+//! (fetching paused, or not fetched yet), the estimate is the time since the
+//! partition was last caught up: every unconsumed message is younger than that.
+//! 0 when caught up. Pure: the caller passes `now`.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// What one statistics snapshot says about one partition.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct PartitionStats {
+    #[serde(default = "unknown")]
+    pub hi_offset: i64,
+    #[serde(default = "unknown")]
+    pub lo_offset: i64,
+    #[serde(default = "unknown")]
+    pub committed_offset: i64,
+}
+
+fn unknown() -> i64 {
+    -1
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub broker_up: bool,
+    pub partitions: Vec<(i32, PartitionStats)>,
+}
+
+#[derive(Deserialize)]
+struct RawStats {
+    #[serde(default)]
+    brokers: HashMap<String, RawBroker>,
+    #[serde(default)]
+    topics: HashMap<String, RawTopic>,
+}
+
+#[derive(Deserialize)]
+struct RawBroker {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    nodeid: i64,
+}
+
+#[derive(Deserialize)]
+struct RawTopic {
+    #[serde(default)]
+    partitions: HashMap<String, PartitionStats>,
+}
+
+/// Extracts broker state and `topic`'s partitions from librdkafka's statistics JSON.
+pub fn parse_stats(json: &[u8], topic: &str) -> Option<Stats> {
+    let raw: RawStats = serde_json::from_slice(json).ok()?;
+    // Bootstrap entries have nodeid -1; a real broker connection that is UP counts.
+    let broker_up = raw
+        .brokers
+        .values()
+        .any(|b| b.nodeid >= 0 && b.state == "UP");
+    let mut partitions: Vec<(i32, PartitionStats)> = raw
+        .topics
+        .get(topic)
+        .map(|t| {
+            t.partitions
+                .iter()
+                .filter_map(|(id, p)| {
+                    id.parse::<i32>()
+                        .ok()
+                        .filter(|id| *id >= 0)
+                        .map(|id| (id, *p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    partitions.sort_unstable_by_key(|(id, _)| *id);
+    Some(Stats {
+        broker_up,
+        partitions,
+    })
+}
+
+/// The lag of one partition at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LagView {
+    pub high_watermark: i64,
+    pub committed: Option<i64>,
+    pub lag_messages: i64,
+    pub lag_seconds: f64,
+}
+
+#[derive(Debug, Default)]
+struct PartitionLag {
+    /// Highest offset a commit callback confirmed.
+    committed: Option<i64>,
+    /// When the partition was last seen with nothing left to deliver (ms).
+    caught_up_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct LagTracker {
+    partitions: HashMap<i32, PartitionLag>,
+}
+
+impl LagTracker {
+    /// Records a confirmed commit; returns true if it moved the offset.
+    pub fn committed(&mut self, partition: i32, offset: i64) -> bool {
+        let p = self.partitions.entry(partition).or_default();
+        if p.committed.is_some_and(|c| c >= offset) {
+            return false;
+        }
+        p.committed = Some(offset);
+        true
+    }
+
+    /// Drops what is known of a partition this replica no longer owns.
+    pub fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    pub fn observe(
+        &mut self,
+        partition: i32,
+        stats: &PartitionStats,
+        oldest_pending_ts_ms: Option<i64>,
+        now_ms: i64,
+    ) -> LagView {
+        let p = self.partitions.entry(partition).or_default();
+        let from_stats = (stats.committed_offset >= 0).then_some(stats.committed_offset);
+        let committed = match (p.committed, from_stats) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let high_watermark = stats.hi_offset.max(0);
+        let base = committed.unwrap_or(stats.lo_offset.max(0));
+        let lag_messages = (high_watermark - base).max(0);
+        let lag_seconds = match oldest_pending_ts_ms {
+            Some(ts) => (now_ms - ts).max(0) as f64 / 1000.0,
+            None if lag_messages == 0 => {
+                p.caught_up_at_ms = Some(now_ms);
+                0.0
+            }
+            None => {
+                let since = *p.caught_up_at_ms.get_or_insert(now_ms);
+                (now_ms - since).max(0) as f64 / 1000.0
+            }
+        };
+        LagView {
+            high_watermark,
+            committed,
+            lag_messages,
+            lag_seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(hi: i64, lo: i64, committed: i64) -> PartitionStats {
+        PartitionStats {
+            hi_offset: hi,
+            lo_offset: lo,
+            committed_offset: committed,
+        }
+    }
+
+    #[test]
+    fn lag_is_high_watermark_minus_committed() {
+        let mut t = LagTracker::default();
+        let v = t.observe(0, &stats(100, 0, 60), None, 0);
+        assert_eq!(v.lag_messages, 40);
+        assert_eq!(v.committed, Some(60));
+    }
+
+    #[test]
+    fn lag_never_goes_negative_when_a_commit_is_ahead_of_a_stale_watermark() {
+        let mut t = LagTracker::default();
+        t.committed(0, 120);
+        let v = t.observe(0, &stats(100, 0, 90), None, 0);
+        assert_eq!(v.committed, Some(120));
+        assert_eq!(v.lag_messages, 0);
+    }
+
+    #[test]
+    fn no_commit_counts_from_the_low_watermark() {
+        let mut t = LagTracker::default();
+        let v = t.observe(3, &stats(50, 10, -1001), None, 0);
+        assert_eq!(v.committed, None);
+        assert_eq!(v.lag_messages, 40);
+    }
+
+    #[test]
+    fn lag_seconds_is_the_age_of_the_oldest_pending_event() {
+        let mut t = LagTracker::default();
+        let v = t.observe(0, &stats(10, 0, 5), Some(1_000), 4_500);
+        assert_eq!(v.lag_seconds, 3.5);
+    }
+
+    #[test]
+    fn lag_seconds_is_zero_when_caught_up_and_grows_while_unconsumed_messages_wait() {
+        let mut t = LagTracker::default();
+        assert_eq!(
+            t.observe(0, &stats(10, 0, 10), None, 1_000).lag_seconds,
+            0.0
+        );
+        // New messages arrived but are not consumed yet (e.g. paused).
+        assert_eq!(
+            t.observe(0, &stats(15, 0, 10), None, 3_000).lag_seconds,
+            2.0
+        );
+        assert_eq!(
+            t.observe(0, &stats(15, 0, 10), None, 6_000).lag_seconds,
+            5.0
+        );
+    }
+
+    #[test]
+    fn commits_only_move_forward() {
+        let mut t = LagTracker::default();
+        assert!(t.committed(1, 10));
+        assert!(!t.committed(1, 10));
+        assert!(!t.committed(1, 5));
+        assert!(t.committed(1, 11));
+        t.forget(1);
+        assert!(t.committed(1, 1));
+    }
+
+    #[test]
+    fn statistics_json_is_read_for_the_topic_and_brokers() {
+        let json = br#"{"brokers":{"127.0.0.1:9092/bootstrap":{"state":"INIT","nodeid":-1},
+            "127.0.0.1:9092/1":{"state":"UP","nodeid":1}},
+            "topics":{"t":{"partitions":{"0":{"hi_offset":7,"lo_offset":0,"committed_offset":5,"consumer_lag":2},
+            "-1":{"hi_offset":-1},"1":{"hi_offset":3,"lo_offset":0,"committed_offset":-1001}}},
+            "other":{"partitions":{"0":{"hi_offset":99}}}}}"#;
+        let s = parse_stats(json, "t").expect("valid");
+        assert!(s.broker_up);
+        assert_eq!(
+            s.partitions,
+            vec![(0, stats(7, 0, 5)), (1, stats(3, 0, -1001))]
+        );
+        let down =
+            parse_stats(br#"{"brokers":{"b/1":{"state":"DOWN","nodeid":1}}}"#, "t").expect("valid");
+        assert!(!down.broker_up);
+        assert!(parse_stats(b"not json", "t").is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! patterns-connector: PostHog's events, from Kafka to a Patterns webhook, at least once.
+//!
+//! ```text
+//!  Kafka topic (events_plugin_ingestion or clickhouse_events_json)
+//!      │  consumer group, cooperative-sticky assignment
+//!      ▼
+//!  consumer loop (consumer.rs, one thread) ── pause/resume when a partition's buffer is full
+//!      │  one channel per assigned partition
+//!      ▼
+//!  partition worker (partition.rs, one task per partition)
+//!      decode (decode.rs, timestamp.rs) → filter (filter.rs) → batch (batch.rs)
+//!      │  one batch in flight per partition: order is kept
+//!      ▼
+//!  webhook (webhook/): POST the JSON array; 2xx done; 408/429/5xx/timeouts
+//!      retried forever with backoff and Retry-After (webhook/retry.rs)
+//!      │  delivered
+//!      ▼
+//!  frontier (offsets.rs) → consumer loop stores the offset → auto-commit
+//! ```
+//!
+//! **The guarantee.** An offset is stored, and so committed, only when every
+//! message before it in its partition was delivered (2xx) or filtered out
+//! (`enable.auto.offset.store=false`; the frontier decides). A crash or a lost
+//! partition can therefore redeliver events, never skip them. Every event
+//! carries PostHog's `uuid`, which receivers can deduplicate on.
+//!
+//! **Limits of the guarantee, today.** Messages that are not PostHog events are
+//! counted (`patterns_connector_events_undecodable_total`), logged and passed
+//! over; a batch the webhook rejects with a permanent 4xx blocks its partition
+//! and is retried until accepted. A dead-letter topic will take both.
+//!
+//! Memory is bounded: a partition whose undelivered bytes pass its share of
+//! `MAX_BUFFERED_BYTES` is paused until deliveries catch up, while the consumer
+//! keeps polling (so it stays in the group).
+//!
+//! Shutdown (SIGTERM/SIGINT) and revocation: stop taking messages, let the
+//! batch in flight finish within `SHUTDOWN_TIMEOUT_MS`, commit what was
+//! delivered, leave the group.
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod decode;
+pub mod filter;
+pub mod health;
+pub mod http;
+pub mod lag;
+pub mod metrics;
+pub mod offsets;
+pub mod partition;
+pub mod shutdown;
+pub mod timestamp;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Runs the connector until `shutdown` is cancelled and everything is drained.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let (_, librdkafka_version) = rdkafka::util::get_rdkafka_version();
+    let metrics = Arc::new(Metrics::new(&librdkafka_version));
+    let health = Arc::new(Health::default());
+    info!(version = env!("CARGO_PKG_VERSION"), librdkafka = %librdkafka_version, config = ?config, "starting patterns-connector");
+
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(http::serve(
+        config.http_addr,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+
+    let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let deps = Arc::new(partition::Deps {
+        config: config.clone(),
+        webhook: webhook::Webhook::new(&config, metrics.clone())
+            .context("cannot build the webhook HTTP client")?,
+        filter: filter::Filter::from_config(&config),
+        metrics: metrics.clone(),
+        progress: progress_tx,
+    });
+    let consumer = consumer::create(
+        &config,
+        tokio::runtime::Handle::current(),
+        deps,
+        metrics.clone(),
+        health.clone(),
+    )?;
+
+    let max_buffered = config.max_buffered_bytes;
+    let shutdown_timeout = config.shutdown_timeout;
+    let consumer_shutdown = shutdown.clone();
+    let consumer_thread = std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || {
+            consumer::run(
+                consumer,
+                progress_rx,
+                max_buffered,
+                shutdown_timeout,
+                consumer_shutdown,
+            )
+        })
+        .context("cannot start the consumer thread")?;
+
+    // If the HTTP server fails to bind, stop everything: an unmonitored
+    // connector is not what the operator asked for.
+    let http_result = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        result = http => Some(result),
+    };
+    if let Some(result) = &http_result {
+        shutdown.cancel();
+        tracing::error!(?result, "the HTTP server stopped; shutting down");
+    }
+    tokio::task::spawn_blocking(move || consumer_thread.join())
+        .await
+        .context("joining the consumer thread")?
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    http_stop.cancel();
+    match http_result {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+        _ => Ok(()),
+    }
+}

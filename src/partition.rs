@@ -1,0 +1,421 @@
+//! The partition worker: one task per assigned partition. It decodes,
+//! filters and batches the partition's messages in offset order, delivers
+//! one batch at a time (which keeps per-partition order), and reports the
+//! delivered frontier to the consumer loop, which stores it as the offset to
+//! commit.
+//!
+//! It stops when told to drain (revocation, shutdown): it stops taking
+//! messages, sends its open batch, lets the in-flight delivery finish until the
+//! deadline, and returns the last safe offset. Anything not delivered by then
+//! is abandoned uncommitted, so the partition's next owner redelivers it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::batch::{Batch, Batcher};
+use crate::config::Config;
+use crate::decode::decode;
+use crate::filter::Filter;
+use crate::metrics::Metrics;
+use crate::offsets::{Frontier, UnitId};
+use crate::webhook::{Cancelled, Webhook};
+
+/// A consumed message, owned, as the consumer loop hands it over.
+#[derive(Debug)]
+pub struct Message {
+    pub offset: i64,
+    /// Kafka timestamp (create or log-append time), ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Message {
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The worker's delivered frontier moved: `next_offset` is safe to commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub partition: i32,
+    /// Which incarnation of the partition's worker sent it; stale ones are ignored.
+    pub generation: u64,
+    pub next_offset: i64,
+}
+
+/// State the consumer loop reads without talking to the worker.
+#[derive(Debug)]
+pub struct Shared {
+    /// Bytes handed to the worker but not yet taken from its channel.
+    pub queued_bytes: AtomicUsize,
+    /// Bytes in the open batch, in sealed batches and in flight.
+    pub batch_bytes: AtomicUsize,
+    /// Kafka timestamp of the oldest undelivered event; `i64::MIN` when none.
+    pub oldest_pending_ts_ms: AtomicI64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            queued_bytes: AtomicUsize::new(0),
+            batch_bytes: AtomicUsize::new(0),
+            oldest_pending_ts_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl Shared {
+    pub fn buffered_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed) + self.batch_bytes.load(Ordering::Relaxed)
+    }
+    pub fn oldest_pending_ts_ms(&self) -> Option<i64> {
+        match self.oldest_pending_ts_ms.load(Ordering::Relaxed) {
+            i64::MIN => None,
+            ts => Some(ts),
+        }
+    }
+}
+
+/// What every worker needs, shared.
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub webhook: Webhook,
+    pub filter: Filter,
+    pub metrics: Arc<Metrics>,
+    pub progress: mpsc::UnboundedSender<Progress>,
+}
+
+/// The consumer loop's handle on a running worker.
+pub struct Handle {
+    pub generation: u64,
+    pub shared: Arc<Shared>,
+    /// Whether the consumer paused fetching for this partition.
+    pub paused: bool,
+    messages: mpsc::UnboundedSender<Message>,
+    drain: Option<oneshot::Sender<Instant>>,
+    abort: CancellationToken,
+    join: JoinHandle<Option<i64>>,
+}
+
+impl Handle {
+    /// Hands a message to the worker. Never blocks: memory is bounded by pausing
+    /// the partition when its buffer is full, so the consumer loop keeps polling.
+    pub fn send(&self, message: Message) {
+        self.shared
+            .queued_bytes
+            .fetch_add(message.size(), Ordering::Relaxed);
+        // A closed channel means the worker has stopped; the message stays uncommitted.
+        let _ = self.messages.send(message);
+    }
+
+    /// Asks the worker to finish by `deadline` and returns its last safe
+    /// offset (one past the last delivered message), if it has one.
+    pub fn stop(mut self, deadline: Instant) -> impl std::future::Future<Output = Option<i64>> {
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.send(deadline);
+        }
+        let abort = self.abort.clone();
+        async move {
+            // The worker honours the deadline itself; the extra second covers a
+            // task that cannot be scheduled in time.
+            match tokio::time::timeout_at(
+                deadline + std::time::Duration::from_secs(1),
+                &mut self.join,
+            )
+            .await
+            {
+                Ok(result) => result.ok().flatten(),
+                Err(_) => {
+                    abort.cancel();
+                    self.join.await.ok().flatten()
+                }
+            }
+        }
+    }
+
+    /// Stops the worker at once, without waiting for deliveries (lost partitions).
+    pub fn abort(self) {
+        self.abort.cancel();
+    }
+}
+
+/// Starts the worker of one partition.
+pub fn spawn(
+    runtime: &tokio::runtime::Handle,
+    deps: Arc<Deps>,
+    partition: i32,
+    generation: u64,
+) -> Handle {
+    let (messages, rx) = mpsc::unbounded_channel();
+    let (drain, drain_rx) = oneshot::channel();
+    let abort = CancellationToken::new();
+    let shared = Arc::new(Shared::default());
+    let worker = Worker {
+        partition,
+        generation,
+        batcher: Batcher::new(deps.config.batch),
+        frontier: Frontier::default(),
+        ready: VecDeque::new(),
+        in_flight: None,
+        shared: shared.clone(),
+        abort: abort.clone(),
+        undecodable_logged: 0,
+        deps,
+    };
+    let join = runtime.spawn(worker.run(rx, drain_rx));
+    Handle {
+        generation,
+        shared,
+        paused: false,
+        messages,
+        drain: Some(drain),
+        abort,
+        join,
+    }
+}
+
+struct InFlight {
+    unit: UnitId,
+    events: usize,
+    bytes: usize,
+    oldest_kafka_ts_ms: Option<i64>,
+    cancel: CancellationToken,
+    join: JoinHandle<Result<u32, Cancelled>>,
+}
+
+struct Worker {
+    partition: i32,
+    generation: u64,
+    batcher: Batcher,
+    frontier: Frontier,
+    /// Sealed batches waiting for the one in flight.
+    ready: VecDeque<Batch>,
+    in_flight: Option<InFlight>,
+    shared: Arc<Shared>,
+    abort: CancellationToken,
+    undecodable_logged: u64,
+    deps: Arc<Deps>,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<Message>,
+        mut drain: oneshot::Receiver<Instant>,
+    ) -> Option<i64> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            self.start_next_delivery();
+            self.publish_state();
+            if drain_deadline.is_some() && self.in_flight.is_none() && self.ready.is_empty() {
+                break;
+            }
+            let linger = self.batcher.deadline().map(Instant::from_std);
+            tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => break,
+                _ = sleep_until_opt(drain_deadline) => {
+                    warn!(partition = self.partition, "drain deadline passed with a batch still undelivered; it stays uncommitted and will be redelivered");
+                    break;
+                }
+                done = async { (&mut self.in_flight.as_mut().expect("guarded").join).await }, if self.in_flight.is_some() => {
+                    self.finish_delivery(done);
+                }
+                deadline = &mut drain, if drain_deadline.is_none() => {
+                    // A dropped sender (the consumer loop went away) drains at once.
+                    drain_deadline = Some(deadline.unwrap_or_else(|_| Instant::now()));
+                    self.seal();
+                }
+                message = messages.recv(), if drain_deadline.is_none() => match message {
+                    Some(message) => self.accept(message),
+                    None => {
+                        drain_deadline = Some(Instant::now() + self.deps.config.shutdown_timeout);
+                        self.seal();
+                    }
+                },
+                _ = sleep_until_opt(linger), if drain_deadline.is_none() => self.seal(),
+            }
+        }
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.cancel.cancel();
+        }
+        self.shared.batch_bytes.store(0, Ordering::Relaxed);
+        self.shared.queued_bytes.store(0, Ordering::Relaxed);
+        debug!(partition = self.partition, safe_offset = ?self.frontier.safe_offset(), "partition worker stopped");
+        self.frontier.safe_offset()
+    }
+
+    /// Decodes, filters and batches one message.
+    fn accept(&mut self, message: Message) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(message.size(), Ordering::Relaxed);
+        let metrics = &self.deps.metrics;
+        let decoded = decode(
+            message.payload.as_deref(),
+            self.deps.config.input_format,
+            Utc::now(),
+        );
+        let event = match decoded {
+            Ok(event) => event,
+            Err(e) => {
+                // Until the dead-letter topic exists, an undecodable message is
+                // counted, logged and passed over so the partition keeps moving.
+                metrics
+                    .events_undecodable
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                if self.undecodable_logged.is_power_of_two() || self.undecodable_logged == 0 {
+                    warn!(partition = self.partition, offset = message.offset, reason = e.reason(), error = %e,
+                        count = self.undecodable_logged + 1, "message is not a PostHog event; skipped");
+                }
+                self.undecodable_logged += 1;
+                self.skip(message.offset);
+                return;
+            }
+        };
+        if let Err(skip) = self.deps.filter.check(&event) {
+            metrics
+                .events_filtered
+                .with_label_values(&[skip.reason()])
+                .inc();
+            self.skip(message.offset);
+            return;
+        }
+        if !self.batcher.fits(event.json.len()) {
+            self.seal();
+        }
+        let unit = match self.batcher.open_unit() {
+            Some(unit) => {
+                self.frontier.extend(unit, message.offset);
+                unit
+            }
+            None => self.frontier.open(message.offset, message.timestamp_ms),
+        };
+        self.batcher.push(
+            &event.json,
+            message.timestamp_ms,
+            std::time::Instant::now(),
+            || unit,
+        );
+        if self.batcher.is_full() {
+            self.seal();
+        }
+    }
+
+    fn skip(&mut self, offset: i64) {
+        self.frontier.skip(offset);
+        self.report_progress();
+    }
+
+    fn seal(&mut self) {
+        if let Some(batch) = self.batcher.seal() {
+            if batch.oversized {
+                self.deps.metrics.events_oversized.inc();
+                warn!(
+                    partition = self.partition,
+                    bytes = batch.body.len(),
+                    limit = self.deps.config.batch.max_bytes,
+                    "a single event is larger than BATCH_MAX_BYTES; sending it alone"
+                );
+            }
+            self.ready.push_back(batch);
+        }
+    }
+
+    fn start_next_delivery(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(batch) = self.ready.pop_front() else {
+            return;
+        };
+        let cancel = self.abort.child_token();
+        let webhook = self.deps.webhook.clone();
+        let body = Bytes::from(batch.body);
+        let bytes = body.len();
+        let partition = self.partition;
+        let token = cancel.clone();
+        let join = tokio::spawn(async move { webhook.deliver(body, partition, &token).await });
+        self.in_flight = Some(InFlight {
+            unit: batch.unit,
+            events: batch.events,
+            bytes,
+            oldest_kafka_ts_ms: batch.oldest_kafka_ts_ms,
+            cancel,
+            join,
+        });
+    }
+
+    fn finish_delivery(&mut self, done: Result<Result<u32, Cancelled>, tokio::task::JoinError>) {
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("called for the batch in flight");
+        match done {
+            Ok(Ok(_attempts)) => {
+                let m = &self.deps.metrics;
+                m.events_delivered.inc_by(in_flight.events as u64);
+                m.batches_delivered.inc();
+                m.batch_events.observe(in_flight.events as f64);
+                m.batch_bytes.observe(in_flight.bytes as f64);
+                if let Some(ts) = in_flight.oldest_kafka_ts_ms {
+                    let age_ms = Utc::now().timestamp_millis() - ts;
+                    m.end_to_end_latency.observe(age_ms.max(0) as f64 / 1000.0);
+                }
+                self.frontier.complete(in_flight.unit);
+                self.report_progress();
+            }
+            Ok(Err(Cancelled)) => {
+                info!(
+                    partition = self.partition,
+                    "delivery cancelled; the batch stays uncommitted"
+                );
+            }
+            Err(e) => {
+                // A panic in the delivery task: the batch stays uncommitted and the
+                // partition cannot move past it, so stop the worker loudly.
+                tracing::error!(partition = self.partition, error = %e, "delivery task failed; stopping the partition worker");
+                self.abort.cancel();
+            }
+        }
+    }
+
+    fn report_progress(&mut self) {
+        if let Some(next_offset) = self.frontier.advance() {
+            let _ = self.deps.progress.send(Progress {
+                partition: self.partition,
+                generation: self.generation,
+                next_offset,
+            });
+        }
+    }
+
+    fn publish_state(&self) {
+        let held = self.batcher.open_bytes()
+            + self.ready.iter().map(|b| b.body.len()).sum::<usize>()
+            + self.in_flight.as_ref().map_or(0, |f| f.bytes);
+        self.shared.batch_bytes.store(held, Ordering::Relaxed);
+        self.shared.oldest_pending_ts_ms.store(
+            self.frontier.oldest_pending_ts_ms().unwrap_or(i64::MIN),
+            Ordering::Relaxed,
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Delivery of one batch to the webhook: POST, classify the answer
+//! ([`retry`]), wait, try again, until the webhook accepts it or the caller
+//! cancels. Retries never give up on their own: a partition whose batch
+//! cannot be delivered waits, its lag grows, and the metrics say so.
+
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use url::Url;
+
+use crate::config::{redact_url, Config};
+use crate::metrics::{status_class, Metrics};
+use retry::Verdict;
+
+pub const USER_AGENT_VALUE: &str = concat!("patterns-connector/", env!("CARGO_PKG_VERSION"));
+
+/// A shared HTTP client: one connection pool, one global cap on requests in flight.
+#[derive(Clone)]
+pub struct Webhook {
+    http: reqwest::Client,
+    url: Url,
+    /// Printable form of the URL: its path and query carry the secret.
+    url_for_logs: String,
+    permits: Arc<Semaphore>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// The caller cancelled (shutdown or revocation deadline) before delivery.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery cancelled before the webhook accepted the batch")]
+pub struct Cancelled;
+
+/// The outcome of one HTTP attempt.
+#[derive(Debug)]
+struct Attempt {
+    verdict: Verdict,
+    /// `2xx`, `4xx`, `timeout`, `connect`, ... for metrics and logs.
+    class: &'static str,
+    status: Option<u16>,
+    /// A short description without the URL.
+    detail: String,
+}
+
+impl Webhook {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.webhook_timeout)
+            .connect_timeout(config.webhook_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()?;
+        Ok(Webhook {
+            http,
+            url: config.webhook_url.clone(),
+            url_for_logs: redact_url(&config.webhook_url),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            backoff_min: config.retry_backoff_min,
+            backoff_max: config.retry_backoff_max,
+            metrics,
+        })
+    }
+
+    /// Delivers `body` (a JSON array), retrying until the webhook accepts it.
+    /// Returns the number of attempts it took.
+    pub async fn deliver(
+        &self,
+        body: Bytes,
+        partition: i32,
+        cancel: &CancellationToken,
+    ) -> Result<u32, Cancelled> {
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Cancelled),
+                outcome = self.attempt(body.clone()) => outcome,
+            };
+            match outcome.verdict {
+                Verdict::Delivered => {
+                    if attempt > 0 {
+                        info!(partition, attempts = attempt + 1, url = %self.url_for_logs, "webhook accepted the batch after failures");
+                    }
+                    return Ok(attempt + 1);
+                }
+                Verdict::Retry { retry_after } => {
+                    if should_log(attempt) {
+                        warn!(partition, attempt = attempt + 1, status = outcome.status, class = outcome.class,
+                            detail = %outcome.detail, url = %self.url_for_logs,
+                            "webhook request failed; retrying (repeats are logged less often)");
+                    }
+                    self.wait(attempt, retry_after, cancel).await?;
+                }
+                Verdict::Rejected { too_large } => {
+                    // Until the dead-letter topic exists, a rejected batch is
+                    // retried like a transient failure: never committed past,
+                    // never dropped. The metric and the log make it visible.
+                    self.metrics
+                        .webhook_rejections
+                        .with_label_values(&[outcome.class])
+                        .inc();
+                    if should_log(attempt) {
+                        error!(partition, attempt = attempt + 1, status = outcome.status, too_large,
+                            detail = %outcome.detail, url = %self.url_for_logs,
+                            "webhook rejected the batch with a permanent status; the partition is blocked and retries until it is accepted");
+                    }
+                    self.wait(attempt, None, cancel).await?;
+                }
+            }
+            self.metrics.webhook_retries.inc();
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn wait(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let delay = retry::retry_delay(
+            attempt,
+            self.backoff_min,
+            self.backoff_max,
+            retry_after,
+            rand::random::<f64>(),
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => Err(Cancelled),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Attempt {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        self.metrics.inflight_requests.inc();
+        let started = Instant::now();
+        let result = self
+            .http
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .body(body)
+            .send()
+            .await;
+        let attempt = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                // Read the body so the connection goes back to the pool.
+                let text = response.bytes().await.unwrap_or_default();
+                Attempt {
+                    verdict: retry::classify_status(
+                        status,
+                        retry_after.as_deref(),
+                        SystemTime::now(),
+                    ),
+                    class: status_class(status),
+                    status: Some(status),
+                    detail: String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
+                }
+            }
+            Err(e) => {
+                let class = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "error"
+                };
+                Attempt {
+                    verdict: Verdict::Retry { retry_after: None },
+                    class,
+                    status: None,
+                    // without_url: the URL carries the webhook's secret.
+                    detail: error_chain(&e.without_url()),
+                }
+            }
+        };
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.inflight_requests.dec();
+        self.metrics
+            .http_requests
+            .with_label_values(&[attempt.class])
+            .inc();
+        attempt
+    }
+}
+
+/// Logs the 1st, 2nd, 4th, 8th... failure of a batch, so a long outage does not flood the logs.
+fn should_log(attempt: u32) -> bool {
+    attempt.is_power_of_two() || attempt == 0
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
