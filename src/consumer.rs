@@ -90,6 +90,9 @@ impl Context {
             removed
         };
         let partitions: Vec<i32> = removed.iter().map(|(p, _)| *p).collect();
+        if partitions.is_empty() {
+            return;
+        }
         if lost {
             warn!(topic = %self.topic, ?partitions, "partitions lost (group membership expired); abandoning their undelivered batches without committing");
             for (_, handle) in removed {

@@ -48,6 +48,7 @@ pub mod lag;
 pub mod metrics;
 pub mod offsets;
 pub mod partition;
+pub mod sample;
 pub mod shutdown;
 pub mod timestamp;
 pub mod webhook;

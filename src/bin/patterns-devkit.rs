@@ -1,0 +1,224 @@
+//! Helpers for the demo and the benchmark, run against a local Kafka:
+//! create a topic, produce realistic PostHog events, and a webhook receiver
+//! that prints what it gets.
+//!
+//!   patterns-devkit create-topic --topic T --partitions 4
+//!   patterns-devkit produce --topic T --count 3000
+//!   patterns-devkit receive --addr 127.0.0.1:8000 [--stats-file F]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use clap::{Parser, Subcommand};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "patterns-devkit",
+    about = "Demo and benchmark helpers for patterns-connector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates a topic (no error if it exists).
+    CreateTopic {
+        #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value = "4")]
+        partitions: i32,
+    },
+    /// Produces realistic PostHog capture messages (events_plugin_ingestion format).
+    Produce {
+        #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value = "3000")]
+        count: u64,
+        /// Distinguishes the uuids of separate runs.
+        #[arg(long, default_value = "1")]
+        run_id: u32,
+        /// Messages per second; 0 means as fast as possible.
+        #[arg(long, default_value = "0")]
+        rate: u64,
+    },
+    /// A webhook receiver: accepts JSON arrays, prints one line per batch.
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        /// Rewritten after every batch: `batches events unique_uuids`.
+        #[arg(long)]
+        stats_file: Option<String>,
+        /// Print nothing per batch.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::CreateTopic {
+            brokers,
+            topic,
+            partitions,
+        } => create_topic(&brokers, &topic, partitions).await,
+        Command::Produce {
+            brokers,
+            topic,
+            count,
+            run_id,
+            rate,
+        } => produce(&brokers, &topic, count, run_id, rate).await,
+        Command::Receive {
+            addr,
+            stats_file,
+            quiet,
+        } => receive(&addr, stats_file, quiet).await,
+    }
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(name) => println!("created topic {name} with {partitions} partitions"),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                println!("topic {name} exists")
+            }
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    count: u64,
+    run_id: u32,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let started = std::time::Instant::now();
+    let mut pending = Vec::with_capacity(1024);
+    for n in 0..count {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let now = chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+            .to_string();
+        let sample = patterns_connector::sample::captured(run_id, n, &now);
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        pending.push(tokio::spawn(async move {
+            let record = FutureRecord::to(&topic)
+                .key(&sample.key)
+                .payload(&sample.value);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+        }));
+        if pending.len() >= 1024 {
+            for p in pending.drain(..) {
+                p.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    println!(
+        "produced {count} events to {topic} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Received {
+    batches: u64,
+    events: u64,
+    uuids: HashSet<String>,
+}
+
+async fn receive(addr: &str, stats_file: Option<String>, quiet: bool) -> anyhow::Result<()> {
+    let state = Arc::new((Mutex::new(Received::default()), stats_file, quiet));
+    let app = Router::new()
+        .route("/{*path}", post(batch))
+        .route("/", post(batch))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("receiver listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+type ReceiverState = Arc<(Mutex<Received>, Option<String>, bool)>;
+
+async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> StatusCode {
+    let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let (received, stats_file, quiet) = &*state;
+    let mut r = received.lock().expect("receiver lock");
+    r.batches += 1;
+    r.events += events.len() as u64;
+    for e in &events {
+        if let Some(uuid) = e["uuid"].as_str() {
+            r.uuids.insert(uuid.to_owned());
+        }
+    }
+    if !quiet {
+        let names: HashSet<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        let mut names: Vec<&str> = names.into_iter().collect();
+        names.sort_unstable();
+        println!(
+            "batch {:>4}: {:>4} events, {:>7} bytes, events {:?}; first: uuid={} distinct_id={} timestamp={}",
+            r.batches,
+            events.len(),
+            body.len(),
+            names,
+            events[0]["uuid"].as_str().unwrap_or("?"),
+            events[0]["distinct_id"].as_str().unwrap_or("?"),
+            events[0]["timestamp"].as_str().unwrap_or("?"),
+        );
+    }
+    if let Some(path) = stats_file {
+        let _ = std::fs::write(
+            path,
+            format!("{} {} {}\n", r.batches, r.events, r.uuids.len()),
+        );
+    }
+    StatusCode::OK
+}

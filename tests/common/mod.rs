@@ -1,0 +1,498 @@
+//! Test harness: a real Kafka (from KAFKA_HOSTS, or started with
+//! testcontainers when a Docker engine answers), per-test topics and groups,
+//! a webhook receiver whose answers each test scripts, and the connector
+//! binary run as a real process.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use patterns_connector::sample::{self, Sample};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+/// The broker every test uses.
+pub fn kafka() -> String {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS
+        .get_or_init(|| match std::env::var("KAFKA_HOSTS") {
+            Ok(hosts) if !hosts.is_empty() => hosts,
+            _ => containers::start_kafka(),
+        })
+        .clone()
+}
+
+mod containers {
+    use std::sync::OnceLock;
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{Container, GenericImage, ImageExt};
+
+    static KAFKA: OnceLock<Container<GenericImage>> = OnceLock::new();
+
+    /// Apache Kafka's official image in KRaft mode, on host port 9092 (its
+    /// advertised listener). Only where a Docker engine runs.
+    pub fn start_kafka() -> String {
+        let container = KAFKA.get_or_init(|| {
+            GenericImage::new("apache/kafka", "4.1.1")
+                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+                .with_mapped_port(9092, 9092.tcp())
+                .with_env_var("KAFKA_NUM_PARTITIONS", "4")
+                .start()
+                .expect(
+                    "no KAFKA_HOSTS given and no Docker engine to start Kafka with testcontainers: \
+                     run the suite with scripts/test, which starts a local Apache Kafka",
+                )
+        });
+        let _ = container;
+        "127.0.0.1:9092".to_owned()
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis();
+    format!("{prefix}-{}-{t}-{n}", std::process::id())
+}
+
+/// A run id for sample uuids, distinct per call.
+pub fn run_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u32;
+    t.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// A produced sample and where Kafka put it.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub sample: Sample,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Produces samples `range` of run `run` and returns them with their partitions and offsets.
+pub async fn produce(topic: &str, run: u32, range: std::ops::Range<u64>) -> Vec<Produced> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let now = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string();
+    let mut sends = Vec::new();
+    for n in range {
+        let sample = sample::captured(run, n, &now);
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        sends.push(tokio::spawn(async move {
+            let delivery = producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&sample.key)
+                        .payload(&sample.value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produced");
+            Produced {
+                sample,
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for s in sends {
+        out.push(s.await.expect("send task"));
+    }
+    out
+}
+
+/// Produces raw payloads (for bad-message tests) to one partition.
+pub async fn produce_raw(topic: &str, partition: i32, payloads: &[&[u8]]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("producer");
+    for p in payloads {
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(p),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+    }
+}
+
+/// The group's committed offset per partition (None: no commit).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// High watermark per partition.
+pub fn high_watermarks(topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Waits until `check` holds, or panics with `what` after `timeout`.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut check: F) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok() -> Self {
+        Reply::status(200)
+    }
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            retry_after: None,
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_owned());
+        self
+    }
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub at: Instant,
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub bytes: usize,
+    /// The events, when the body was a JSON array.
+    pub events: Vec<Value>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    requests: Vec<Request>,
+    started: usize,
+}
+
+/// A local stand-in for the Patterns webhook.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let app = Router::new()
+            .route("/{*path}", post(handle))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { addr, state }
+    }
+
+    /// The webhook URL, with a secret-looking path like Patterns' own.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/app/webhooks/SECRET-TOKEN-abc123", self.addr)
+    }
+
+    /// Answers every request not covered by the script.
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().expect("lock").default = Some(reply);
+    }
+
+    /// Answers the next requests, in order.
+    pub fn script(&self, replies: Vec<Reply>) {
+        self.state.lock().expect("lock").script.extend(replies);
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().expect("lock").requests.clone()
+    }
+
+    /// Requests whose handling has begun (including ones still being delayed).
+    pub fn started(&self) -> usize {
+        self.state.lock().expect("lock").started
+    }
+
+    /// Events of every 2xx-answered request, in arrival order.
+    pub fn delivered(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(|r| r.events)
+            .collect()
+    }
+
+    pub fn delivered_uuids(&self) -> HashSet<String> {
+        self.delivered()
+            .iter()
+            .filter_map(|e| e["uuid"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let reply = {
+        let mut s = state.lock().expect("lock");
+        s.started += 1;
+        s.script
+            .pop_front()
+            .or_else(|| s.default.clone())
+            .unwrap_or_else(Reply::ok)
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let events = match serde_json::from_slice(&body) {
+        Ok(Value::Array(events)) => events,
+        _ => Vec::new(),
+    };
+    let request = Request {
+        at: Instant::now(),
+        status: reply.status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        bytes: body.len(),
+        events,
+    };
+    state.lock().expect("lock").requests.push(request);
+    let status = StatusCode::from_u16(reply.status).expect("valid status");
+    match reply.retry_after {
+        Some(value) => (status, [("retry-after", value)]).into_response(),
+        None => status.into_response(),
+    }
+}
+
+// --------------------------------------------------------------- connector
+
+/// The connector binary, run as a real process.
+pub struct Connector {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+impl Connector {
+    /// Starts the connector for `topic`/`group` with the receiver's URL and `env` on top.
+    pub fn start(topic: &str, group: &str, webhook_url: &str, env: &[(&str, &str)]) -> Self {
+        let http = free_port();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let log = dir.join(format!("{}.log", unique("connector")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KAFKA_HOSTS", kafka())
+            .env("KAFKA_TOPIC", topic)
+            .env("KAFKA_CONSUMER_GROUP", group)
+            .env("PATTERNS_WEBHOOK_URL", webhook_url)
+            .env("HTTP_ADDR", http.to_string())
+            .env("COMMIT_INTERVAL_MS", "500")
+            .env("BATCH_LINGER_MS", "200")
+            .env("RETRY_BACKOFF_MIN_MS", "50")
+            .env("RETRY_BACKOFF_MAX_MS", "500")
+            .env("LOG_LEVEL", "info,patterns_connector=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start patterns-connector");
+        Connector {
+            child: Some(child),
+            http,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "connector did not exit within {timeout:?}; log: {}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The /metrics text, or "" while the server is not up.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.http);
+        match reqwest::get(url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Values of one metric, by its full label string (e.g. `{partition="0",topic="t"}`).
+pub fn metric_values(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => {
+                    let (labels, value) = r.split_once('}')?;
+                    (labels.to_owned(), value)
+                }
+                None if rest.starts_with(' ') => (String::new(), rest),
+                None => return None,
+            };
+            Some((labels, value.trim().parse().ok()?))
+        })
+        .collect()
+}
