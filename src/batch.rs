@@ -64,7 +64,7 @@ impl Batcher {
             Some(open) => {
                 open.events < self.limits.max_events
                     // existing body + ',' + event + closing ']'
-                    && open.body.len() + 1 + event_len + 1 <= self.limits.max_bytes
+                    && open.body.len() + event_len + 2 <= self.limits.max_bytes
             }
         }
     }

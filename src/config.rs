@@ -192,15 +192,9 @@ fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-fn number<T: std::str::FromStr>(
-    option: &'static str,
-    raw: &str,
-    min: T,
-    max: T,
-    unit: &str,
-) -> Result<T, ConfigError>
+fn number<T>(option: &'static str, raw: &str, min: T, max: T, unit: &str) -> Result<T, ConfigError>
 where
-    T: PartialOrd + fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
     let value: T = raw.trim().parse().map_err(|_| {
         bad(

@@ -55,6 +55,9 @@ pub fn captured(run: u32, n: u64, now: &str) -> Sample {
     let mut data: Value = serde_json::from_str(message["data"].as_str().expect("data is a string"))
         .expect("data holds JSON");
     data["uuid"] = Value::String(uuid.clone());
+    if data.get("timestamp").is_some() {
+        data["timestamp"] = Value::String(now.into());
+    }
     if let Some(props) = data["properties"].as_object_mut() {
         props.insert("token".into(), Value::String(token.into()));
         props.insert("distinct_id".into(), Value::String(distinct_id.clone()));

@@ -200,15 +200,16 @@ async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> S
         }
     }
     if !quiet {
-        let names: HashSet<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-        let mut names: Vec<&str> = names.into_iter().collect();
+        let mut names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
         names.sort_unstable();
+        names.dedup();
         println!(
-            "batch {:>4}: {:>4} events, {:>7} bytes, events {:?}; first: uuid={} distinct_id={} timestamp={}",
+            "batch {:>4}: {:>4} events, {:>7} bytes, {} event names (first: {}); first event uuid={} distinct_id={} timestamp={}",
             r.batches,
             events.len(),
             body.len(),
-            names,
+            names.len(),
+            names.iter().take(3).copied().collect::<Vec<_>>().join(", "),
             events[0]["uuid"].as_str().unwrap_or("?"),
             events[0]["distinct_id"].as_str().unwrap_or("?"),
             events[0]["timestamp"].as_str().unwrap_or("?"),
