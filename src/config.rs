@@ -65,7 +65,8 @@ pub struct Cli {
         long,
         env = "KAFKA_PROPERTIES",
         default_value = "",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub kafka_properties: String,
 
@@ -319,6 +320,12 @@ impl Config {
             raw => Some(number("POSTHOG_TEAM_ID", raw, 0, i64::MAX, "team id")?),
         };
         let token = cli.posthog_project_token.trim();
+        if !token.is_empty() && cli.input_format == InputFormat::Clickhouse {
+            return Err(bad(
+                "POSTHOG_PROJECT_TOKEN",
+                "clickhouse_events_json messages carry no project token; filter them with POSTHOG_TEAM_ID instead",
+            ));
+        }
         let batch = BatchLimits {
             max_events: number(
                 "BATCH_MAX_EVENTS",
@@ -580,6 +587,18 @@ mod tests {
             "{printed}"
         );
         assert!(printed.contains("fetch.max.bytes=1000"), "{printed}");
+    }
+
+    #[test]
+    fn the_token_filter_is_refused_for_clickhouse_input() {
+        let err = cli(&[
+            "--posthog-project-token",
+            "phc_a",
+            "--input-format",
+            "clickhouse",
+        ])
+        .unwrap_err();
+        assert!(err.contains("POSTHOG_TEAM_ID"), "{err}");
     }
 
     #[test]
