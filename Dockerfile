@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t patterns-connector .
+FROM rust:1.95-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl-dev pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock clippy.toml ./
+COPY src ./src
+COPY tests/fixtures ./tests/fixtures
+RUN cargo build --release --locked --bins
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g curl tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home connector
+COPY --from=build /src/target/release/patterns-connector /src/target/release/patterns-devkit /usr/local/bin/
+USER 10001
+ENV HTTP_ADDR=0.0.0.0:9464
+EXPOSE 9464
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+# tini forwards SIGTERM so the connector drains and commits before it exits.
+ENTRYPOINT ["/usr/bin/tini", "--", "patterns-connector"]
