@@ -29,3 +29,12 @@ ensure_java() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
 }
+
+# Prometheus server and promtool (Debian's prometheus package), for the
+# observability tests.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "installing Debian's prometheus (server and promtool)" >&2
+    apt_install prometheus
+  fi
+}

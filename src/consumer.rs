@@ -47,6 +47,8 @@ pub struct Context {
     workers: Mutex<HashMap<i32, partition::Handle>>,
     next_generation: AtomicU64,
     lag: Mutex<LagTracker>,
+    /// Failed commits so far, to log repeats less often.
+    commit_failures: AtomicU64,
 }
 
 impl Context {
@@ -72,6 +74,16 @@ impl Context {
             added.push(partition);
         }
         self.metrics.assigned_partitions.set(workers.len() as i64);
+        // The stall alert measures time since the last commit or, for a
+        // partition that just arrived, since its assignment.
+        let now = unix_now();
+        for partition in &added {
+            let label = partition.to_string();
+            self.metrics
+                .partition_last_commit
+                .with_label_values(&[self.topic.as_str(), label.as_str()])
+                .set(now);
+        }
         added.sort_unstable();
         info!(topic = %self.topic, partitions = ?added, assigned = workers.len(), "partitions assigned");
     }
@@ -173,6 +185,11 @@ impl ClientContext for Context {
             return;
         };
         self.health.set_broker_up(stats.broker_up);
+        if stats.topic_partitions > 0 {
+            self.metrics
+                .topic_partitions
+                .set(stats.topic_partitions as i64);
+        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let workers = self.workers();
         let mut lag = self.lag.lock().expect("lag lock");
@@ -245,9 +262,7 @@ impl ConsumerContext for Context {
         match result {
             Ok(()) => {
                 self.metrics.commits.with_label_values(&["ok"]).inc();
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
+                let now = unix_now();
                 let mut lag = self.lag.lock().expect("lag lock");
                 for elem in offsets.elements_for_topic(&self.topic) {
                     if let Offset::Offset(offset) = elem.offset() {
@@ -265,7 +280,10 @@ impl ConsumerContext for Context {
             Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 self.metrics.commits.with_label_values(&["error"]).inc();
-                warn!(error = %e, "offset commit failed; it is retried at the next commit");
+                let n = self.commit_failures.fetch_add(1, Ordering::Relaxed);
+                if n == 0 || n.is_power_of_two() {
+                    warn!(error = %e, failures = n + 1, "offset commit failed; it is retried at the next commit (repeats are logged less often)");
+                }
             }
         }
     }
@@ -314,6 +332,7 @@ pub fn create(
         workers: Mutex::new(HashMap::new()),
         next_generation: AtomicU64::new(0),
         lag: Mutex::new(LagTracker::default()),
+        commit_failures: AtomicU64::new(0),
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
         anyhow::anyhow!(
@@ -369,12 +388,17 @@ pub fn run(
         apply_backpressure(&consumer, &topic, max_buffered_bytes);
         if last_gauges.elapsed() >= Duration::from_millis(500) {
             last_gauges = Instant::now();
-            let total: usize = ctx
-                .workers()
-                .values()
-                .map(|w| w.shared.buffered_bytes())
-                .sum();
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let stall_ms = crate::health::STALL_AFTER.as_millis() as i64;
+            let (total, stalled) = ctx.workers().values().fold((0, 0), |(bytes, stalled), w| {
+                (
+                    bytes + w.shared.buffered_bytes(),
+                    stalled + usize::from(w.shared.is_stalled(now_ms, stall_ms)),
+                )
+            });
             ctx.metrics.buffered_bytes.set(total as i64);
+            ctx.metrics.stalled_workers.set(stalled as i64);
+            ctx.health.set_stalled_workers(stalled);
         }
     }
 
@@ -390,6 +414,12 @@ pub fn run(
     // move to the other replicas without waiting for the session timeout.
     drop(consumer);
     info!("consumer closed");
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Stores the offsets that workers report as delivered.

@@ -2,7 +2,7 @@
 //! every poll; a loop that stops beating (a stuck poll, a deadlock) makes the
 //! process unhealthy even though it still answers HTTP.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The consumer loop polls at least every 100 ms; this much silence means it is stuck.
@@ -18,6 +18,8 @@ pub struct Health {
     broker_up: AtomicBool,
     /// Set once shutdown begins: not ready, but still healthy.
     shutting_down: AtomicBool,
+    /// Partition workers whose loop stopped turning (see `partition::Shared`).
+    stalled_workers: AtomicUsize,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -36,6 +38,9 @@ impl Health {
     pub fn set_broker_up(&self, up: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
     }
+    pub fn set_stalled_workers(&self, n: usize) {
+        self.stalled_workers.store(n, Ordering::Relaxed);
+    }
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
@@ -47,10 +52,16 @@ impl Health {
             return Ok("starting: the consumer loop has not run yet".into());
         }
         let silent = Duration::from_millis(unix_ms(now).saturating_sub(beat));
+        let stalled = self.stalled_workers.load(Ordering::Relaxed);
         if silent > STALL_AFTER {
             Err(format!(
                 "the consumer loop has not made progress for {} s",
                 silent.as_secs()
+            ))
+        } else if stalled > 0 {
+            Err(format!(
+                "{stalled} partition worker(s) have not made progress for {} s",
+                STALL_AFTER.as_secs()
             ))
         } else {
             Ok(format!(
@@ -89,6 +100,17 @@ mod tests {
         assert!(h.liveness(t0 + Duration::from_secs(1)).is_ok());
         let err = h.liveness(t0 + Duration::from_secs(31)).unwrap_err();
         assert!(err.contains("31 s"), "{err}");
+    }
+
+    #[test]
+    fn a_stalled_partition_worker_is_unhealthy() {
+        let h = Health::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.beat(t0);
+        h.set_stalled_workers(1);
+        assert!(h.liveness(t0).unwrap_err().contains("partition worker"));
+        h.set_stalled_workers(0);
+        assert!(h.liveness(t0).is_ok());
     }
 
     #[test]

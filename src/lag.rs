@@ -33,6 +33,8 @@ fn unknown() -> i64 {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub broker_up: bool,
+    /// Partitions of the topic in the client's metadata (assigned or not).
+    pub topic_partitions: usize,
     pub partitions: Vec<(i32, PartitionStats)>,
 }
 
@@ -84,6 +86,7 @@ pub fn parse_stats(json: &[u8], topic: &str) -> Option<Stats> {
     partitions.sort_unstable_by_key(|(id, _)| *id);
     Some(Stats {
         broker_up,
+        topic_partitions: partitions.len(),
         partitions,
     })
 }
@@ -140,7 +143,10 @@ impl LagTracker {
             (a, b) => a.or(b),
         };
         let high_watermark = stats.hi_offset.max(0);
-        let base = committed.unwrap_or(stats.lo_offset.max(0));
+        let low_watermark = stats.lo_offset.max(0);
+        // Messages below the low watermark were deleted by retention or
+        // compaction; they can no longer be delivered, so they are not lag.
+        let base = committed.unwrap_or(low_watermark).max(low_watermark);
         let lag_messages = (high_watermark - base).max(0);
         let lag_seconds = match oldest_pending_ts_ms {
             Some(ts) => (now_ms - ts).max(0) as f64 / 1000.0,
@@ -197,6 +203,29 @@ mod tests {
         let v = t.observe(3, &stats(50, 10, -1001), None, 0);
         assert_eq!(v.committed, None);
         assert_eq!(v.lag_messages, 40);
+    }
+
+    #[test]
+    fn an_empty_partition_has_no_lag() {
+        let mut t = LagTracker::default();
+        let v = t.observe(0, &stats(0, 0, -1001), None, 0);
+        assert_eq!((v.lag_messages, v.lag_seconds, v.committed), (0, 0.0, None));
+    }
+
+    #[test]
+    fn offsets_deleted_by_retention_are_not_lag() {
+        let mut t = LagTracker::default();
+        // Committed at 10, but retention deleted everything below 40.
+        let v = t.observe(0, &stats(100, 40, 10), None, 0);
+        assert_eq!(v.lag_messages, 60);
+        assert_eq!(v.committed, Some(10));
+    }
+
+    #[test]
+    fn unknown_watermarks_read_as_zero_lag_not_negative() {
+        let mut t = LagTracker::default();
+        let v = t.observe(0, &stats(-1, -1, 5), None, 0);
+        assert_eq!(v.lag_messages, 0);
     }
 
     #[test]

@@ -35,6 +35,41 @@ pub const PARTITION_PAUSED: &str = "patterns_connector_partition_paused";
 pub const PARTITION_LAST_COMMIT: &str =
     "patterns_connector_partition_last_commit_timestamp_seconds";
 pub const BUILD_INFO: &str = "patterns_connector_build_info";
+pub const TOPIC_PARTITIONS: &str = "patterns_connector_topic_partitions";
+pub const STALLED_WORKERS: &str = "patterns_connector_stalled_workers";
+
+/// Every metric name the connector exports (histograms add `_bucket`, `_sum`, `_count`).
+pub const ALL: &[&str] = &[
+    EVENTS_CONSUMED,
+    EVENTS_DELIVERED,
+    EVENTS_FILTERED,
+    EVENTS_UNDECODABLE,
+    EVENTS_OVERSIZED,
+    BATCHES_DELIVERED,
+    HTTP_REQUESTS,
+    WEBHOOK_RETRIES,
+    WEBHOOK_REJECTIONS,
+    REQUEST_DURATION,
+    BATCH_EVENTS,
+    BATCH_BYTES,
+    END_TO_END_LATENCY,
+    INFLIGHT_REQUESTS,
+    BUFFERED_BYTES,
+    ASSIGNED_PARTITIONS,
+    REBALANCES,
+    COMMITS,
+    CONSUME_ERRORS,
+    PARTITION_LAG_MESSAGES,
+    PARTITION_LAG_SECONDS,
+    PARTITION_COMMITTED_OFFSET,
+    PARTITION_HIGH_WATERMARK,
+    PARTITION_NO_COMMIT,
+    PARTITION_PAUSED,
+    PARTITION_LAST_COMMIT,
+    BUILD_INFO,
+    TOPIC_PARTITIONS,
+    STALLED_WORKERS,
+];
 
 /// Every metric the connector exports, registered in its own registry.
 pub struct Metrics {
@@ -65,6 +100,8 @@ pub struct Metrics {
     pub partition_no_commit: IntGaugeVec,
     pub partition_paused: IntGaugeVec,
     pub partition_last_commit: prometheus::GaugeVec,
+    pub topic_partitions: IntGauge,
+    pub stalled_workers: IntGauge,
 }
 
 const PARTITION_LABELS: &[&str] = &["topic", "partition"];
@@ -136,7 +173,9 @@ impl Metrics {
             partition_high_watermark: partition_gauge(PARTITION_HIGH_WATERMARK, "Partition high watermark (offset of the next produced message)."),
             partition_no_commit: partition_gauge(PARTITION_NO_COMMIT, "1 while the group has no committed offset for the partition."),
             partition_paused: partition_gauge(PARTITION_PAUSED, "1 while fetching is paused because the partition's buffer is full."),
-            partition_last_commit: float_partition_gauge(PARTITION_LAST_COMMIT, "Unix time of the last successful commit that moved the partition's offset."),
+            partition_last_commit: float_partition_gauge(PARTITION_LAST_COMMIT, "Unix time of the last successful commit that moved the partition's offset (or of its assignment to this replica)."),
+            topic_partitions: gauge(TOPIC_PARTITIONS, "Partitions of the consumed topic, from the client's metadata."),
+            stalled_workers: gauge(STALLED_WORKERS, "Partition workers whose loop has not run for 30 s (deadlocked or starved)."),
             registry,
         }
     }

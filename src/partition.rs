@@ -62,6 +62,9 @@ pub struct Shared {
     pub batch_bytes: AtomicUsize,
     /// Kafka timestamp of the oldest undelivered event; `i64::MIN` when none.
     pub oldest_pending_ts_ms: AtomicI64,
+    /// Unix ms of the worker loop's last turn. The loop turns at least every
+    /// second, even while a delivery waits, unless it is deadlocked or starved.
+    pub heartbeat_ms: AtomicI64,
 }
 
 impl Default for Shared {
@@ -70,6 +73,7 @@ impl Default for Shared {
             queued_bytes: AtomicUsize::new(0),
             batch_bytes: AtomicUsize::new(0),
             oldest_pending_ts_ms: AtomicI64::new(i64::MIN),
+            heartbeat_ms: AtomicI64::new(Utc::now().timestamp_millis()),
         }
     }
 }
@@ -77,6 +81,10 @@ impl Default for Shared {
 impl Shared {
     pub fn buffered_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed) + self.batch_bytes.load(Ordering::Relaxed)
+    }
+    /// True when the worker loop has not turned for `stall_ms`.
+    pub fn is_stalled(&self, now_ms: i64, stall_ms: i64) -> bool {
+        now_ms - self.heartbeat_ms.load(Ordering::Relaxed) > stall_ms
     }
     pub fn oldest_pending_ts_ms(&self) -> Option<i64> {
         match self.oldest_pending_ts_ms.load(Ordering::Relaxed) {
@@ -221,6 +229,7 @@ impl Worker {
         mut drain: oneshot::Receiver<Instant>,
     ) -> Option<i64> {
         let mut drain_deadline: Option<Instant> = None;
+        let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             self.start_next_delivery();
             self.publish_state();
@@ -251,6 +260,7 @@ impl Worker {
                     }
                 },
                 _ = sleep_until_opt(linger), if drain_deadline.is_none() => self.seal(),
+                _ = heartbeat.tick() => {}
             }
         }
         if let Some(in_flight) = self.in_flight.take() {
@@ -409,6 +419,9 @@ impl Worker {
     }
 
     fn publish_state(&self) {
+        self.shared
+            .heartbeat_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         let held = self.batcher.open_bytes()
             + self.ready.iter().map(|b| b.body.len()).sum::<usize>()
             + self.in_flight.as_ref().map_or(0, |f| f.bytes);

@@ -400,3 +400,61 @@ async fn a_bad_config_value_fails_at_start_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_buffer_pauses_the_partition_and_memory_stays_bounded() {
+    let (topic, group) = (unique("backpressure"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(503));
+    // About 5 MB of events against a 1 MiB buffer cap.
+    produce(&topic, run_id(), 0..3000).await;
+    let cap = 1 << 20;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("MAX_BUFFERED_BYTES", "1048576"),
+            ("BATCH_MAX_BYTES", "262144"),
+        ],
+    );
+    let gauge = |text: &str, name: &str| metric_values(text, name).first().map(|(_, v)| *v);
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while gauge(&text, "patterns_connector_partition_paused") != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never paused:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = connector.metrics().await;
+    }
+    let mut peak = 0.0f64;
+    for _ in 0..10 {
+        text = connector.metrics().await;
+        peak = peak.max(gauge(&text, "patterns_connector_buffered_bytes").unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let consumed = gauge(&text, "patterns_connector_events_consumed_total").unwrap_or(0.0);
+    assert!(
+        consumed < 3000.0,
+        "paused, yet everything was consumed ({consumed})"
+    );
+    // The cap plus at most one message and one batch of slack.
+    assert!(
+        peak <= (cap + 2 * 262_144) as f64,
+        "buffered {peak} bytes with a {cap} cap"
+    );
+
+    receiver.set_default(Reply::ok());
+    eventually(WAIT, "everything delivered after resuming", || {
+        receiver.delivered_uuids().len() == 3000
+    })
+    .await;
+    text = connector.metrics().await;
+    assert_eq!(
+        gauge(&text, "patterns_connector_partition_paused"),
+        Some(0.0)
+    );
+}
