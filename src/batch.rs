@@ -3,17 +3,43 @@
 //! `BATCH_MAX_EVENTS` or `BATCH_MAX_BYTES`, or when the linger time is up.
 //! Pure: time is passed in.
 
+use std::ops::Range;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::config::BatchLimits;
 use crate::offsets::UnitId;
+
+/// Where an event came from: kept so that an event the webhook rejects can
+/// go to the dead-letter topic as the original message.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+}
+
+impl Source {
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len) + self.payload.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// One event of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    pub source: Source,
+    /// Where the event's JSON lies in the batch body.
+    pub json: Range<usize>,
+}
 
 /// A sealed batch: the request body and what it covers.
 #[derive(Debug)]
 pub struct Batch {
     /// The JSON array, exactly as it will be POSTed.
-    pub body: Vec<u8>,
-    pub events: usize,
+    pub body: Bytes,
+    pub events: Vec<BatchEvent>,
     /// The offsets unit this batch completes when delivered.
     pub unit: UnitId,
     /// Kafka timestamp (ms) of the batch's oldest message, for latency metrics.
@@ -22,10 +48,36 @@ pub struct Batch {
     pub oversized: bool,
 }
 
+impl Batch {
+    /// The body for a sub-range of the events (the whole body for all of them).
+    pub fn body_for(&self, range: Range<usize>) -> Bytes {
+        if range == (0..self.events.len()) {
+            return self.body.clone();
+        }
+        let events = &self.events[range];
+        let len = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 1;
+        let mut body = Vec::with_capacity(len);
+        for (i, event) in events.iter().enumerate() {
+            body.push(if i == 0 { b'[' } else { b',' });
+            body.extend_from_slice(&self.body[event.json.clone()]);
+        }
+        if body.is_empty() {
+            body.push(b'[');
+        }
+        body.push(b']');
+        Bytes::from(body)
+    }
+
+    /// Bytes held by the batch: its body and the original messages.
+    pub fn held_bytes(&self) -> usize {
+        self.body.len() + self.events.iter().map(|e| e.source.size()).sum::<usize>()
+    }
+}
+
 #[derive(Debug)]
 struct Open {
     body: Vec<u8>,
-    events: usize,
+    events: Vec<BatchEvent>,
     unit: UnitId,
     oldest_kafka_ts_ms: Option<i64>,
     deadline: Instant,
@@ -47,9 +99,11 @@ impl Batcher {
         self.open.as_ref().map(|o| o.deadline)
     }
 
-    /// Bytes held by the open batch.
+    /// Bytes held by the open batch (body and original messages).
     pub fn open_bytes(&self) -> usize {
-        self.open.as_ref().map_or(0, |o| o.body.len())
+        self.open.as_ref().map_or(0, |o| {
+            o.body.len() + o.events.iter().map(|e| e.source.size()).sum::<usize>()
+        })
     }
 
     /// The offsets unit of the open batch, if any.
@@ -62,7 +116,7 @@ impl Batcher {
         match &self.open {
             None => true,
             Some(open) => {
-                open.events < self.limits.max_events
+                open.events.len() < self.limits.max_events
                     // existing body + ',' + event + closing ']'
                     && open.body.len() + event_len + 2 <= self.limits.max_bytes
             }
@@ -75,20 +129,26 @@ impl Batcher {
     pub fn push(
         &mut self,
         event: &[u8],
+        source: Source,
         kafka_ts_ms: Option<i64>,
         now: Instant,
         new_unit: impl FnOnce() -> UnitId,
     ) {
         let open = self.open.get_or_insert_with(|| Open {
             body: Vec::with_capacity((event.len() + 2).min(self.limits.max_bytes)),
-            events: 0,
+            events: Vec::new(),
             unit: new_unit(),
             oldest_kafka_ts_ms: None,
             deadline: now + self.limits.linger,
         });
-        open.body.push(if open.events == 0 { b'[' } else { b',' });
+        open.body
+            .push(if open.events.is_empty() { b'[' } else { b',' });
+        let start = open.body.len();
         open.body.extend_from_slice(event);
-        open.events += 1;
+        open.events.push(BatchEvent {
+            source,
+            json: start..open.body.len(),
+        });
         if open.oldest_kafka_ts_ms.is_none() {
             open.oldest_kafka_ts_ms = kafka_ts_ms;
         }
@@ -97,7 +157,7 @@ impl Batcher {
     /// True when the open batch cannot take another event of any size.
     pub fn is_full(&self) -> bool {
         self.open.as_ref().is_some_and(|o| {
-            o.events >= self.limits.max_events || o.body.len() + 2 >= self.limits.max_bytes
+            o.events.len() >= self.limits.max_events || o.body.len() + 2 >= self.limits.max_bytes
         })
     }
 
@@ -112,7 +172,7 @@ impl Batcher {
         open.body.push(b']');
         let oversized = open.body.len() > self.limits.max_bytes;
         Some(Batch {
-            body: open.body,
+            body: Bytes::from(open.body),
             events: open.events,
             unit: open.unit,
             oldest_kafka_ts_ms: open.oldest_kafka_ts_ms,
@@ -146,7 +206,7 @@ mod tests {
             if !batcher.fits(event.len()) {
                 out.extend(batcher.seal());
             }
-            batcher.push(event.as_bytes(), None, now, || {
+            batcher.push(event.as_bytes(), Source::default(), None, now, || {
                 frontier.open(offset as i64, None)
             });
             if batcher.is_full() {
@@ -155,7 +215,7 @@ mod tests {
         }
         out.extend(batcher.seal());
         out.into_iter()
-            .map(|b| String::from_utf8(b.body).expect("utf8"))
+            .map(|b| String::from_utf8(b.body.to_vec()).expect("utf8"))
             .collect()
     }
 
@@ -196,11 +256,35 @@ mod tests {
         let mut batcher = Batcher::new(limits(10, 8));
         let now = Instant::now();
         assert!(batcher.fits(20));
-        batcher.push(&[b'7'; 20], None, now, || frontier.open(0, None));
+        batcher.push(&[b'7'; 20], Source::default(), None, now, || {
+            frontier.open(0, None)
+        });
         assert!(batcher.is_full());
         let batch = batcher.seal().expect("open");
         assert!(batch.oversized);
-        assert_eq!(batch.events, 1);
+        assert_eq!(batch.events.len(), 1);
+    }
+
+    #[test]
+    fn sub_bodies_are_valid_arrays_of_the_chosen_events() {
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(10, 1000));
+        let now = Instant::now();
+        for (i, e) in [r#"{"a":1}"#, r#"{"b":[2,3]}"#, r#""c""#, "4"]
+            .iter()
+            .enumerate()
+        {
+            let source = Source {
+                offset: i as i64,
+                ..Source::default()
+            };
+            batcher.push(e.as_bytes(), source, None, now, || frontier.open(0, None));
+        }
+        let batch = batcher.seal().expect("open");
+        assert_eq!(batch.body_for(0..4), batch.body);
+        assert_eq!(&batch.body_for(1..3)[..], br#"[{"b":[2,3]},"c"]"#);
+        assert_eq!(&batch.body_for(3..4)[..], b"[4]");
+        assert_eq!(batch.events[2].source.offset, 2);
     }
 
     #[test]
@@ -209,10 +293,16 @@ mod tests {
         let mut batcher = Batcher::new(limits(10, 1000));
         let t0 = Instant::now();
         assert_eq!(batcher.deadline(), None);
-        batcher.push(b"1", Some(5), t0, || frontier.open(0, Some(5)));
-        batcher.push(b"2", Some(9), t0 + Duration::from_millis(50), || {
-            unreachable!("batch is open")
+        batcher.push(b"1", Source::default(), Some(5), t0, || {
+            frontier.open(0, Some(5))
         });
+        batcher.push(
+            b"2",
+            Source::default(),
+            Some(9),
+            t0 + Duration::from_millis(50),
+            || unreachable!("batch is open"),
+        );
         assert_eq!(batcher.deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(!batcher.is_due(t0 + Duration::from_millis(99)));
         assert!(batcher.is_due(t0 + Duration::from_millis(100)));

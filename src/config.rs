@@ -143,6 +143,31 @@ pub struct Cli {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Topic for messages that cannot be delivered (not a PostHog event, too
+    /// large, or rejected by the webhook), with headers saying why.
+    #[arg(long, env = "DLQ_TOPIC", default_value = "patterns_connector_dlq")]
+    pub dlq_topic: String,
+
+    /// What to do with such a message: `dlq` writes it to DLQ_TOPIC and moves
+    /// on; `block` stops its partition (retrying) until an operator acts.
+    #[arg(long, env = "DLQ_POLICY", value_enum, default_value = "dlq")]
+    pub dlq_policy: DlqPolicy,
+
+    /// HTTP statuses that mean "the webhook refuses these events": the batch is
+    /// split to isolate the refused events, which go to the dead-letter topic.
+    /// Ranges allowed (e.g. 400,413,422). Any other non-2xx status is retried.
+    #[arg(long, env = "WEBHOOK_REJECT_STATUSES", default_value = "400,413,422")]
+    pub webhook_reject_statuses: String,
+}
+
+/// What happens to a message that cannot be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DlqPolicy {
+    /// Write it to the dead-letter topic; the partition moves on.
+    Dlq,
+    /// Keep retrying it; the partition waits until an operator acts.
+    Block,
 }
 
 /// A validated configuration, passed whole to the parts that need it.
@@ -168,6 +193,50 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub dlq_topic: String,
+    pub dlq_policy: DlqPolicy,
+    /// Statuses that reject the events of a batch (see `WEBHOOK_REJECT_STATUSES`).
+    pub reject_statuses: StatusSet,
+}
+
+/// A set of HTTP statuses, parsed from `400,413,500-599`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+
+    pub fn parse(option: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let mut ranges = Vec::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let parse = |v: &str| {
+                v.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (300..=599).contains(s))
+                    .ok_or_else(|| {
+                        bad(
+                            option,
+                            format!("expected HTTP statuses or ranges between 300 and 599 (e.g. 400,413,422), got {part:?}"),
+                        )
+                    })
+            };
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(bad(option, format!("range {part:?} is empty")));
+            }
+            for retried in [408, 429] {
+                if (lo..=hi).contains(&retried) {
+                    return Err(bad(option, format!("{retried} means \"try again later\" and is always retried; leave it out of {part:?}")));
+                }
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusSet(ranges))
+    }
 }
 
 /// When a partition's open batch is sealed and sent.
@@ -411,6 +480,12 @@ impl Config {
             })?,
             log_format: cli.log_format,
             log_level: cli.log_level,
+            dlq_topic: non_empty("DLQ_TOPIC", &cli.dlq_topic)?,
+            dlq_policy: cli.dlq_policy,
+            reject_statuses: StatusSet::parse(
+                "WEBHOOK_REJECT_STATUSES",
+                &cli.webhook_reject_statuses,
+            )?,
         })
     }
 
@@ -473,6 +548,23 @@ impl Config {
                 self.shutdown_timeout.as_millis().to_string(),
             ),
             ("HTTP_ADDR", self.http_addr.to_string()),
+            ("DLQ_TOPIC", self.dlq_topic.clone()),
+            ("DLQ_POLICY", format!("{:?}", self.dlq_policy)),
+            (
+                "WEBHOOK_REJECT_STATUSES",
+                self.reject_statuses
+                    .0
+                    .iter()
+                    .map(|(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]
     }
 }
@@ -599,6 +691,26 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("POSTHOG_TEAM_ID"), "{err}");
+    }
+
+    #[test]
+    fn reject_statuses_parse_lists_and_ranges_and_refuse_retryable_ones() {
+        let set = StatusSet::parse("X", "400, 413,450-451").expect("valid");
+        assert!(set.contains(400) && set.contains(413) && set.contains(450) && set.contains(451));
+        assert!(!set.contains(404) && !set.contains(500));
+        assert!(StatusSet::parse("X", "4xx")
+            .unwrap_err()
+            .to_string()
+            .contains("X"));
+        assert!(StatusSet::parse("X", "400-499")
+            .unwrap_err()
+            .to_string()
+            .contains("always retried"));
+        assert!(StatusSet::parse("X", "200").is_err());
+        assert_eq!(
+            cli(&[]).expect("defaults").reject_statuses,
+            StatusSet(vec![(400, 400), (413, 413), (422, 422)])
+        );
     }
 
     #[test]

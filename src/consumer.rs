@@ -369,7 +369,8 @@ pub fn run(
                 let message = Message {
                     offset: m.offset(),
                     timestamp_ms: m.timestamp().to_millis(),
-                    payload: m.payload().map(<[u8]>::to_vec),
+                    key: m.key().map(bytes::Bytes::copy_from_slice),
+                    payload: m.payload().map(bytes::Bytes::copy_from_slice),
                 };
                 if let Some(worker) = ctx.workers().get(&m.partition()) {
                     worker.send(message);

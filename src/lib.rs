@@ -38,9 +38,12 @@
 //! delivered, leave the group.
 
 pub mod batch;
+pub mod bisect;
 pub mod config;
 pub mod consumer;
 pub mod decode;
+pub mod delivery;
+pub mod dlq;
 pub mod filter;
 pub mod health;
 pub mod http;
@@ -82,8 +85,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel();
     let deps = Arc::new(partition::Deps {
         config: config.clone(),
-        webhook: webhook::Webhook::new(&config, metrics.clone())
-            .context("cannot build the webhook HTTP client")?,
+        deliverer: delivery::Deliverer {
+            webhook: webhook::Webhook::new(&config, metrics.clone())
+                .context("cannot build the webhook HTTP client")?,
+            dead_letters: dlq::DeadLetters::new(&config)?,
+            metrics: metrics.clone(),
+        },
         filter: filter::Filter::from_config(&config),
         metrics: metrics.clone(),
         progress: progress_tx,

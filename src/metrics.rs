@@ -35,6 +35,8 @@ pub const PARTITION_PAUSED: &str = "patterns_connector_partition_paused";
 pub const PARTITION_LAST_COMMIT: &str =
     "patterns_connector_partition_last_commit_timestamp_seconds";
 pub const BUILD_INFO: &str = "patterns_connector_build_info";
+pub const EVENTS_DEAD_LETTERED: &str = "patterns_connector_events_dead_lettered_total";
+pub const BISECTION_REQUESTS: &str = "patterns_connector_bisection_requests_total";
 pub const TOPIC_PARTITIONS: &str = "patterns_connector_topic_partitions";
 pub const STALLED_WORKERS: &str = "patterns_connector_stalled_workers";
 
@@ -69,6 +71,8 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     TOPIC_PARTITIONS,
     STALLED_WORKERS,
+    EVENTS_DEAD_LETTERED,
+    BISECTION_REQUESTS,
 ];
 
 /// Every metric the connector exports, registered in its own registry.
@@ -102,6 +106,8 @@ pub struct Metrics {
     pub partition_last_commit: prometheus::GaugeVec,
     pub topic_partitions: IntGauge,
     pub stalled_workers: IntGauge,
+    pub events_dead_lettered: IntCounterVec,
+    pub bisection_requests: IntCounter,
 }
 
 const PARTITION_LABELS: &[&str] = &["topic", "partition"];
@@ -176,6 +182,8 @@ impl Metrics {
             partition_last_commit: float_partition_gauge(PARTITION_LAST_COMMIT, "Unix time of the last successful commit that moved the partition's offset (or of its assignment to this replica)."),
             topic_partitions: gauge(TOPIC_PARTITIONS, "Partitions of the consumed topic, from the client's metadata."),
             stalled_workers: gauge(STALLED_WORKERS, "Partition workers whose loop has not run for 30 s (deadlocked or starved)."),
+            events_dead_lettered: counter_vec(EVENTS_DEAD_LETTERED, "Messages written to the dead-letter topic, by reason (a decode reason, too_large, webhook_<status>).", &["reason"]),
+            bisection_requests: counter(BISECTION_REQUESTS, "Extra webhook requests spent splitting rejected batches."),
             registry,
         }
     }

@@ -21,13 +21,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::batch::{Batch, Batcher};
-use crate::config::Config;
+use crate::batch::{Batch, Batcher, Source};
+use crate::config::{Config, DlqPolicy};
 use crate::decode::decode;
+use crate::delivery::{Deliverer, Outcome};
+use crate::dlq::DeadLetter;
 use crate::filter::Filter;
 use crate::metrics::Metrics;
 use crate::offsets::{Frontier, UnitId};
-use crate::webhook::{Cancelled, Webhook};
+use crate::webhook::Cancelled;
 
 /// A consumed message, owned, as the consumer loop hands it over.
 #[derive(Debug)]
@@ -35,12 +37,17 @@ pub struct Message {
     pub offset: i64,
     /// Kafka timestamp (create or log-append time), ms since the epoch.
     pub timestamp_ms: Option<i64>,
-    pub payload: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
 }
 
 impl Message {
+    /// What the message will cost in memory once batched: the original key
+    /// and payload (kept for the dead-letter topic) plus the encoded event,
+    /// about as large as the payload. Counting that from the start keeps the
+    /// buffer accounting steady as messages move from the queue into batches.
     pub fn size(&self) -> usize {
-        self.payload.as_ref().map_or(0, Vec::len)
+        2 * self.payload.as_ref().map_or(0, Bytes::len) + self.key.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -97,7 +104,7 @@ impl Shared {
 /// What every worker needs, shared.
 pub struct Deps {
     pub config: Arc<Config>,
-    pub webhook: Webhook,
+    pub deliverer: Deliverer,
     pub filter: Filter,
     pub metrics: Arc<Metrics>,
     pub progress: mpsc::UnboundedSender<Progress>,
@@ -175,6 +182,9 @@ pub fn spawn(
         frontier: Frontier::default(),
         ready: VecDeque::new(),
         in_flight: None,
+        dead_letters: tokio::task::JoinSet::new(),
+        dead_letter_bytes: 0,
+        blocked: false,
         shared: shared.clone(),
         abort: abort.clone(),
         undecodable_logged: 0,
@@ -195,11 +205,15 @@ pub fn spawn(
 struct InFlight {
     unit: UnitId,
     events: usize,
-    bytes: usize,
+    body_bytes: usize,
+    held_bytes: usize,
     oldest_kafka_ts_ms: Option<i64>,
     cancel: CancellationToken,
-    join: JoinHandle<Result<u32, Cancelled>>,
+    join: JoinHandle<Result<Outcome, Cancelled>>,
 }
+
+/// A dead-letter write in progress, completing `unit` when acknowledged.
+type DeadLetterWrite = (UnitId, usize, Result<(), Cancelled>);
 
 struct Worker {
     partition: i32,
@@ -209,6 +223,12 @@ struct Worker {
     /// Sealed batches waiting for the one in flight.
     ready: VecDeque<Batch>,
     in_flight: Option<InFlight>,
+    /// Dead-letter writes waiting for Kafka's acknowledgement.
+    dead_letters: tokio::task::JoinSet<DeadLetterWrite>,
+    dead_letter_bytes: usize,
+    /// Set under `DLQ_POLICY=block` when a message cannot be delivered: the
+    /// partition's frontier stays behind it from then on.
+    blocked: bool,
     shared: Arc<Shared>,
     abort: CancellationToken,
     undecodable_logged: u64,
@@ -233,7 +253,11 @@ impl Worker {
         loop {
             self.start_next_delivery();
             self.publish_state();
-            if drain_deadline.is_some() && self.in_flight.is_none() && self.ready.is_empty() {
+            if drain_deadline.is_some()
+                && self.in_flight.is_none()
+                && self.ready.is_empty()
+                && self.dead_letters.is_empty()
+            {
                 break;
             }
             let linger = self.batcher.deadline().map(Instant::from_std);
@@ -246,6 +270,9 @@ impl Worker {
                 }
                 done = async { (&mut self.in_flight.as_mut().expect("guarded").join).await }, if self.in_flight.is_some() => {
                     self.finish_delivery(done);
+                }
+                Some(written) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => {
+                    self.finish_dead_letter(written);
                 }
                 deadline = &mut drain, if drain_deadline.is_none() => {
                     // A dropped sender (the consumer loop went away) drains at once.
@@ -266,6 +293,7 @@ impl Worker {
         if let Some(in_flight) = self.in_flight.take() {
             in_flight.cancel.cancel();
         }
+        self.dead_letters.abort_all();
         self.shared.batch_bytes.store(0, Ordering::Relaxed);
         self.shared.queued_bytes.store(0, Ordering::Relaxed);
         debug!(partition = self.partition, safe_offset = ?self.frontier.safe_offset(), "partition worker stopped");
@@ -286,18 +314,16 @@ impl Worker {
         let event = match decoded {
             Ok(event) => event,
             Err(e) => {
-                // Until the dead-letter topic exists, an undecodable message is
-                // counted, logged and passed over so the partition keeps moving.
                 metrics
                     .events_undecodable
                     .with_label_values(&[e.reason()])
                     .inc();
                 if self.undecodable_logged.is_power_of_two() || self.undecodable_logged == 0 {
                     warn!(partition = self.partition, offset = message.offset, reason = e.reason(), error = %e,
-                        count = self.undecodable_logged + 1, "message is not a PostHog event; skipped");
+                        count = self.undecodable_logged + 1, "message is not a PostHog event");
                 }
                 self.undecodable_logged += 1;
-                self.skip(message.offset);
+                self.dead_letter(message, e.reason(), Some(e.to_string()));
                 return;
             }
         };
@@ -307,6 +333,26 @@ impl Worker {
                 .with_label_values(&[skip.reason()])
                 .inc();
             self.skip(message.offset);
+            return;
+        }
+        let max_bytes = self.deps.config.batch.max_bytes;
+        if event.json.len() + 2 > max_bytes && self.deps.config.dlq_policy == DlqPolicy::Dlq {
+            metrics.events_oversized.inc();
+            warn!(
+                partition = self.partition,
+                offset = message.offset,
+                bytes = event.json.len(),
+                limit = max_bytes,
+                "event larger than BATCH_MAX_BYTES"
+            );
+            self.dead_letter(
+                message,
+                "too_large",
+                Some(format!(
+                    "{} bytes encoded; BATCH_MAX_BYTES is {max_bytes}",
+                    event.json.len()
+                )),
+            );
             return;
         }
         if !self.batcher.fits(event.json.len()) {
@@ -319,14 +365,71 @@ impl Worker {
             }
             None => self.frontier.open(message.offset, message.timestamp_ms),
         };
+        let source = Source {
+            offset: message.offset,
+            key: message.key,
+            payload: message.payload,
+        };
         self.batcher.push(
             &event.json,
+            source,
             message.timestamp_ms,
             std::time::Instant::now(),
             || unit,
         );
         if self.batcher.is_full() {
             self.seal();
+        }
+    }
+
+    /// Sends a message that cannot be delivered to the dead-letter topic; its
+    /// offset is done once Kafka acknowledges the write. Under
+    /// `DLQ_POLICY=block` the partition stops at it instead.
+    fn dead_letter(&mut self, message: Message, reason: &'static str, error: Option<String>) {
+        // A pending unit must not sit inside the open batch's offset range.
+        self.seal();
+        let unit = self.frontier.open(message.offset, message.timestamp_ms);
+        if self.deps.config.dlq_policy == DlqPolicy::Block {
+            if !self.blocked {
+                tracing::error!(partition = self.partition, offset = message.offset, reason,
+                    "DLQ_POLICY=block: the partition stops here; fix or skip the message, or switch to DLQ_POLICY=dlq");
+            }
+            self.blocked = true;
+            return;
+        }
+        let letter = DeadLetter {
+            key: message.key,
+            payload: message.payload,
+            partition: self.partition,
+            offset: message.offset,
+            reason: reason.to_owned(),
+            error,
+            http_status: None,
+            response_body: None,
+        };
+        let size = letter.key.as_ref().map_or(0, Bytes::len)
+            + letter.payload.as_ref().map_or(0, Bytes::len);
+        self.dead_letter_bytes += size;
+        let dead_letters = self.deps.deliverer.dead_letters.clone();
+        let cancel = self.abort.child_token();
+        self.dead_letters.spawn(async move {
+            let result = dead_letters.write(&letter, &cancel).await;
+            (unit, size, result)
+        });
+    }
+
+    fn finish_dead_letter(&mut self, written: Result<DeadLetterWrite, tokio::task::JoinError>) {
+        match written {
+            Ok((unit, size, Ok(()))) => {
+                self.dead_letter_bytes -= size;
+                self.frontier.complete(unit);
+                self.report_progress();
+            }
+            Ok((_, size, Err(Cancelled))) => self.dead_letter_bytes -= size,
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "dead-letter task failed; stopping the partition worker");
+                self.abort.cancel();
+            }
         }
     }
 
@@ -358,34 +461,44 @@ impl Worker {
             return;
         };
         let cancel = self.abort.child_token();
-        let webhook = self.deps.webhook.clone();
-        let body = Bytes::from(batch.body);
-        let bytes = body.len();
+        let deps = self.deps.clone();
         let partition = self.partition;
         let token = cancel.clone();
-        let join = tokio::spawn(async move { webhook.deliver(body, partition, &token).await });
+        let (unit, events, body_bytes, held_bytes, oldest_kafka_ts_ms) = (
+            batch.unit,
+            batch.events.len(),
+            batch.body.len(),
+            batch.held_bytes(),
+            batch.oldest_kafka_ts_ms,
+        );
+        let join =
+            tokio::spawn(async move { deps.deliverer.deliver(&batch, partition, &token).await });
         self.in_flight = Some(InFlight {
-            unit: batch.unit,
-            events: batch.events,
-            bytes,
-            oldest_kafka_ts_ms: batch.oldest_kafka_ts_ms,
+            unit,
+            events,
+            body_bytes,
+            held_bytes,
+            oldest_kafka_ts_ms,
             cancel,
             join,
         });
     }
 
-    fn finish_delivery(&mut self, done: Result<Result<u32, Cancelled>, tokio::task::JoinError>) {
+    fn finish_delivery(
+        &mut self,
+        done: Result<Result<Outcome, Cancelled>, tokio::task::JoinError>,
+    ) {
         let in_flight = self
             .in_flight
             .take()
             .expect("called for the batch in flight");
         match done {
-            Ok(Ok(_attempts)) => {
+            Ok(Ok(outcome)) => {
                 let m = &self.deps.metrics;
-                m.events_delivered.inc_by(in_flight.events as u64);
+                m.events_delivered.inc_by(outcome.accepted as u64);
                 m.batches_delivered.inc();
                 m.batch_events.observe(in_flight.events as f64);
-                m.batch_bytes.observe(in_flight.bytes as f64);
+                m.batch_bytes.observe(in_flight.body_bytes as f64);
                 if let Some(ts) = in_flight.oldest_kafka_ts_ms {
                     let age_ms = Utc::now().timestamp_millis() - ts;
                     m.end_to_end_latency.observe(age_ms.max(0) as f64 / 1000.0);
@@ -423,8 +536,9 @@ impl Worker {
             .heartbeat_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         let held = self.batcher.open_bytes()
-            + self.ready.iter().map(|b| b.body.len()).sum::<usize>()
-            + self.in_flight.as_ref().map_or(0, |f| f.bytes);
+            + self.ready.iter().map(Batch::held_bytes).sum::<usize>()
+            + self.in_flight.as_ref().map_or(0, |f| f.held_bytes)
+            + self.dead_letter_bytes;
         self.shared.batch_bytes.store(held, Ordering::Relaxed);
         self.shared.oldest_pending_ts_ms.store(
             self.frontier.oldest_pending_ts_ms().unwrap_or(i64::MIN),

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use url::Url;
 
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, DlqPolicy, StatusSet};
 use crate::metrics::{status_class, Metrics};
 use retry::Verdict;
 
@@ -31,7 +31,21 @@ pub struct Webhook {
     permits: Arc<Semaphore>,
     backoff_min: Duration,
     backoff_max: Duration,
+    /// Statuses that reject events; empty under `DLQ_POLICY=block`, so that
+    /// every failure is retried.
+    reject: StatusSet,
     metrics: Arc<Metrics>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Delivered,
+    /// The webhook refuses these events (a status in `WEBHOOK_REJECT_STATUSES`).
+    Rejected {
+        status: u16,
+        body: String,
+    },
 }
 
 /// The caller cancelled (shutdown or revocation deadline) before delivery.
@@ -57,6 +71,10 @@ impl Webhook {
             .connect_timeout(config.webhook_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
+            // Never follow redirects: a 301/302 would turn the POST into a GET
+            // whose 200 looks like a delivery. A 3xx is retried and logged as
+            // a misconfigured URL instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Webhook {
             http,
@@ -65,18 +83,22 @@ impl Webhook {
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             backoff_min: config.retry_backoff_min,
             backoff_max: config.retry_backoff_max,
+            reject: match config.dlq_policy {
+                DlqPolicy::Dlq => config.reject_statuses.clone(),
+                DlqPolicy::Block => StatusSet::default(),
+            },
             metrics,
         })
     }
 
-    /// Delivers `body` (a JSON array), retrying until the webhook accepts it.
-    /// Returns the number of attempts it took.
-    pub async fn deliver(
+    /// Sends `body` (a JSON array), retrying until the webhook accepts or
+    /// rejects it (see [`retry::classify_status`]).
+    pub async fn send(
         &self,
         body: Bytes,
         partition: i32,
         cancel: &CancellationToken,
-    ) -> Result<u32, Cancelled> {
+    ) -> Result<Sent, Cancelled> {
         let mut attempt: u32 = 0;
         loop {
             let outcome = tokio::select! {
@@ -89,30 +111,30 @@ impl Webhook {
                     if attempt > 0 {
                         info!(partition, attempts = attempt + 1, url = %self.url_for_logs, "webhook accepted the batch after failures");
                     }
-                    return Ok(attempt + 1);
+                    return Ok(Sent::Delivered);
                 }
-                Verdict::Retry { retry_after } => {
+                Verdict::Rejected => {
+                    return Ok(Sent::Rejected {
+                        status: outcome.status.unwrap_or_default(),
+                        body: outcome.detail,
+                    });
+                }
+                Verdict::Retry {
+                    retry_after,
+                    suspicious,
+                } => {
                     if should_log(attempt) {
-                        warn!(partition, attempt = attempt + 1, status = outcome.status, class = outcome.class,
-                            detail = %outcome.detail, url = %self.url_for_logs,
-                            "webhook request failed; retrying (repeats are logged less often)");
+                        if suspicious {
+                            error!(partition, attempt = attempt + 1, status = outcome.status, detail = %outcome.detail,
+                                url = %self.url_for_logs,
+                                "webhook answered with a status that usually means a wrong URL or credentials; retrying (repeats are logged less often)");
+                        } else {
+                            warn!(partition, attempt = attempt + 1, status = outcome.status, class = outcome.class,
+                                detail = %outcome.detail, url = %self.url_for_logs,
+                                "webhook request failed; retrying (repeats are logged less often)");
+                        }
                     }
                     self.wait(attempt, retry_after, cancel).await?;
-                }
-                Verdict::Rejected { too_large } => {
-                    // Until the dead-letter topic exists, a rejected batch is
-                    // retried like a transient failure: never committed past,
-                    // never dropped. The metric and the log make it visible.
-                    self.metrics
-                        .webhook_rejections
-                        .with_label_values(&[outcome.class])
-                        .inc();
-                    if should_log(attempt) {
-                        error!(partition, attempt = attempt + 1, status = outcome.status, too_large,
-                            detail = %outcome.detail, url = %self.url_for_logs,
-                            "webhook rejected the batch with a permanent status; the partition is blocked and retries until it is accepted");
-                    }
-                    self.wait(attempt, None, cancel).await?;
                 }
             }
             self.metrics.webhook_retries.inc();
@@ -170,10 +192,14 @@ impl Webhook {
                         status,
                         retry_after.as_deref(),
                         SystemTime::now(),
+                        &self.reject,
                     ),
                     class: status_class(status),
                     status: Some(status),
-                    detail: String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
+                    detail: String::from_utf8_lossy(
+                        &text[..text.len().min(crate::dlq::MAX_RESPONSE_BODY)],
+                    )
+                    .into_owned(),
                 }
             }
             Err(e) => {
@@ -185,7 +211,10 @@ impl Webhook {
                     "error"
                 };
                 Attempt {
-                    verdict: Verdict::Retry { retry_after: None },
+                    verdict: Verdict::Retry {
+                        retry_after: None,
+                        suspicious: false,
+                    },
                     class,
                     status: None,
                     // without_url: the URL carries the webhook's secret.

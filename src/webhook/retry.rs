@@ -3,35 +3,48 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::config::StatusSet;
+
 /// What to do after one webhook request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// 2xx: the batch is delivered.
     Delivered,
-    /// Connect errors, timeouts, 408, 429, 5xx: try again later, forever.
+    /// Try the same request again later, forever.
     Retry {
         /// Set when the server said how long to wait (`Retry-After`).
         retry_after: Option<Duration>,
+        /// False for the expected transient failures (connect errors,
+        /// timeouts, 408, 429, 5xx). True for statuses that usually mean the
+        /// endpoint is misconfigured (401, 403, 404, 3xx, ...): retried all the
+        /// same, since the events are not at fault, but logged as errors.
+        suspicious: bool,
     },
-    /// Other statuses (4xx but 408/429, and unexpected 1xx/3xx): the webhook
-    /// refuses this batch and will keep refusing it.
-    Rejected { too_large: bool },
+    /// A status in `WEBHOOK_REJECT_STATUSES`: the webhook refuses these
+    /// events; the batch is split to find which.
+    Rejected,
+}
+
+/// Classifies an HTTP status. `retry_after` is the raw `Retry-After` header;
+/// `reject` the statuses that reject events.
+pub fn classify_status(
+    status: u16,
+    retry_after: Option<&str>,
+    now: SystemTime,
+    reject: &StatusSet,
+) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        _ if reject.contains(status) => Verdict::Rejected,
+        _ => Verdict::Retry {
+            retry_after: retry_after.and_then(|raw| parse_retry_after(raw, now)),
+            suspicious: !matches!(status, 408 | 429 | 500..=599),
+        },
+    }
 }
 
 /// The longest `Retry-After` we obey; a server asking for more is waited on for this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// Classifies an HTTP status. `retry_after` is the raw `Retry-After` header.
-pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
-    match status {
-        200..=299 => Verdict::Delivered,
-        408 | 429 | 500..=599 => Verdict::Retry {
-            retry_after: retry_after.and_then(|raw| parse_retry_after(raw, now)),
-        },
-        413 => Verdict::Rejected { too_large: true },
-        _ => Verdict::Rejected { too_large: false },
-    }
-}
 
 /// `Retry-After` as delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
@@ -75,49 +88,70 @@ mod tests {
         httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").expect("valid")
     }
 
+    fn defaults() -> StatusSet {
+        StatusSet::parse("T", "400,413,422").expect("valid")
+    }
+
+    fn classify(status: u16) -> Verdict {
+        classify_status(status, None, now(), &defaults())
+    }
+
     #[test]
     fn two_hundreds_are_delivered() {
         for status in [200, 201, 202, 204] {
-            assert_eq!(classify_status(status, None, now()), Verdict::Delivered);
+            assert_eq!(classify(status), Verdict::Delivered);
         }
     }
 
     #[test]
-    fn timeouts_throttling_and_server_errors_are_retried() {
+    fn timeouts_throttling_and_server_errors_are_retried_as_transient() {
         for status in [408, 429, 500, 502, 503, 504] {
-            assert!(
-                matches!(classify_status(status, None, now()), Verdict::Retry { .. }),
+            assert_eq!(
+                classify(status),
+                Verdict::Retry {
+                    retry_after: None,
+                    suspicious: false
+                },
                 "{status}"
             );
         }
     }
 
     #[test]
-    fn other_client_errors_are_rejections_and_413_says_too_large() {
+    fn reject_statuses_reject_the_events() {
+        for status in [400, 413, 422] {
+            assert_eq!(classify(status), Verdict::Rejected, "{status}");
+        }
         assert_eq!(
-            classify_status(400, None, now()),
-            Verdict::Rejected { too_large: false }
+            classify_status(400, None, now(), &StatusSet::default()),
+            Verdict::Retry {
+                retry_after: None,
+                suspicious: true
+            }
         );
-        assert_eq!(
-            classify_status(404, None, now()),
-            Verdict::Rejected { too_large: false }
-        );
-        assert_eq!(
-            classify_status(413, None, now()),
-            Verdict::Rejected { too_large: true }
-        );
-        assert_eq!(
-            classify_status(301, None, now()),
-            Verdict::Rejected { too_large: false }
-        );
+    }
+
+    #[test]
+    fn endpoint_errors_and_redirects_are_retried_and_flagged() {
+        for status in [301, 302, 307, 401, 403, 404, 405] {
+            assert_eq!(
+                classify(status),
+                Verdict::Retry {
+                    retry_after: None,
+                    suspicious: true
+                },
+                "{status}"
+            );
+        }
     }
 
     #[test]
     fn retry_after_in_seconds_and_as_an_http_date() {
         assert_eq!(
-            classify_status(429, Some("2"), now()),
+            classify_status(429, Some("2"), now(), &defaults()),
             Verdict::Retry {
-                retry_after: Some(Duration::from_secs(2))
+                retry_after: Some(Duration::from_secs(2)),
+                suspicious: false
             }
         );
         assert_eq!(

@@ -1,0 +1,100 @@
+//! Delivering one sealed batch until every event in it is accounted for:
+//! accepted by the webhook, or set aside in the dead-letter topic.
+//!
+//! The batch is sent whole. If the webhook rejects it (a status in
+//! `WEBHOOK_REJECT_STATUSES`, such as 400 for a bad event or 413 for a body too
+//! large), it is split in halves ([`crate::bisect`]) until the rejected events
+//! stand alone; the accepted parts go out in order, the rejected events go to
+//! the dead-letter topic with the status and the response. Transient failures
+//! are retried inside [`Webhook::send`].
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::batch::Batch;
+use crate::bisect::Bisection;
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::metrics::{status_class, Metrics};
+use crate::webhook::{Cancelled, Sent, Webhook};
+
+pub struct Deliverer {
+    pub webhook: Webhook,
+    pub dead_letters: DeadLetters,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What happened to a batch's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: usize,
+    pub dead_lettered: usize,
+}
+
+impl Deliverer {
+    pub async fn deliver(
+        &self,
+        batch: &Batch,
+        partition: i32,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, Cancelled> {
+        let mut bisection = Bisection::new(batch.events.len());
+        let mut rejected = Vec::new();
+        while let Some(range) = bisection.next() {
+            match self
+                .webhook
+                .send(batch.body_for(range.clone()), partition, cancel)
+                .await?
+            {
+                Sent::Delivered => bisection.accepted(),
+                Sent::Rejected { status, body } => {
+                    self.metrics
+                        .webhook_rejections
+                        .with_label_values(&[status_class(status)])
+                        .inc();
+                    if range.len() == batch.events.len() {
+                        warn!(partition, status, events = range.len(), response = %crate::dlq::truncate(&body, 200),
+                            "webhook rejected a batch; splitting it to find the rejected events");
+                    }
+                    if range.len() == 1 {
+                        rejected.push((range.start, status, body));
+                    }
+                    bisection.rejected();
+                }
+            }
+        }
+        self.metrics
+            .bisection_requests
+            .inc_by(u64::from(bisection.extra_requests()));
+        for (index, status, body) in &rejected {
+            let event = &batch.events[*index];
+            let letter = DeadLetter {
+                key: event.source.key.clone(),
+                payload: event.source.payload.clone(),
+                partition,
+                offset: event.source.offset,
+                reason: format!("webhook_{status}"),
+                error: None,
+                http_status: Some(*status),
+                response_body: Some(body.clone()),
+            };
+            self.dead_letters.write(&letter, cancel).await?;
+            self.metrics
+                .events_dead_lettered
+                .with_label_values(&[letter.reason.as_str()])
+                .inc();
+            warn!(
+                partition,
+                offset = event.source.offset,
+                status,
+                topic = self.dead_letters.topic(),
+                "event rejected by the webhook; written to the dead-letter topic"
+            );
+        }
+        Ok(Outcome {
+            accepted: bisection.delivered_events(),
+            dead_lettered: rejected.len(),
+        })
+    }
+}

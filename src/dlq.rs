@@ -1,0 +1,232 @@
+//! The dead-letter topic: where a message goes when it cannot be delivered
+//! (not a PostHog event, larger than a batch may be, or rejected by the
+//! webhook with a permanent status), so that its partition moves on without
+//! losing it.
+//!
+//! A dead letter is the original message (bytes and key) with headers saying
+//! why. Its offset counts as done only once Kafka acknowledged the write
+//! (acks=all, idempotent producer); a write that fails is retried, forever,
+//! like a webhook failure, and its partition waits.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::webhook::Cancelled;
+
+/// Response bodies kept in the `dlq.response_body` header are cut to this size.
+pub const MAX_RESPONSE_BODY: usize = 1024;
+
+/// The header names, for tools that read the dead-letter topic.
+pub mod header {
+    pub const REASON: &str = "dlq.reason";
+    pub const ERROR: &str = "dlq.error";
+    pub const HTTP_STATUS: &str = "dlq.http_status";
+    pub const RESPONSE_BODY: &str = "dlq.response_body";
+    pub const SOURCE_TOPIC: &str = "dlq.source_topic";
+    pub const SOURCE_PARTITION: &str = "dlq.source_partition";
+    pub const SOURCE_OFFSET: &str = "dlq.source_offset";
+    pub const CONNECTOR_VERSION: &str = "dlq.connector_version";
+    pub const TIME: &str = "dlq.time";
+}
+
+/// One message to dead-letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Option<bytes::Bytes>,
+    pub payload: Option<bytes::Bytes>,
+    pub partition: i32,
+    pub offset: i64,
+    /// A short fixed code: a decode reason, `too_large`, or `webhook_<status>`.
+    pub reason: String,
+    /// A human-readable detail (a decode error), if any.
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+    pub response_body: Option<String>,
+}
+
+/// librdkafka properties from `KAFKA_PROPERTIES` that the producer needs too
+/// (security and connection settings); consumer-only ones are left out.
+fn producer_property(key: &str) -> bool {
+    [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "client.",
+        "socket.",
+        "broker.",
+        "reconnect.",
+    ]
+    .iter()
+    .any(|prefix| key.starts_with(prefix))
+}
+
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    source_topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_hosts)
+            .set("client.id", "patterns-connector-dlq")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        for (key, value) in &config.kafka_properties {
+            if producer_property(key) {
+                client.set(key, value);
+            }
+        }
+        let producer = client.create().map_err(|e| {
+            anyhow::anyhow!("cannot create the dead-letter producer (check KAFKA_PROPERTIES): {e}")
+        })?;
+        Ok(DeadLetters {
+            producer,
+            topic: config.dlq_topic.clone(),
+            source_topic: config.kafka_topic.clone(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `letter` and waits for Kafka's acknowledgement, retrying until
+    /// it succeeds or `cancel` fires.
+    pub async fn write(
+        &self,
+        letter: &DeadLetter,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let mut attempt: u32 = 0;
+        loop {
+            let headers = self.headers(letter);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+            if let Some(key) = &letter.key {
+                record = record.key(key.as_ref());
+            }
+            if let Some(payload) = &letter.payload {
+                record = record.payload(payload.as_ref());
+            }
+            let sent = tokio::select! {
+                _ = cancel.cancelled() => return Err(Cancelled),
+                sent = self.producer.send(record, Duration::from_secs(30)) => sent,
+            };
+            match sent {
+                Ok(_) => {
+                    if attempt > 0 {
+                        info!(partition = letter.partition, offset = letter.offset, attempts = attempt + 1,
+                            topic = %self.topic, "dead-letter write succeeded after failures");
+                    }
+                    return Ok(());
+                }
+                Err((e, _)) => {
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        warn!(partition = letter.partition, offset = letter.offset, attempt = attempt + 1,
+                            topic = %self.topic, error = %e,
+                            "writing to the dead-letter topic failed; retrying (does the topic exist?)");
+                    }
+                    let delay = Duration::from_millis(200u64 << attempt.min(7));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Cancelled),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn headers(&self, letter: &DeadLetter) -> OwnedHeaders {
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: header::REASON,
+                value: Some(letter.reason.as_str()),
+            })
+            .insert(Header {
+                key: header::SOURCE_TOPIC,
+                value: Some(self.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: header::SOURCE_PARTITION,
+                value: Some(&letter.partition.to_string()),
+            })
+            .insert(Header {
+                key: header::SOURCE_OFFSET,
+                value: Some(&letter.offset.to_string()),
+            })
+            .insert(Header {
+                key: header::CONNECTOR_VERSION,
+                value: Some(env!("CARGO_PKG_VERSION")),
+            })
+            .insert(Header {
+                key: header::TIME,
+                value: Some(&Utc::now().to_rfc3339()),
+            });
+        if let Some(error) = &letter.error {
+            headers = headers.insert(Header {
+                key: header::ERROR,
+                value: Some(truncate(error, MAX_RESPONSE_BODY)),
+            });
+        }
+        if let Some(status) = letter.http_status {
+            headers = headers.insert(Header {
+                key: header::HTTP_STATUS,
+                value: Some(&status.to_string()),
+            });
+        }
+        if let Some(body) = &letter.response_body {
+            headers = headers.insert(Header {
+                key: header::RESPONSE_BODY,
+                value: Some(truncate(body, MAX_RESPONSE_BODY)),
+            });
+        }
+        headers
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
+
+    #[test]
+    fn only_connection_and_security_properties_go_to_the_producer() {
+        assert!(producer_property("security.protocol"));
+        assert!(producer_property("sasl.password"));
+        assert!(producer_property("ssl.ca.location"));
+        assert!(!producer_property("fetch.max.bytes"));
+        assert!(!producer_property("auto.offset.reset"));
+    }
+}
