@@ -42,6 +42,9 @@ POSTs each batch as a JSON array to a webhook, and commits offsets only after th
 Every option can also be set with the environment variable shown."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_HOSTS", default_value = "localhost:9092")]
     pub kafka_hosts: String,
@@ -159,6 +162,20 @@ pub struct Cli {
     /// Ranges allowed (e.g. 400,413,422). Any other non-2xx status is retried.
     #[arg(long, env = "WEBHOOK_REJECT_STATUSES", default_value = "400,413,422")]
     pub webhook_reject_statuses: String,
+}
+
+/// What to run; without a subcommand, the connector itself.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Sends the events of DLQ_TOPIC to the webhook again (after the cause was
+    /// fixed), committing as it goes, then exits. Events that still fail stay
+    /// in the dead-letter topic.
+    ReplayDlq {
+        /// Consumer group of the replay; defaults to `<KAFKA_CONSUMER_GROUP>-replay`.
+        /// A new group replays the whole topic.
+        #[arg(long, env = "REPLAY_GROUP")]
+        group: Option<String>,
+    },
 }
 
 /// What happens to a message that cannot be delivered.

@@ -51,6 +51,7 @@ pub mod lag;
 pub mod metrics;
 pub mod offsets;
 pub mod partition;
+pub mod replay;
 pub mod sample;
 pub mod shutdown;
 pub mod timestamp;
@@ -139,4 +140,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(Err(e)) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
         _ => Ok(()),
     }
+}
+
+/// `patterns-connector replay-dlq`: re-sends the dead-letter topic's events.
+pub async fn replay_dlq(
+    config: Config,
+    group: Option<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<replay::Summary> {
+    let (_, librdkafka_version) = rdkafka::util::get_rdkafka_version();
+    let metrics = Arc::new(Metrics::new(&librdkafka_version));
+    let webhook =
+        webhook::Webhook::new(&config, metrics).context("cannot build the webhook HTTP client")?;
+    let group = group.unwrap_or_else(|| format!("{}-replay", config.kafka_consumer_group));
+    replay::run(&config, &webhook, &group, &shutdown).await
 }

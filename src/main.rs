@@ -1,10 +1,11 @@
 use clap::Parser;
-use patterns_connector::config::{Cli, Config, LogFormat};
+use patterns_connector::config::{Cli, Command, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let command = cli.command.clone();
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -34,7 +35,17 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         patterns_connector::shutdown::install(shutdown.clone())?;
-        patterns_connector::run(config, shutdown).await
+        match command {
+            None => patterns_connector::run(config, shutdown).await,
+            Some(Command::ReplayDlq { group }) => {
+                let s = patterns_connector::replay_dlq(config, group, shutdown).await?;
+                println!(
+                    "replayed {} dead letters: {} delivered, {} filtered out, {} still undecodable, {} still rejected",
+                    s.read, s.delivered, s.filtered, s.undecodable, s.rejected
+                );
+                Ok(())
+            }
+        }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

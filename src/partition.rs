@@ -410,10 +410,16 @@ impl Worker {
         let size = letter.key.as_ref().map_or(0, Bytes::len)
             + letter.payload.as_ref().map_or(0, Bytes::len);
         self.dead_letter_bytes += size;
-        let dead_letters = self.deps.deliverer.dead_letters.clone();
+        let deps = self.deps.clone();
         let cancel = self.abort.child_token();
         self.dead_letters.spawn(async move {
-            let result = dead_letters.write(&letter, &cancel).await;
+            let result = deps.deliverer.dead_letters.write(&letter, &cancel).await;
+            if result.is_ok() {
+                deps.metrics
+                    .events_dead_lettered
+                    .with_label_values(&[letter.reason.as_str()])
+                    .inc();
+            }
             (unit, size, result)
         });
     }

@@ -86,7 +86,7 @@ fn the_alert_rules_name_only_exported_metrics_and_pass_promtool() {
         "PatternsConnectorPartitionStalled",
         "PatternsConnectorPartitionsUnassigned",
         "PatternsConnectorWebhookErrors",
-        "PatternsConnectorEventsNotDelivered",
+        "PatternsConnectorDeadLetters",
         "PatternsConnectorDown",
     ] {
         assert!(text.contains(&format!("alert: {alert}")), "{alert} missing");

@@ -170,6 +170,123 @@ pub async fn produce_raw(topic: &str, partition: i32, payloads: &[&[u8]]) {
     }
 }
 
+/// A record read back from the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every record of `topic` (from the beginning, until `expected` are
+/// read or `timeout` passes).
+pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        let polled = consumer.poll(Duration::from_millis(200));
+        if let Some(Err(e)) = &polled {
+            eprintln!("read_topic {topic}: {e}");
+        }
+        if let Some(Ok(m)) = polled {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(DeadLetterRecord {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// A sample message whose event carries `properties.reject_me` (the
+/// receiver's `reject_marked` refuses it).
+pub fn marked(sample: &Sample) -> Vec<u8> {
+    let mut message: Value = serde_json::from_slice(&sample.value).expect("sample JSON");
+    let mut data: Value =
+        serde_json::from_str(message["data"].as_str().expect("data")).expect("data JSON");
+    data["properties"]["reject_me"] = Value::Bool(true);
+    message["data"] = Value::String(data.to_string());
+    serde_json::to_vec(&message).expect("JSON")
+}
+
+/// Produces `payloads` (with keys) to one partition, in order; returns their offsets.
+pub async fn produce_keyed(
+    topic: &str,
+    partition: i32,
+    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
+) -> Vec<i64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer");
+    let mut offsets = Vec::new();
+    for (key, payload) in records {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).partition(partition);
+        if let Some(k) = key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(p) = payload {
+            record = record.payload(p.as_slice());
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+        offsets.push(delivery.offset);
+    }
+    offsets
+}
+
+/// Runs `patterns-connector replay-dlq` to completion.
+pub fn replay_dlq(group: &str, webhook_url: &str, dlq: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_patterns-connector"))
+        .arg("replay-dlq")
+        .env_clear()
+        .env("KAFKA_HOSTS", kafka())
+        .env("KAFKA_CONSUMER_GROUP", group)
+        .env("PATTERNS_WEBHOOK_URL", webhook_url)
+        .env("DLQ_TOPIC", dlq)
+        .env("RETRY_BACKOFF_MIN_MS", "50")
+        .env("RETRY_BACKOFF_MAX_MS", "500")
+        .output()
+        .expect("run replay-dlq")
+}
+
+/// Panics if the connector's log holds the webhook URL's secret.
+pub fn assert_no_secret(connector: &Connector) {
+    let logs = connector.logs();
+    assert!(
+        !logs.contains("SECRET-TOKEN"),
+        "the webhook secret leaked into the log:\n{logs}"
+    );
+}
+
 /// The group's committed offset per partition (None: no commit).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -269,6 +386,12 @@ struct ReceiverState {
     default: Option<Reply>,
     requests: Vec<Request>,
     started: usize,
+    /// Answer 400 to any batch holding an event with `properties.reject_me`.
+    reject_marked: bool,
+    /// Answer 413 to any body larger than this.
+    max_body: Option<usize>,
+    /// Drop the connection, without an answer, for this many more requests.
+    drop_connections: usize,
 }
 
 /// A local stand-in for the Patterns webhook.
@@ -300,6 +423,26 @@ impl Receiver {
     /// Answers every request not covered by the script.
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().expect("lock").default = Some(reply);
+    }
+
+    /// Answers 400 to batches holding an event whose properties carry `reject_me`.
+    pub fn reject_marked(&self) {
+        self.state.lock().expect("lock").reject_marked = true;
+    }
+
+    /// Stops refusing marked events.
+    pub fn accept_marked(&self) {
+        self.state.lock().expect("lock").reject_marked = false;
+    }
+
+    /// Answers 413 to bodies larger than `bytes`.
+    pub fn max_body(&self, bytes: usize) {
+        self.state.lock().expect("lock").max_body = Some(bytes);
+    }
+
+    /// Drops the connection of the next `n` requests without answering.
+    pub fn drop_connections(&self, n: usize) {
+        self.state.lock().expect("lock").drop_connections = n;
     }
 
     /// Answers the next requests, in order.
@@ -338,21 +481,37 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let reply = {
-        let mut s = state.lock().expect("lock");
-        s.started += 1;
-        s.script
-            .pop_front()
-            .or_else(|| s.default.clone())
-            .unwrap_or_else(Reply::ok)
-    };
-    if !reply.delay.is_zero() {
-        tokio::time::sleep(reply.delay).await;
-    }
     let events = match serde_json::from_slice(&body) {
         Ok(Value::Array(events)) => events,
         _ => Vec::new(),
     };
+    let reply = {
+        let mut s = state.lock().expect("lock");
+        s.started += 1;
+        if s.drop_connections > 0 {
+            s.drop_connections -= 1;
+            drop(s);
+            // Unwinding out of the handler makes hyper close the connection
+            // without an answer: what a crashing proxy does.
+            std::panic::resume_unwind(Box::new("receiver drops the connection"));
+        }
+        let marked = events
+            .iter()
+            .any(|e| e["properties"].get("reject_me").is_some());
+        if s.reject_marked && marked {
+            Reply::status(400)
+        } else if s.max_body.is_some_and(|max| body.len() > max) {
+            Reply::status(413)
+        } else {
+            s.script
+                .pop_front()
+                .or_else(|| s.default.clone())
+                .unwrap_or_else(Reply::ok)
+        }
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
     let request = Request {
         at: Instant::now(),
         status: reply.status,

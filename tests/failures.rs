@@ -1,0 +1,592 @@
+//! Bad input and webhook faults, against a real Kafka: nothing is lost,
+//! nothing is committed early, bad messages land in the dead-letter topic
+//! with the right reason, and the partition moves on.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use patterns_connector::sample;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn good(run: u32, n: u64) -> (Option<Vec<u8>>, Option<Vec<u8>>, String) {
+    let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
+    (Some(s.key.into_bytes()), Some(s.value), s.uuid)
+}
+
+fn captured(data: Value, outer: Value) -> Vec<u8> {
+    let mut message = json!({
+        "uuid": "0190f1b2-0000-7000-8000-00000000bad0", "distinct_id": "d1", "ip": null,
+        "now": "2024-05-01T12:00:00Z", "sent_at": "", "token": "phc_x",
+    });
+    message["data"] = match data {
+        Value::String(s) => Value::String(s),
+        other => Value::String(other.to_string()),
+    };
+    if let (Some(m), Value::Object(extra)) = (message.as_object_mut(), outer) {
+        m.extend(extra);
+    }
+    serde_json::to_vec(&message).expect("json")
+}
+
+/// (kind, key, payload, expected dead-letter reason; None when it must be delivered)
+fn corpus() -> Vec<(
+    &'static str,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<&'static str>,
+)> {
+    let nested = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let huge = "x".repeat(200_000);
+    let key = Some(b"phc_x:d1".to_vec());
+    let b = |s: &str| Some(s.as_bytes().to_vec());
+    vec![
+        ("not json", key.clone(), b("not json"), Some("not_json")),
+        (
+            "invalid utf-8",
+            key.clone(),
+            Some(vec![0xff, 0xfe, 0xfd, b'{']),
+            Some("not_json"),
+        ),
+        ("empty value", key.clone(), Some(Vec::new()), Some("empty")),
+        ("tombstone", key.clone(), None, Some("empty")),
+        ("json array", key.clone(), b("[1,2,3]"), Some("not_object")),
+        (
+            "json string",
+            key.clone(),
+            b("\"event\""),
+            Some("not_object"),
+        ),
+        ("json number", key.clone(), b("42"), Some("not_object")),
+        ("json null", key.clone(), b("null"), Some("not_object")),
+        ("empty object", key.clone(), b("{}"), Some("unknown_format")),
+        (
+            "data is a number",
+            key.clone(),
+            b(r#"{"uuid":"u","data":5}"#),
+            Some("unknown_format"),
+        ),
+        (
+            "data is not json",
+            key.clone(),
+            b(r#"{"uuid":"u","distinct_id":"d","data":"{oops"}"#),
+            Some("bad_data"),
+        ),
+        (
+            "data is an array",
+            key.clone(),
+            b(r#"{"uuid":"u","distinct_id":"d","data":"[1,2]"}"#),
+            Some("bad_data"),
+        ),
+        (
+            "number out of range in data",
+            key.clone(),
+            Some(captured(
+                Value::String(r#"{"event":"e","properties":{"n":1e999}}"#.into()),
+                json!({}),
+            )),
+            Some("bad_data"),
+        ),
+        (
+            "missing uuid",
+            key.clone(),
+            b(r#"{"distinct_id":"d","data":"{\"event\":\"e\"}"}"#),
+            Some("missing_field"),
+        ),
+        (
+            "missing event",
+            key.clone(),
+            Some(captured(json!({"properties": {}}), json!({}))),
+            Some("missing_field"),
+        ),
+        (
+            "missing distinct_id",
+            key.clone(),
+            b(r#"{"uuid":"u","data":"{\"event\":\"e\"}"}"#),
+            Some("missing_field"),
+        ),
+        (
+            "empty event name",
+            key.clone(),
+            Some(captured(json!({"event": ""}), json!({}))),
+            Some("missing_field"),
+        ),
+        (
+            "event is a number",
+            key.clone(),
+            Some(captured(json!({"event": 5}), json!({}))),
+            Some("wrong_type"),
+        ),
+        (
+            "uuid is a number",
+            key.clone(),
+            Some(captured(json!({"event": "e"}), json!({"uuid": 7}))),
+            Some("wrong_type"),
+        ),
+        (
+            "properties is a list",
+            key.clone(),
+            Some(captured(
+                json!({"event": "e", "properties": [1]}),
+                json!({}),
+            )),
+            Some("wrong_type"),
+        ),
+        (
+            "distinct_id is an object",
+            key.clone(),
+            Some(captured(
+                json!({"event": "e"}),
+                json!({"distinct_id": {"a": 1}}),
+            )),
+            Some("wrong_type"),
+        ),
+        (
+            "deeply nested json",
+            key.clone(),
+            Some(nested.into_bytes()),
+            Some("not_json"),
+        ),
+        (
+            "trailing null byte",
+            key.clone(),
+            Some(b"{\"a\":1}\x00".to_vec()),
+            Some("not_json"),
+        ),
+        (
+            "byte order mark",
+            key.clone(),
+            Some([&[0xEF, 0xBB, 0xBF][..], b"{}"].concat()),
+            Some("not_json"),
+        ),
+        (
+            "lone surrogate escape",
+            key.clone(),
+            b(r#"{"uuid":"\ud800"}"#),
+            Some("not_json"),
+        ),
+        (
+            "clickhouse properties not json",
+            key.clone(),
+            b(
+                r#"{"uuid":"u","event":"e","distinct_id":"d","properties":"{oops","timestamp":"2024-01-01 00:00:00"}"#,
+            ),
+            Some("wrong_type"),
+        ),
+        (
+            "clickhouse without timestamp",
+            key.clone(),
+            b(r#"{"uuid":"u","event":"e","distinct_id":"d","properties":"{}"}"#),
+            Some("missing_field"),
+        ),
+        (
+            "huge string over the byte limit",
+            key.clone(),
+            Some(captured(
+                json!({"event": "big", "properties": {"blob": huge}}),
+                json!({}),
+            )),
+            Some("too_large"),
+        ),
+        // Accepted on purpose: JSON allows them and PostHog reads them the same way.
+        (
+            "duplicate keys (last wins)",
+            key.clone(),
+            Some(captured(json!({"event": "dup"}), json!({}))).map(|v| {
+                let mut s = String::from_utf8(v).expect("utf8");
+                s.insert_str(1, r#""uuid":"first-uuid","#);
+                s.into_bytes()
+            }),
+            None,
+        ),
+        (
+            "no key",
+            None,
+            Some(captured(
+                json!({"event": "keyless"}),
+                json!({"uuid": "0190f1b2-0000-7000-8000-00000000c0de"}),
+            )),
+            None,
+        ),
+        (
+            "escaped null character in a string",
+            key.clone(),
+            Some(captured(
+                json!({"event": "nul\u{0}inside"}),
+                json!({"uuid": "0190f1b2-0000-7000-8000-00000000c0df"}),
+            )),
+            None,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_arrive_in_order() {
+    let (topic, group, dlq) = (unique("corpus"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let receiver = Receiver::start().await;
+    let run = run_id();
+    let corpus = corpus();
+    let bad_kinds = corpus.iter().filter(|c| c.3.is_some()).count();
+    assert!(bad_kinds >= 25, "{bad_kinds} kinds of bad message");
+
+    // Good, bad, good, bad, ... so every bad message sits between good ones.
+    let mut records = Vec::new();
+    let mut good_uuids = Vec::new();
+    for (n, (_, key, payload, _)) in corpus.iter().enumerate() {
+        let (k, v, uuid) = good(run, n as u64);
+        records.push((k, v));
+        good_uuids.push(uuid);
+        records.push((key.clone(), payload.clone()));
+    }
+    let offsets = produce_keyed(&topic, 0, &records).await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("DLQ_TOPIC", dlq.as_str()),
+            ("BATCH_MAX_BYTES", "65536"),
+            ("BATCH_MAX_EVENTS", "7"),
+        ],
+    );
+    let end = *offsets.last().expect("records") + 1;
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(end)]
+    })
+    .await;
+
+    // Good events: all delivered, in order.
+    let delivered: Vec<String> = receiver
+        .delivered()
+        .iter()
+        .filter_map(|e| e["uuid"].as_str().map(str::to_owned))
+        .collect();
+    let sample_uuids: Vec<&String> = delivered
+        .iter()
+        .filter(|u| good_uuids.contains(u))
+        .collect();
+    assert_eq!(
+        sample_uuids.len(),
+        good_uuids.len(),
+        "delivered: {delivered:?}\nlog: {}",
+        connector.logs()
+    );
+    assert!(
+        sample_uuids.iter().zip(&good_uuids).all(|(a, b)| *a == b),
+        "good events out of order"
+    );
+    for uuid in [
+        "0190f1b2-0000-7000-8000-00000000c0de",
+        "0190f1b2-0000-7000-8000-00000000c0df",
+    ] {
+        assert!(
+            delivered.iter().any(|u| u == uuid),
+            "{uuid} (valid, unusual) not delivered"
+        );
+    }
+
+    // Bad messages: each one in the dead-letter topic, original bytes, right reason.
+    let expected: Vec<_> = corpus
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.3.is_some())
+        .collect();
+    let letters = read_topic(&dlq, expected.len(), WAIT);
+    assert_eq!(letters.len(), expected.len(), "dead letters");
+    let by_offset: HashMap<i64, &DeadLetterRecord> = letters
+        .iter()
+        .map(|l| (l.headers["dlq.source_offset"].parse().expect("offset"), l))
+        .collect();
+    for (i, (kind, key, payload, reason)) in expected {
+        let offset = offsets[2 * i + 1];
+        let letter = by_offset
+            .get(&offset)
+            .unwrap_or_else(|| panic!("{kind}: not dead-lettered"));
+        assert_eq!(letter.headers["dlq.reason"], reason.expect("bad"), "{kind}");
+        assert_eq!(
+            letter.payload.as_deref().unwrap_or_default(),
+            payload.as_deref().unwrap_or_default(),
+            "{kind}: payload changed"
+        );
+        assert_eq!(&letter.key, key, "{kind}: key changed");
+        assert_eq!(letter.headers["dlq.source_topic"], topic);
+        assert_eq!(letter.headers["dlq.source_partition"], "0");
+        assert_eq!(
+            letter.headers["dlq.connector_version"],
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(letter.headers.contains_key("dlq.time"));
+    }
+    let text = connector.metrics().await;
+    let dead: f64 = metric_values(&text, "patterns_connector_events_dead_lettered_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(dead as usize, letters.len());
+    assert_no_secret(&connector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
+    let (topic, group, dlq) = (unique("bisect"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.reject_marked();
+    let run = run_id();
+    let bad_at = [3u64, 40, 41, 97];
+    let mut records = Vec::new();
+    let mut uuids = Vec::new();
+    for n in 0..100 {
+        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
+        let value = if bad_at.contains(&n) {
+            marked(&s)
+        } else {
+            s.value.clone()
+        };
+        uuids.push(s.uuid.clone());
+        records.push((Some(s.key.into_bytes()), Some(value)));
+    }
+    let offsets = produce_keyed(&topic, 0, &records).await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("DLQ_TOPIC", dlq.as_str()),
+            ("BATCH_MAX_EVENTS", "100"),
+            ("BATCH_LINGER_MS", "2000"),
+        ],
+    );
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(100)]
+    })
+    .await;
+    let delivered: Vec<String> = receiver
+        .delivered()
+        .iter()
+        .map(|e| e["uuid"].as_str().expect("uuid").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..100)
+        .filter(|n| !bad_at.contains(n))
+        .map(|n| uuids[n as usize].clone())
+        .collect();
+    assert_eq!(
+        delivered, expected,
+        "accepted events delivered once each, in order"
+    );
+    let letters = read_topic(&dlq, 4, WAIT);
+    let mut dead: Vec<i64> = letters
+        .iter()
+        .map(|l| l.headers["dlq.source_offset"].parse().expect("offset"))
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(
+        dead,
+        bad_at
+            .iter()
+            .map(|n| offsets[*n as usize])
+            .collect::<Vec<_>>()
+    );
+    for l in &letters {
+        assert_eq!(l.headers["dlq.reason"], "webhook_400");
+        assert_eq!(l.headers["dlq.http_status"], "400");
+    }
+    let text = connector.metrics().await;
+    let extra = metric_values(&text, "patterns_connector_bisection_requests_total")[0].1;
+    assert!(
+        extra > 0.0 && extra <= 2.0 * 4.0 * 7.0,
+        "{extra} extra requests for 4 rejected events of 100"
+    );
+    println!(
+        "bisection: 4 rejected of 100, {extra} extra requests, {} requests in all",
+        receiver.requests().len()
+    );
+    assert_no_secret(&connector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_413_splits_batches_until_they_fit_and_everything_is_delivered() {
+    let (topic, group, dlq) = (unique("split413"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.max_body(20_000);
+    let produced = produce(&topic, run_id(), 0..200).await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[("DLQ_TOPIC", dlq.as_str()), ("BATCH_MAX_BYTES", "200000")],
+    );
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(200)]
+    })
+    .await;
+    let delivered = receiver.delivered_uuids();
+    assert!(
+        produced.iter().all(|p| delivered.contains(&p.sample.uuid)),
+        "an event was lost"
+    );
+    let requests = receiver.requests();
+    assert!(
+        requests.iter().any(|r| r.status == 413),
+        "the webhook never said 413"
+    );
+    assert!(requests
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.bytes <= 20_000));
+    assert!(
+        read_topic(&dlq, 1, Duration::from_secs(3)).is_empty(),
+        "nothing should be dead-lettered"
+    );
+    assert_no_secret(&connector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_connections_timeouts_and_redirects_lose_nothing_and_commit_nothing_early() {
+    let (topic, group) = (unique("faults"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.drop_connections(2);
+    receiver.script(vec![
+        Reply::ok().delayed(Duration::from_millis(1500)),
+        Reply::status(307).retry_after("0"),
+        Reply::status(301),
+        Reply::status(302),
+    ]);
+    let produced = produce(&topic, run_id(), 0..50).await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[("WEBHOOK_TIMEOUT_MS", "500"), ("BATCH_MAX_EVENTS", "50")],
+    );
+    // Nothing may be committed while the faults last.
+    eventually(WAIT, "the scripted faults played", || {
+        receiver.started() >= 6
+    })
+    .await;
+    let accepted_before = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
+    if accepted_before == 0 {
+        assert_eq!(committed(&group, &topic, 1), vec![None]);
+    }
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(50)]
+    })
+    .await;
+    let delivered = receiver.delivered_uuids();
+    assert!(
+        produced.iter().all(|p| delivered.contains(&p.sample.uuid)),
+        "an event was lost"
+    );
+    let statuses: HashSet<u16> = receiver.requests().iter().map(|r| r.status).collect();
+    assert!(statuses.contains(&307) && statuses.contains(&301) && statuses.contains(&302));
+    let logs = connector.logs();
+    assert!(
+        logs.contains("wrong URL or credentials"),
+        "redirects are flagged in the log"
+    );
+    assert_no_secret(&connector);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_policy_block_stops_the_partition_at_the_bad_message() {
+    let (topic, group) = (unique("block"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    let run = run_id();
+    let records = vec![
+        {
+            let (k, v, _) = good(run, 0);
+            (k, v)
+        },
+        (None, Some(b"not json".to_vec())),
+        {
+            let (k, v, _) = good(run, 1);
+            (k, v)
+        },
+    ];
+    produce_keyed(&topic, 0, &records).await;
+    let connector = Connector::start(&topic, &group, &receiver.url(), &[("DLQ_POLICY", "block")]);
+    eventually(WAIT, "the first good event committed", || {
+        committed(&group, &topic, 1) == vec![Some(1)]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        committed(&group, &topic, 1),
+        vec![Some(1)],
+        "the partition must stop at the bad message"
+    );
+    assert!(connector.logs().contains("DLQ_POLICY=block"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
+    let (topic, group, dlq) = (unique("replay"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.reject_marked();
+    let run = run_id();
+    let mut records = Vec::new();
+    let mut marked_uuids = HashSet::new();
+    for n in 0..20 {
+        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
+        let value = if n % 7 == 3 {
+            marked_uuids.insert(s.uuid.clone());
+            marked(&s)
+        } else {
+            s.value.clone()
+        };
+        records.push((Some(s.key.into_bytes()), Some(value)));
+    }
+    records.push((None, Some(b"not json".to_vec())));
+    produce_keyed(&topic, 0, &records).await;
+    let mut connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[("DLQ_TOPIC", dlq.as_str())],
+    );
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(21)]
+    })
+    .await;
+    connector.signal("TERM");
+    assert!(connector.wait(Duration::from_secs(30)).await.success());
+    assert!(receiver.delivered_uuids().is_disjoint(&marked_uuids));
+
+    // The webhook is fixed; replay.
+    receiver.accept_marked();
+    let out = replay_dlq(&group, &receiver.url(), &dlq);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("replayed 4 dead letters: 3 delivered, 0 filtered out, 1 still undecodable, 0 still rejected"), "{stdout}");
+    assert!(marked_uuids.is_subset(&receiver.delivered_uuids()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("SECRET-TOKEN"));
+
+    // A second replay with the same group has nothing left to send.
+    let out = replay_dlq(&group, &receiver.url(), &dlq);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("replayed 0 dead letters"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
