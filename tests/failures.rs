@@ -33,13 +33,16 @@ fn captured(data: Value, outer: Value) -> Vec<u8> {
     serde_json::to_vec(&message).expect("json")
 }
 
-/// (kind, key, payload, expected dead-letter reason; None when it must be delivered)
-fn corpus() -> Vec<(
+/// One kind of message: what it is, key, payload, and the expected
+/// dead-letter reason (None when it must be delivered).
+type Case = (
     &'static str,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     Option<&'static str>,
-)> {
+);
+
+fn corpus() -> Vec<Case> {
     let nested = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
     let huge = "x".repeat(200_000);
     let key = Some(b"phc_x:d1".to_vec());

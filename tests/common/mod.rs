@@ -232,12 +232,11 @@ pub fn marked(sample: &Sample) -> Vec<u8> {
     serde_json::to_vec(&message).expect("JSON")
 }
 
+/// A Kafka record as produced by the tests: optional key, optional value.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Produces `payloads` (with keys) to one partition, in order; returns their offsets.
-pub async fn produce_keyed(
-    topic: &str,
-    partition: i32,
-    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
-) -> Vec<i64> {
+pub async fn produce_keyed(topic: &str, partition: i32, records: &[RawRecord]) -> Vec<i64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .set("enable.idempotence", "true")
