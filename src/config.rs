@@ -157,6 +157,43 @@ pub struct Cli {
     #[arg(long, env = "DLQ_POLICY", value_enum, default_value = "dlq")]
     pub dlq_policy: DlqPolicy,
 
+    /// Extra request headers, `Name: value` entries separated by `;` or new
+    /// lines (e.g. `X-Api-Key: abc; X-Team: data`). Values are never logged.
+    #[arg(long, env = "WEBHOOK_HEADERS", default_value = "", hide_default_value = true, hide_env_values = true)]
+    pub webhook_headers: String,
+
+    /// Bearer token sent as `Authorization: Bearer <token>`.
+    #[arg(long, env = "WEBHOOK_BEARER_TOKEN", default_value = "", hide_default_value = true, hide_env_values = true)]
+    pub webhook_bearer_token: String,
+
+    /// File holding the bearer token (e.g. a mounted Kubernetes secret); wins over WEBHOOK_BEARER_TOKEN.
+    #[arg(long, env = "WEBHOOK_BEARER_TOKEN_FILE")]
+    pub webhook_bearer_token_file: Option<String>,
+
+    /// Secret for HMAC-SHA256 request signing (see the README); empty disables signing.
+    #[arg(long, env = "WEBHOOK_SIGNING_SECRET", default_value = "", hide_default_value = true, hide_env_values = true)]
+    pub webhook_signing_secret: String,
+
+    /// File holding the signing secret; wins over WEBHOOK_SIGNING_SECRET.
+    #[arg(long, env = "WEBHOOK_SIGNING_SECRET_FILE")]
+    pub webhook_signing_secret_file: Option<String>,
+
+    /// Compress request bodies with gzip (`Content-Encoding: gzip`).
+    #[arg(long, env = "WEBHOOK_GZIP", default_value = "false")]
+    pub webhook_gzip: String,
+
+    /// PEM file of CA certificates to trust for the webhook's TLS, in addition to the built-in roots.
+    #[arg(long, env = "WEBHOOK_CA_BUNDLE")]
+    pub webhook_ca_bundle: Option<String>,
+
+    /// File holding the Kafka SASL password (sets sasl.password; wins over KAFKA_PROPERTIES).
+    #[arg(long, env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<String>,
+
+    /// Kafka SASL password (sets sasl.password). Never logged.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", default_value = "", hide_default_value = true, hide_env_values = true)]
+    pub kafka_sasl_password: String,
+
     /// HTTP statuses that mean "the webhook refuses these events": the batch is
     /// split to isolate the refused events, which go to the dead-letter topic.
     /// Ranges allowed (e.g. 400,413,422). Any other non-2xx status is retried.
@@ -214,6 +251,61 @@ pub struct Config {
     pub dlq_policy: DlqPolicy,
     /// Statuses that reject the events of a batch (see `WEBHOOK_REJECT_STATUSES`).
     pub reject_statuses: StatusSet,
+    /// Extra request headers, auth included. Values are secret.
+    pub webhook_headers: Vec<(String, String)>,
+    pub signing_secret: Option<String>,
+    pub webhook_gzip: bool,
+    /// PEM bytes of extra CA certificates.
+    pub webhook_ca_bundle: Option<Vec<u8>>,
+}
+
+/// Reads a secret from a file (trailing newline trimmed), naming the option on failure.
+fn secret_file(option: &'static str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| bad(option, format!("cannot read {path}: {e}")))
+}
+
+/// The secret from `file` if given, else from `value`; None when both are empty.
+fn secret(option: &'static str, value: &str, file: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let secret = match file.filter(|f| !f.trim().is_empty()) {
+        Some(path) => secret_file(option, path.trim())?,
+        None => value.to_owned(),
+    };
+    Ok((!secret.is_empty()).then_some(secret))
+}
+
+/// Parses `Name: value; Name: value` (or one per line).
+pub fn parse_headers(raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut headers = Vec::new();
+    for entry in raw.split([';', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, value) = entry.split_once(':').ok_or_else(|| {
+            bad("WEBHOOK_HEADERS", "expected `Name: value` entries separated by `;` or new lines")
+        })?;
+        let name = name.trim();
+        let valid_name = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+        if !valid_name {
+            return Err(bad("WEBHOOK_HEADERS", format!("{name:?} is not a valid header name")));
+        }
+        let value = value.trim();
+        if value.bytes().any(|b| b < 0x20 && b != b'\t') {
+            return Err(bad("WEBHOOK_HEADERS", format!("the value of {name} holds a control character")));
+        }
+        if name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content-encoding") {
+            return Err(bad("WEBHOOK_HEADERS", format!("{name} is set by the connector")));
+        }
+        headers.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(headers)
+}
+
+fn boolean(option: &'static str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(bad(option, format!("expected true or false, got {raw:?}"))),
+    }
 }
 
 /// A set of HTTP statuses, parsed from `400,413,500-599`.
@@ -405,6 +497,25 @@ impl Config {
             "" => None,
             raw => Some(number("POSTHOG_TEAM_ID", raw, 0, i64::MAX, "team id")?),
         };
+        let mut webhook_headers = parse_headers(&cli.webhook_headers)?;
+        if let Some(token) = secret(
+            "WEBHOOK_BEARER_TOKEN_FILE",
+            &cli.webhook_bearer_token,
+            cli.webhook_bearer_token_file.as_deref(),
+        )? {
+            if webhook_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+                return Err(bad("WEBHOOK_BEARER_TOKEN", "WEBHOOK_HEADERS already sets Authorization"));
+            }
+            webhook_headers.push(("Authorization".into(), format!("Bearer {token}")));
+        }
+        let mut kafka_properties = parse_kafka_properties(&cli.kafka_properties)?;
+        if let Some(password) = secret(
+            "KAFKA_SASL_PASSWORD_FILE",
+            &cli.kafka_sasl_password,
+            cli.kafka_sasl_password_file.as_deref(),
+        )? {
+            kafka_properties.insert("sasl.password".into(), password);
+        }
         let token = cli.posthog_project_token.trim();
         if !token.is_empty() && cli.input_format == InputFormat::Clickhouse {
             return Err(bad(
@@ -455,7 +566,7 @@ impl Config {
             kafka_hosts: non_empty("KAFKA_HOSTS", &cli.kafka_hosts)?,
             kafka_topic: non_empty("KAFKA_TOPIC", &cli.kafka_topic)?,
             kafka_consumer_group: non_empty("KAFKA_CONSUMER_GROUP", &cli.kafka_consumer_group)?,
-            kafka_properties: parse_kafka_properties(&cli.kafka_properties)?,
+            kafka_properties,
             webhook_url,
             allowed_event_types: parse_allow_list(&cli.allowed_event_types),
             project_token: (!token.is_empty()).then(|| token.to_owned()),
@@ -503,6 +614,39 @@ impl Config {
                 "WEBHOOK_REJECT_STATUSES",
                 &cli.webhook_reject_statuses,
             )?,
+            webhook_headers,
+            signing_secret: secret(
+                "WEBHOOK_SIGNING_SECRET_FILE",
+                &cli.webhook_signing_secret,
+                cli.webhook_signing_secret_file.as_deref(),
+            )?,
+            webhook_gzip: boolean("WEBHOOK_GZIP", &cli.webhook_gzip)?,
+            webhook_ca_bundle: match cli
+                .webhook_ca_bundle
+                .as_deref()
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                None => None,
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        bad("WEBHOOK_CA_BUNDLE", format!("cannot read {path}: {e}"))
+                    })?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                        bad(
+                            "WEBHOOK_CA_BUNDLE",
+                            format!("{path} is not a PEM certificate bundle: {e}"),
+                        )
+                    })?;
+                    if certs.is_empty() {
+                        return Err(bad(
+                            "WEBHOOK_CA_BUNDLE",
+                            format!("{path} holds no PEM certificate"),
+                        ));
+                    }
+                    Some(pem)
+                }
+            },
         })
     }
 
@@ -566,6 +710,23 @@ impl Config {
             ),
             ("HTTP_ADDR", self.http_addr.to_string()),
             ("DLQ_TOPIC", self.dlq_topic.clone()),
+            (
+                "WEBHOOK_HEADERS",
+                self.webhook_headers
+                    .iter()
+                    .map(|(name, _)| format!("{name}: <redacted>"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            (
+                "WEBHOOK_SIGNING_SECRET",
+                if self.signing_secret.is_some() { "<redacted>" } else { "" }.to_owned(),
+            ),
+            ("WEBHOOK_GZIP", self.webhook_gzip.to_string()),
+            (
+                "WEBHOOK_CA_BUNDLE",
+                if self.webhook_ca_bundle.is_some() { "set" } else { "" }.to_owned(),
+            ),
             ("DLQ_POLICY", format!("{:?}", self.dlq_policy)),
             (
                 "WEBHOOK_REJECT_STATUSES",
@@ -728,6 +889,47 @@ mod tests {
             cli(&[]).expect("defaults").reject_statuses,
             StatusSet(vec![(400, 400), (413, 413), (422, 422)])
         );
+    }
+
+    #[test]
+    fn headers_parse_and_bad_ones_name_the_option() {
+        let h = parse_headers("X-Api-Key: abc:def; X-Team: data\nX-Other:1").expect("valid");
+        assert_eq!(h, vec![
+            ("X-Api-Key".to_owned(), "abc:def".to_owned()),
+            ("X-Team".to_owned(), "data".to_owned()),
+            ("X-Other".to_owned(), "1".to_owned()),
+        ]);
+        assert!(parse_headers("no colon").unwrap_err().to_string().contains("WEBHOOK_HEADERS"));
+        assert!(parse_headers("Bad Name: x").is_err());
+        assert!(parse_headers("Content-Type: text/plain").is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_never_printed() {
+        let dir = std::env::temp_dir().join(format!("pc-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "tok-from-file\n").expect("write");
+        let config = cli(&[
+            "--webhook-bearer-token-file", token.to_str().expect("utf8"),
+            "--webhook-signing-secret", "sign-me",
+            "--webhook-headers", "X-Api-Key: key-123",
+            "--kafka-sasl-password", "pw-456",
+        ])
+        .expect("valid");
+        assert!(config.webhook_headers.contains(&("Authorization".into(), "Bearer tok-from-file".into())));
+        assert_eq!(config.signing_secret.as_deref(), Some("sign-me"));
+        assert_eq!(config.kafka_properties["sasl.password"], "pw-456");
+        let printed = format!("{config:?}");
+        for secret in ["tok-from-file", "sign-me", "key-123", "pw-456"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+        let err = cli(&["--webhook-signing-secret-file", "/nonexistent/secret"]).unwrap_err();
+        assert!(err.contains("WEBHOOK_SIGNING_SECRET_FILE"), "{err}");
+        let err = cli(&["--webhook-ca-bundle", token.to_str().expect("utf8")]).unwrap_err();
+        assert!(err.contains("WEBHOOK_CA_BUNDLE"), "{err}");
+        let err = cli(&["--webhook-gzip", "maybe"]).unwrap_err();
+        assert!(err.contains("WEBHOOK_GZIP"), "{err}");
     }
 
     #[test]

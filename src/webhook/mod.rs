@@ -4,12 +4,15 @@
 //! cannot be delivered waits, its lag grows, and the metrics say so.
 
 pub mod retry;
+pub mod sign;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -34,6 +37,10 @@ pub struct Webhook {
     /// Statuses that reject events; empty under `DLQ_POLICY=block`, so that
     /// every failure is retried.
     reject: StatusSet,
+    /// Content type, user agent, the user's headers and auth: the same on every request.
+    headers: HeaderMap,
+    signing_secret: Option<Arc<[u8]>>,
+    gzip: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -66,7 +73,34 @@ struct Attempt {
 
 impl Webhook {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        if config.webhook_gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        for (name, value) in &config.webhook_headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| anyhow::anyhow!("WEBHOOK_HEADERS: {name:?} is not a valid header name"))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| anyhow::anyhow!("WEBHOOK_HEADERS: the value of {name} is not a valid header value"))?;
+            // Keeps the value out of reqwest's and hyper's debug output.
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if config.webhook_url.scheme() == "http" && !is_loopback(&config.webhook_url) {
+            warn!(url = %redact_url(&config.webhook_url),
+                "PATTERNS_WEBHOOK_URL uses plain http:// to a non-loopback host: events and credentials travel unencrypted");
+        }
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.webhook_ca_bundle {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| anyhow::anyhow!("WEBHOOK_CA_BUNDLE: {e}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .timeout(config.webhook_timeout)
             .connect_timeout(config.webhook_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -83,6 +117,12 @@ impl Webhook {
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             backoff_min: config.retry_backoff_min,
             backoff_max: config.retry_backoff_max,
+            headers,
+            signing_secret: config
+                .signing_secret
+                .as_ref()
+                .map(|s| Arc::from(s.as_bytes())),
+            gzip: config.webhook_gzip,
             reject: match config.dlq_policy {
                 DlqPolicy::Dlq => config.reject_statuses.clone(),
                 DlqPolicy::Block => StatusSet::default(),
@@ -169,14 +209,7 @@ impl Webhook {
             .expect("the semaphore is never closed");
         self.metrics.inflight_requests.inc();
         let started = Instant::now();
-        let result = self
-            .http
-            .post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, USER_AGENT_VALUE)
-            .body(body)
-            .send()
-            .await;
+        let result = self.request(body).send().await;
         let attempt = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -231,6 +264,45 @@ impl Webhook {
             .with_label_values(&[attempt.class])
             .inc();
         attempt
+    }
+}
+
+impl Webhook {
+    /// The request for `body`: fixed headers, then the signature (over the
+    /// JSON, before gzip), then the body, compressed if asked.
+    fn request(&self, body: Bytes) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(self.url.clone()).headers(self.headers.clone());
+        if let Some(secret) = &self.signing_secret {
+            let timestamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            request = request
+                .header(sign::TIMESTAMP_HEADER, timestamp)
+                .header(sign::SIGNATURE_HEADER, sign::signature(secret, timestamp, &body));
+        }
+        if self.gzip {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            use std::io::Write as _;
+            encoder
+                .write_all(&body)
+                .expect("writing to a Vec cannot fail");
+            let compressed = encoder.finish().expect("writing to a Vec cannot fail");
+            return request.body(compressed);
+        }
+        request.body(body)
+    }
+}
+
+/// True for `localhost` and loopback addresses, where plain HTTP is fine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
