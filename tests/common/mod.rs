@@ -375,6 +375,8 @@ pub struct Request {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub bytes: usize,
+    /// The body as JSON text (decompressed when it came gzipped).
+    pub body: Vec<u8>,
     /// The events, when the body was a JSON array.
     pub events: Vec<Value>,
 }
@@ -478,8 +480,21 @@ impl Receiver {
 async fn handle(
     State(state): State<Arc<Mutex<ReceiverState>>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    raw: axum::body::Bytes,
 ) -> Response {
+    let gzipped = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let body: Vec<u8> = if gzipped {
+        use std::io::Read;
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).is_err() {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        out
+    } else {
+        raw.to_vec()
+    };
     let events = match serde_json::from_slice(&body) {
         Ok(Value::Array(events)) => events,
         _ => Vec::new(),
@@ -518,7 +533,8 @@ async fn handle(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect(),
-        bytes: body.len(),
+        bytes: raw.len(),
+        body,
         events,
     };
     state.lock().expect("lock").requests.push(request);
