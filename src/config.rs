@@ -159,11 +159,23 @@ pub struct Cli {
 
     /// Extra request headers, `Name: value` entries separated by `;` or new
     /// lines (e.g. `X-Api-Key: abc; X-Team: data`). Values are never logged.
-    #[arg(long, env = "WEBHOOK_HEADERS", default_value = "", hide_default_value = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WEBHOOK_HEADERS",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub webhook_headers: String,
 
     /// Bearer token sent as `Authorization: Bearer <token>`.
-    #[arg(long, env = "WEBHOOK_BEARER_TOKEN", default_value = "", hide_default_value = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WEBHOOK_BEARER_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub webhook_bearer_token: String,
 
     /// File holding the bearer token (e.g. a mounted Kubernetes secret); wins over WEBHOOK_BEARER_TOKEN.
@@ -171,7 +183,13 @@ pub struct Cli {
     pub webhook_bearer_token_file: Option<String>,
 
     /// Secret for HMAC-SHA256 request signing (see the README); empty disables signing.
-    #[arg(long, env = "WEBHOOK_SIGNING_SECRET", default_value = "", hide_default_value = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WEBHOOK_SIGNING_SECRET",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub webhook_signing_secret: String,
 
     /// File holding the signing secret; wins over WEBHOOK_SIGNING_SECRET.
@@ -191,7 +209,13 @@ pub struct Cli {
     pub kafka_sasl_password_file: Option<String>,
 
     /// Kafka SASL password (sets sasl.password). Never logged.
-    #[arg(long, env = "KAFKA_SASL_PASSWORD", default_value = "", hide_default_value = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KAFKA_SASL_PASSWORD",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub kafka_sasl_password: String,
 
     /// HTTP statuses that mean "the webhook refuses these events": the batch is
@@ -267,7 +291,11 @@ fn secret_file(option: &'static str, path: &str) -> Result<String, ConfigError> 
 }
 
 /// The secret from `file` if given, else from `value`; None when both are empty.
-fn secret(option: &'static str, value: &str, file: Option<&str>) -> Result<Option<String>, ConfigError> {
+fn secret(
+    option: &'static str,
+    value: &str,
+    file: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
     let secret = match file.filter(|f| !f.trim().is_empty()) {
         Some(path) => secret_file(option, path.trim())?,
         None => value.to_owned(),
@@ -278,22 +306,42 @@ fn secret(option: &'static str, value: &str, file: Option<&str>) -> Result<Optio
 /// Parses `Name: value; Name: value` (or one per line).
 pub fn parse_headers(raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut headers = Vec::new();
-    for entry in raw.split([';', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in raw
+        .split([';', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         let (name, value) = entry.split_once(':').ok_or_else(|| {
-            bad("WEBHOOK_HEADERS", "expected `Name: value` entries separated by `;` or new lines")
+            bad(
+                "WEBHOOK_HEADERS",
+                "expected `Name: value` entries separated by `;` or new lines",
+            )
         })?;
         let name = name.trim();
         let valid_name = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
         if !valid_name {
-            return Err(bad("WEBHOOK_HEADERS", format!("{name:?} is not a valid header name")));
+            return Err(bad(
+                "WEBHOOK_HEADERS",
+                format!("{name:?} is not a valid header name"),
+            ));
         }
         let value = value.trim();
         if value.bytes().any(|b| b < 0x20 && b != b'\t') {
-            return Err(bad("WEBHOOK_HEADERS", format!("the value of {name} holds a control character")));
+            return Err(bad(
+                "WEBHOOK_HEADERS",
+                format!("the value of {name} holds a control character"),
+            ));
         }
-        if name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("content-encoding") {
-            return Err(bad("WEBHOOK_HEADERS", format!("{name} is set by the connector")));
+        if name.eq_ignore_ascii_case("content-type")
+            || name.eq_ignore_ascii_case("content-encoding")
+        {
+            return Err(bad(
+                "WEBHOOK_HEADERS",
+                format!("{name} is set by the connector"),
+            ));
         }
         headers.push((name.to_owned(), value.to_owned()));
     }
@@ -503,8 +551,14 @@ impl Config {
             &cli.webhook_bearer_token,
             cli.webhook_bearer_token_file.as_deref(),
         )? {
-            if webhook_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
-                return Err(bad("WEBHOOK_BEARER_TOKEN", "WEBHOOK_HEADERS already sets Authorization"));
+            if webhook_headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(bad(
+                    "WEBHOOK_BEARER_TOKEN",
+                    "WEBHOOK_HEADERS already sets Authorization",
+                ));
             }
             webhook_headers.push(("Authorization".into(), format!("Bearer {token}")));
         }
@@ -720,12 +774,22 @@ impl Config {
             ),
             (
                 "WEBHOOK_SIGNING_SECRET",
-                if self.signing_secret.is_some() { "<redacted>" } else { "" }.to_owned(),
+                if self.signing_secret.is_some() {
+                    "<redacted>"
+                } else {
+                    ""
+                }
+                .to_owned(),
             ),
             ("WEBHOOK_GZIP", self.webhook_gzip.to_string()),
             (
                 "WEBHOOK_CA_BUNDLE",
-                if self.webhook_ca_bundle.is_some() { "set" } else { "" }.to_owned(),
+                if self.webhook_ca_bundle.is_some() {
+                    "set"
+                } else {
+                    ""
+                }
+                .to_owned(),
             ),
             ("DLQ_POLICY", format!("{:?}", self.dlq_policy)),
             (
@@ -894,12 +958,18 @@ mod tests {
     #[test]
     fn headers_parse_and_bad_ones_name_the_option() {
         let h = parse_headers("X-Api-Key: abc:def; X-Team: data\nX-Other:1").expect("valid");
-        assert_eq!(h, vec![
-            ("X-Api-Key".to_owned(), "abc:def".to_owned()),
-            ("X-Team".to_owned(), "data".to_owned()),
-            ("X-Other".to_owned(), "1".to_owned()),
-        ]);
-        assert!(parse_headers("no colon").unwrap_err().to_string().contains("WEBHOOK_HEADERS"));
+        assert_eq!(
+            h,
+            vec![
+                ("X-Api-Key".to_owned(), "abc:def".to_owned()),
+                ("X-Team".to_owned(), "data".to_owned()),
+                ("X-Other".to_owned(), "1".to_owned()),
+            ]
+        );
+        assert!(parse_headers("no colon")
+            .unwrap_err()
+            .to_string()
+            .contains("WEBHOOK_HEADERS"));
         assert!(parse_headers("Bad Name: x").is_err());
         assert!(parse_headers("Content-Type: text/plain").is_err());
     }
@@ -911,13 +981,19 @@ mod tests {
         let token = dir.join("token");
         std::fs::write(&token, "tok-from-file\n").expect("write");
         let config = cli(&[
-            "--webhook-bearer-token-file", token.to_str().expect("utf8"),
-            "--webhook-signing-secret", "sign-me",
-            "--webhook-headers", "X-Api-Key: key-123",
-            "--kafka-sasl-password", "pw-456",
+            "--webhook-bearer-token-file",
+            token.to_str().expect("utf8"),
+            "--webhook-signing-secret",
+            "sign-me",
+            "--webhook-headers",
+            "X-Api-Key: key-123",
+            "--kafka-sasl-password",
+            "pw-456",
         ])
         .expect("valid");
-        assert!(config.webhook_headers.contains(&("Authorization".into(), "Bearer tok-from-file".into())));
+        assert!(config
+            .webhook_headers
+            .contains(&("Authorization".into(), "Bearer tok-from-file".into())));
         assert_eq!(config.signing_secret.as_deref(), Some("sign-me"));
         assert_eq!(config.kafka_properties["sasl.password"], "pw-456");
         let printed = format!("{config:?}");

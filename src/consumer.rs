@@ -49,6 +49,8 @@ pub struct Context {
     lag: Mutex<LagTracker>,
     /// Failed commits so far, to log repeats less often.
     commit_failures: AtomicU64,
+    /// Set by an error the connector cannot recover from (bad credentials).
+    fatal: Mutex<Option<String>>,
 }
 
 impl Context {
@@ -220,11 +222,20 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.health.set_broker_up(false);
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::AllBrokersDown) => self.health.set_broker_up(false),
+            // Wrong credentials do not fix themselves: stop with a clear error
+            // instead of retrying forever while looking alive.
+            Some(Code::Authentication | Code::SaslAuthenticationFailed) => {
+                let mut fatal = self.fatal.lock().expect("fatal lock");
+                if fatal.is_none() {
+                    *fatal = Some(format!(
+                        "Kafka authentication failed ({reason}); check the SASL settings in KAFKA_PROPERTIES and KAFKA_SASL_PASSWORD(_FILE)"
+                    ));
+                }
+            }
+            _ => {}
         }
         warn!(error = %error, reason, "kafka client error");
     }
@@ -333,6 +344,7 @@ pub fn create(
         next_generation: AtomicU64::new(0),
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
+        fatal: Mutex::new(None),
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
         anyhow::anyhow!(
@@ -356,13 +368,19 @@ pub fn run(
     max_buffered_bytes: usize,
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let ctx = consumer.context();
     let topic = ctx.topic.clone();
     let mut last_gauges = Instant::now();
     let mut consume_errors_logged: u64 = 0;
+    let mut fatal = None;
     while !shutdown.is_cancelled() {
         ctx.health.beat(SystemTime::now());
+        if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
+            error!(%reason, "stopping");
+            fatal = Some(reason);
+            break;
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 ctx.metrics.events_consumed.inc();
@@ -415,6 +433,10 @@ pub fn run(
     // move to the other replicas without waiting for the session timeout.
     drop(consumer);
     info!("consumer closed");
+    match fatal {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
 }
 
 fn unix_now() -> f64 {

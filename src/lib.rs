@@ -122,19 +122,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // If the HTTP server fails to bind, stop everything: an unmonitored
     // connector is not what the operator asked for.
-    let http_result = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        result = http => Some(result),
+    let consumer_done = tokio::task::spawn_blocking(move || consumer_thread.join());
+    tokio::pin!(consumer_done);
+    let (consumer_result, http_result) = tokio::select! {
+        joined = &mut consumer_done => (joined, None),
+        result = http => {
+            shutdown.cancel();
+            tracing::error!(?result, "the HTTP server stopped; shutting down");
+            ((&mut consumer_done).await, Some(result))
+        }
     };
-    if let Some(result) = &http_result {
-        shutdown.cancel();
-        tracing::error!(?result, "the HTTP server stopped; shutting down");
-    }
-    tokio::task::spawn_blocking(move || consumer_thread.join())
-        .await
-        .context("joining the consumer thread")?
-        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
     http_stop.cancel();
+    consumer_result
+        .context("joining the consumer thread")?
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
     match http_result {
         Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),

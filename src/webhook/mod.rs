@@ -80,10 +80,12 @@ impl Webhook {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         for (name, value) in &config.webhook_headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| anyhow::anyhow!("WEBHOOK_HEADERS: {name:?} is not a valid header name"))?;
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| anyhow::anyhow!("WEBHOOK_HEADERS: the value of {name} is not a valid header value"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                anyhow::anyhow!("WEBHOOK_HEADERS: {name:?} is not a valid header name")
+            })?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| {
+                anyhow::anyhow!("WEBHOOK_HEADERS: the value of {name} is not a valid header value")
+            })?;
             // Keeps the value out of reqwest's and hyper's debug output.
             value.set_sensitive(true);
             headers.insert(name, value);
@@ -271,14 +273,18 @@ impl Webhook {
     /// The request for `body`: fixed headers, then the signature (over the
     /// JSON, before gzip), then the body, compressed if asked.
     fn request(&self, body: Bytes) -> reqwest::RequestBuilder {
-        let mut request = self.http.post(self.url.clone()).headers(self.headers.clone());
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .headers(self.headers.clone());
         if let Some(secret) = &self.signing_secret {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            request = request
-                .header(sign::TIMESTAMP_HEADER, timestamp)
-                .header(sign::SIGNATURE_HEADER, sign::signature(secret, timestamp, &body));
+            request = request.header(sign::TIMESTAMP_HEADER, timestamp).header(
+                sign::SIGNATURE_HEADER,
+                sign::signature(secret, timestamp, &body),
+            );
         }
         if self.gzip {
             let mut encoder = flate2::write::GzEncoder::new(

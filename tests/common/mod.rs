@@ -488,7 +488,10 @@ async fn handle(
     let body: Vec<u8> = if gzipped {
         use std::io::Read;
         let mut out = Vec::new();
-        if flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).is_err() {
+        if flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
             return StatusCode::BAD_REQUEST.into_response();
         }
         out
@@ -631,6 +634,19 @@ impl Connector {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The /metrics text, fetched without an async runtime (for `eventually`).
+    pub fn metrics_blocking(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(self.http) else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
     }
 
     /// The /metrics text, or "" while the server is not up.

@@ -1,0 +1,144 @@
+//! Kafka with SASL/SCRAM: a real broker that requires authentication
+//! (scripts/test starts it with `KAFKA_LOCAL_SASL=scram scripts/kafka-local`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+fn sasl_broker() -> (String, String) {
+    let hosts = std::env::var("KAFKA_SASL_HOSTS").expect(
+        "KAFKA_SASL_HOSTS names no SASL/SCRAM broker: run the suite with scripts/test, which starts one",
+    );
+    let password =
+        std::env::var("KAFKA_SASL_TEST_PASSWORD").unwrap_or_else(|_| "connector-secret".into());
+    (hosts, password)
+}
+
+fn client(hosts: &str, password: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", hosts)
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", "connector")
+        .set("sasl.password", password);
+    c
+}
+
+const PROPERTIES: &str =
+    "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_error() {
+    let (hosts, password) = sasl_broker();
+    let (topic, group, dlq) = (unique("sasl"), unique("g"), unique("dlq"));
+    let admin: AdminClient<DefaultClientContext> =
+        client(&hosts, &password).create().expect("admin");
+    for t in [&topic, &dlq] {
+        admin
+            .create_topics(
+                &[NewTopic::new(t, 2, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .expect("create")
+            .into_iter()
+            .for_each(|r| {
+                r.expect("topic created");
+            });
+    }
+    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
+    let run = run_id();
+    let mut uuids = Vec::new();
+    for n in 0..30 {
+        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&s.key).payload(&s.value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced over SASL");
+        uuids.push(s.uuid);
+    }
+    // A bad message too, so the dead-letter producer must authenticate as well.
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(&topic).payload(&b"not json"[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("sasl"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("write");
+
+    let receiver = Receiver::start().await;
+    let mut right = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("KAFKA_HOSTS", hosts.as_str()),
+            ("KAFKA_PROPERTIES", PROPERTIES),
+            (
+                "KAFKA_SASL_PASSWORD_FILE",
+                password_file.to_str().expect("utf8"),
+            ),
+            ("DLQ_TOPIC", dlq.as_str()),
+        ],
+    );
+    eventually(
+        Duration::from_secs(90),
+        "all events delivered over SASL",
+        || receiver.delivered_uuids().len() == 30,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the bad message dead-lettered",
+        || {
+            right
+                .metrics_blocking()
+                .contains("patterns_connector_events_dead_lettered_total{reason=\"not_json\"} 1")
+        },
+    )
+    .await;
+    right.signal("TERM");
+    assert!(right.wait(Duration::from_secs(30)).await.success());
+    assert!(
+        !right.logs().contains(&password),
+        "the SASL password appears in the log"
+    );
+
+    let mut wrong = Connector::start(
+        &topic,
+        &unique("g"),
+        &receiver.url(),
+        &[
+            ("KAFKA_HOSTS", hosts.as_str()),
+            ("KAFKA_PROPERTIES", PROPERTIES),
+            ("KAFKA_SASL_PASSWORD", "not-the-PASSWORD-42"),
+        ],
+    );
+    let status = wrong.wait(Duration::from_secs(60)).await;
+    let logs = wrong.logs();
+    assert!(
+        !status.success(),
+        "wrong credentials must stop the connector"
+    );
+    assert!(logs.contains("Kafka authentication failed"), "{logs}");
+    assert!(
+        !logs.contains("not-the-PASSWORD-42"),
+        "the wrong password appears in the log"
+    );
+}
