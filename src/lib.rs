@@ -11,9 +11,11 @@
 //!      decode (decode.rs, timestamp.rs) → filter (filter.rs) → batch (batch.rs)
 //!      │  one batch in flight per partition: order is kept
 //!      ▼
-//!  webhook (webhook/): POST the JSON array; 2xx done; 408/429/5xx/timeouts
-//!      retried forever with backoff and Retry-After (webhook/retry.rs)
-//!      │  delivered
+//!  delivery (delivery.rs): POST the JSON array (webhook/); 2xx done;
+//!      transient failures retried forever with backoff and Retry-After
+//!      (webhook/retry.rs); refused batches bisected (bisect.rs), refused
+//!      events to the dead-letter topic (dlq.rs)
+//!      │  delivered or dead-lettered
 //!      ▼
 //!  frontier (offsets.rs) → consumer loop stores the offset → auto-commit
 //! ```
@@ -24,10 +26,12 @@
 //! partition can therefore redeliver events, never skip them. Every event
 //! carries PostHog's `uuid`, which receivers can deduplicate on.
 //!
-//! **Limits of the guarantee, today.** Messages that are not PostHog events are
-//! counted (`patterns_connector_events_undecodable_total`), logged and passed
-//! over; a batch the webhook rejects with a permanent 4xx blocks its partition
-//! and is retried until accepted. A dead-letter topic will take both.
+//! **Nothing is set aside silently.** A message that is not a PostHog event,
+//! an event larger than a batch may be, or an event the webhook refuses
+//! (a status in `WEBHOOK_REJECT_STATUSES`; the batch is bisected to find it,
+//! see `delivery.rs`) goes to the dead-letter topic (`dlq.rs`), and its offset
+//! counts as done only once Kafka acknowledged that write. `replay-dlq`
+//! (`replay.rs`) sends such events again later.
 //!
 //! Memory is bounded: a partition whose undelivered bytes pass its share of
 //! `MAX_BUFFERED_BYTES` is paused until deliveries catch up, while the consumer
