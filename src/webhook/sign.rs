@@ -3,7 +3,7 @@
 //!
 //! Each request carries `X-Patterns-Connector-Timestamp: <unix seconds>` and
 //! `X-Patterns-Connector-Signature: v1=<hex>`, where `<hex>` is
-//! HMAC-SHA256(secret, "<timestamp>.<body>") over the JSON body (before any
+//! `HMAC-SHA256(secret, "<timestamp>.<body>")` over the JSON body (before any
 //! gzip). A receiver recomputes it, compares in constant time, and rejects
 //! timestamps older than its tolerance (5 minutes, say) to stop replays.
 
