@@ -174,3 +174,149 @@ async fn secrets_stay_out_of_the_logs_of_a_failing_run_and_of_help() {
         assert!(!help.contains(leaked), "{leaked} appears in --help");
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=patterns-connector test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_verified_and_a_custom_ca_bundle_is_trusted() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("tls"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    make_certificates(&dir);
+    let port = free_port().port();
+    let received = dir.join("received.jsonl");
+    let mut server = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/tls/https_receiver.py"
+        ))
+        .arg(port.to_string())
+        .arg(dir.join("server.pem"))
+        .arg(dir.join("server.key"))
+        .arg(&received)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 https receiver");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(server.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready");
+        assert_eq!(line.trim(), "ready");
+    }
+    let url = format!("https://127.0.0.1:{port}/api/app/webhooks/SECRET-TOKEN-tls");
+    let (topic, group) = (unique("tls"), unique("g"));
+    create_topic(&topic, 1).await;
+    produce(&topic, run_id(), 0..20).await;
+
+    // Without the CA, the certificate is not trusted: nothing is delivered or committed.
+    let mut untrusting = Connector::start(&topic, &group, &url, &[("SHUTDOWN_TIMEOUT_MS", "500")]);
+    eventually(WAIT, "failed TLS attempts", || {
+        metric_values(
+            &untrusting.metrics_blocking(),
+            "patterns_connector_webhook_retries_total",
+        )
+        .first()
+        .is_some_and(|(_, v)| *v >= 3.0)
+    })
+    .await;
+    assert!(
+        !received.exists(),
+        "delivered over an untrusted certificate"
+    );
+    assert_eq!(committed(&group, &topic, 1), vec![None]);
+    // A clean exit leaves the group at once (a kill would hold the partition
+    // until the session times out).
+    untrusting.signal("TERM");
+    assert!(untrusting.wait(WAIT).await.success());
+
+    let ca = dir.join("ca.pem");
+    let trusting = Connector::start(
+        &topic,
+        &group,
+        &url,
+        &[("WEBHOOK_CA_BUNDLE", ca.to_str().expect("utf8"))],
+    );
+    eventually(WAIT, "every offset committed over TLS", || {
+        committed(&group, &topic, 1) == vec![Some(20)]
+    })
+    .await;
+    let bodies = std::fs::read_to_string(&received).expect("received");
+    let events: usize = bodies
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .expect("json")
+                .as_array()
+                .expect("array")
+                .len()
+        })
+        .sum();
+    assert!(events >= 20);
+    assert_no_secret(&trusting);
+    let _ = server.kill();
+    let _ = server.wait();
+}
