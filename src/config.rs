@@ -157,6 +157,12 @@ pub struct Cli {
     #[arg(long, env = "DLQ_POLICY", value_enum, default_value = "dlq")]
     pub dlq_policy: DlqPolicy,
 
+    /// Where a consumer group with no committed offset starts: `earliest`
+    /// (every retained event), `latest` (new events only) or an RFC 3339 time
+    /// (events from then on). An existing commit always wins.
+    #[arg(long, env = "START_AT", default_value = "earliest")]
+    pub start_at: String,
+
     /// Extra request headers, `Name: value` entries separated by `;` or new
     /// lines (e.g. `X-Api-Key: abc; X-Team: data`). Values are never logged.
     #[arg(
@@ -281,6 +287,32 @@ pub struct Config {
     pub webhook_gzip: bool,
     /// PEM bytes of extra CA certificates.
     pub webhook_ca_bundle: Option<Vec<u8>>,
+    pub start_at: StartAt,
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl StartAt {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        match raw.trim() {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            other => chrono::DateTime::parse_from_rfc3339(other)
+                .map(|t| StartAt::Time(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| {
+                    bad(
+                        "START_AT",
+                        format!("expected earliest, latest or an RFC 3339 time such as 2024-05-01T00:00:00Z, got {raw:?}"),
+                    )
+                }),
+        }
+    }
 }
 
 /// Reads a secret from a file (trailing newline trimmed), naming the option on failure.
@@ -570,6 +602,13 @@ impl Config {
         )? {
             kafka_properties.insert("sasl.password".into(), password);
         }
+        let start_at = StartAt::parse(&cli.start_at)?;
+        if kafka_properties.contains_key("auto.offset.reset") {
+            return Err(bad(
+                "KAFKA_PROPERTIES",
+                "set the start position with START_AT (earliest, latest or a time), not auto.offset.reset",
+            ));
+        }
         let token = cli.posthog_project_token.trim();
         if !token.is_empty() && cli.input_format == InputFormat::Clickhouse {
             return Err(bad(
@@ -669,6 +708,7 @@ impl Config {
                 &cli.webhook_reject_statuses,
             )?,
             webhook_headers,
+            start_at,
             signing_secret: secret(
                 "WEBHOOK_SIGNING_SECRET_FILE",
                 &cli.webhook_signing_secret,
@@ -764,6 +804,7 @@ impl Config {
             ),
             ("HTTP_ADDR", self.http_addr.to_string()),
             ("DLQ_TOPIC", self.dlq_topic.clone()),
+            ("START_AT", format!("{:?}", self.start_at)),
             (
                 "WEBHOOK_HEADERS",
                 self.webhook_headers
@@ -1006,6 +1047,32 @@ mod tests {
         assert!(err.contains("WEBHOOK_CA_BUNDLE"), "{err}");
         let err = cli(&["--webhook-gzip", "maybe"]).unwrap_err();
         assert!(err.contains("WEBHOOK_GZIP"), "{err}");
+    }
+
+    #[test]
+    fn start_at_takes_earliest_latest_or_a_time() {
+        assert_eq!(cli(&[]).expect("default").start_at, StartAt::Earliest);
+        assert_eq!(
+            cli(&["--start-at", "latest"]).expect("valid").start_at,
+            StartAt::Latest
+        );
+        let t = cli(&["--start-at", "2024-05-01T12:00:00+02:00"])
+            .expect("valid")
+            .start_at;
+        assert_eq!(
+            t,
+            StartAt::Time(
+                chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z")
+                    .expect("valid")
+                    .into()
+            )
+        );
+        assert!(cli(&["--start-at", "yesterday"])
+            .unwrap_err()
+            .contains("START_AT"));
+        assert!(cli(&["--kafka-properties", "auto.offset.reset=latest"])
+            .unwrap_err()
+            .contains("START_AT"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, StartAt};
 use crate::health::Health;
 use crate::lag::{self, LagTracker};
 use crate::metrics::Metrics;
@@ -51,6 +51,8 @@ pub struct Context {
     commit_failures: AtomicU64,
     /// Set by an error the connector cannot recover from (bad credentials).
     fatal: Mutex<Option<String>>,
+    /// START_AT as a time: where partitions without a commit start.
+    start_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Context {
@@ -241,7 +243,104 @@ impl ClientContext for Context {
     }
 }
 
+impl Context {
+    /// Points partitions that have no committed offset at the first offset
+    /// whose timestamp is at or after `START_AT` (the end when none is).
+    fn resolve_start_time(&self, consumer: &Consumer_, tpl: &mut TopicPartitionList) {
+        let Some(start) = self.start_at else { return };
+        let timeout = Duration::from_secs(10);
+        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read committed offsets to apply START_AT; starting at the earliest offset");
+                return;
+            }
+        };
+        let mut times = TopicPartitionList::new();
+        for elem in committed.elements_for_topic(&self.topic) {
+            if !matches!(elem.offset(), Offset::Offset(_)) {
+                let _ = times.add_partition_offset(
+                    &self.topic,
+                    elem.partition(),
+                    Offset::Offset(start.timestamp_millis()),
+                );
+            }
+        }
+        if times.count() == 0 {
+            return;
+        }
+        match consumer.offsets_for_times(times, timeout) {
+            Ok(resolved) => {
+                for elem in resolved.elements_for_topic(&self.topic) {
+                    let offset = match elem.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::End,
+                    };
+                    let _ = tpl.set_partition_offset(&self.topic, elem.partition(), offset);
+                    info!(partition = elem.partition(), ?offset, start_at = %start, "no committed offset; starting at START_AT");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot resolve START_AT; starting at the earliest offset"),
+        }
+    }
+}
+
 impl ConsumerContext for Context {
+    /// librdkafka's rebalance flow (as rdkafka's default), plus START_AT.
+    fn rebalance(
+        &self,
+        consumer: &Consumer_,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr as Err;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            Err::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.resolve_start_time(consumer, tpl);
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "assigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+            }
+            Err::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "unassigning partitions failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
+            }
+            other => {
+                let error = KafkaError::Rebalance(other.into());
+                self.pre_rebalance(consumer, &Rebalance::Error(error.clone()));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    error!(error = %e, "unassigning after a rebalance error failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Error(error));
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &Consumer_, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
@@ -315,8 +414,16 @@ pub fn create(
         .set("client.id", "patterns-connector")
         // Cooperative rebalancing: adding a replica moves only the partitions it takes.
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // A new group starts at the oldest retained event: nothing is skipped.
-        .set("auto.offset.reset", "earliest")
+        // Where a group without a commit starts; START_AT=<time> is resolved
+        // per partition at assignment (see `Context::start_at_time`).
+        .set(
+            "auto.offset.reset",
+            if config.start_at == StartAt::Latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
         // Bounds librdkafka's prefetch queue (all partitions together).
         .set("queued.max.messages.kbytes", "16384")
         .set("statistics.interval.ms", "1000")
@@ -345,6 +452,10 @@ pub fn create(
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
         fatal: Mutex::new(None),
+        start_at: match config.start_at {
+            StartAt::Time(t) => Some(t),
+            _ => None,
+        },
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
         anyhow::anyhow!(
