@@ -40,6 +40,8 @@ enum Command {
         topic: String,
         #[arg(long, default_value = "4")]
         partitions: i32,
+        #[arg(long, default_value = "1")]
+        replication: i32,
     },
     /// Produces realistic PostHog capture messages (events_plugin_ingestion format).
     Produce {
@@ -55,6 +57,9 @@ enum Command {
         /// Messages per second; 0 means as fast as possible.
         #[arg(long, default_value = "0")]
         rate: u64,
+        /// Appends `uuid partition offset` of every produced message to this file.
+        #[arg(long)]
+        record: Option<String>,
     },
     /// A webhook receiver: accepts JSON arrays, prints one line per batch.
     Receive {
@@ -66,6 +71,14 @@ enum Command {
         /// Print nothing per batch.
         #[arg(long)]
         quiet: bool,
+        /// Appends the uuid of every accepted event to this file, in arrival order.
+        #[arg(long)]
+        record: Option<String>,
+        /// Share of requests to fail (0 to 1), spread over 500, 429 with
+        /// Retry-After: 1, a 10 s stall (past the connector's timeout) and a
+        /// dropped connection.
+        #[arg(long, default_value = "0")]
+        fail_ratio: f64,
     },
 }
 
@@ -76,29 +89,46 @@ async fn main() -> anyhow::Result<()> {
             brokers,
             topic,
             partitions,
-        } => create_topic(&brokers, &topic, partitions).await,
+            replication,
+        } => create_topic(&brokers, &topic, partitions, replication).await,
         Command::Produce {
             brokers,
             topic,
             count,
             run_id,
             rate,
-        } => produce(&brokers, &topic, count, run_id, rate).await,
+            record,
+        } => produce(&brokers, &topic, count, run_id, rate, record).await,
         Command::Receive {
             addr,
             stats_file,
             quiet,
-        } => receive(&addr, stats_file, quiet).await,
+            record,
+            fail_ratio,
+        } => {
+            let options = ReceiverOptions {
+                stats_file,
+                quiet,
+                record,
+                fail_ratio,
+            };
+            receive(&addr, options).await
+        }
     }
 }
 
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await?;
@@ -120,15 +150,23 @@ async fn produce(
     count: u64,
     run_id: u32,
     rate: u64,
+    record: Option<String>,
 ) -> anyhow::Result<()> {
+    use std::io::Write;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("enable.idempotence", "true")
         .create()?;
+    let mut record = match record {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+        )),
+        None => None,
+    };
     let started = std::time::Instant::now();
-    let mut pending = Vec::with_capacity(1024);
+    let mut pending = Vec::with_capacity(256);
     for n in 0..count {
         if rate > 0 {
             let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
@@ -141,22 +179,26 @@ async fn produce(
         let producer = producer.clone();
         let topic = topic.to_owned();
         pending.push(tokio::spawn(async move {
-            let record = FutureRecord::to(&topic)
+            let message = FutureRecord::to(&topic)
                 .key(&sample.key)
                 .payload(&sample.value);
-            producer
-                .send(record, Duration::from_secs(30))
+            let delivery = producer
+                .send(message, Duration::from_secs(120))
                 .await
-                .map_err(|(e, _)| e)
+                .map_err(|(e, _)| e)?;
+            Ok::<_, rdkafka::error::KafkaError>((sample.uuid, delivery.partition, delivery.offset))
         }));
-        if pending.len() >= 1024 {
+        if pending.len() >= 256 || n + 1 == count {
             for p in pending.drain(..) {
-                p.await??;
+                let (uuid, partition, offset) = p.await??;
+                if let Some(r) = record.as_mut() {
+                    writeln!(r, "{uuid} {partition} {offset}")?;
+                }
+            }
+            if let Some(r) = record.as_mut() {
+                r.flush()?;
             }
         }
-    }
-    for p in pending {
-        p.await??;
     }
     println!(
         "produced {count} events to {topic} in {:.1} s",
@@ -172,8 +214,15 @@ struct Received {
     uuids: HashSet<String>,
 }
 
-async fn receive(addr: &str, stats_file: Option<String>, quiet: bool) -> anyhow::Result<()> {
-    let state = Arc::new((Mutex::new(Received::default()), stats_file, quiet));
+struct ReceiverOptions {
+    stats_file: Option<String>,
+    quiet: bool,
+    record: Option<String>,
+    fail_ratio: f64,
+}
+
+async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
+    let state = Arc::new((Mutex::new(Received::default()), options));
     let app = Router::new()
         .route("/{*path}", post(batch))
         .route("/", post(batch))
@@ -184,19 +233,43 @@ async fn receive(addr: &str, stats_file: Option<String>, quiet: bool) -> anyhow:
     Ok(())
 }
 
-type ReceiverState = Arc<(Mutex<Received>, Option<String>, bool)>;
+type ReceiverState = Arc<(Mutex<Received>, ReceiverOptions)>;
 
-async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> StatusCode {
+async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) else {
-        return StatusCode::BAD_REQUEST;
+        return StatusCode::BAD_REQUEST.into_response();
     };
-    let (received, stats_file, quiet) = &*state;
+    let (received, options) = &*state;
+    if options.fail_ratio > 0.0 && rand::random::<f64>() < options.fail_ratio {
+        match rand::random::<u8>() % 4 {
+            0 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            1 => return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response(),
+            2 => {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            _ => std::panic::resume_unwind(Box::new("dropped connection")),
+        }
+    }
+    let (stats_file, quiet) = (&options.stats_file, options.quiet);
     let mut r = received.lock().expect("receiver lock");
     r.batches += 1;
     r.events += events.len() as u64;
     for e in &events {
         if let Some(uuid) = e["uuid"].as_str() {
             r.uuids.insert(uuid.to_owned());
+        }
+    }
+    if let Some(path) = &options.record {
+        use std::io::Write;
+        let mut lines = String::new();
+        for e in &events {
+            lines.push_str(e["uuid"].as_str().unwrap_or("?"));
+            lines.push('\n');
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = f.write_all(lines.as_bytes());
         }
     }
     if !quiet {
@@ -221,5 +294,5 @@ async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> S
             format!("{} {} {}\n", r.batches, r.events, r.uuids.len()),
         );
     }
-    StatusCode::OK
+    StatusCode::OK.into_response()
 }
