@@ -65,21 +65,46 @@ enum Command {
     Receive {
         #[arg(long, default_value = "127.0.0.1:8000")]
         addr: String,
-        /// Rewritten after every batch: `batches events unique_uuids`.
-        #[arg(long)]
-        stats_file: Option<String>,
-        /// Print nothing per batch.
-        #[arg(long)]
-        quiet: bool,
-        /// Appends the uuid of every accepted event to this file, in arrival order.
-        #[arg(long)]
-        record: Option<String>,
-        /// Share of requests to fail (0 to 1), spread over 500, 429 with
-        /// Retry-After: 1, a 10 s stall (past the connector's timeout) and a
-        /// dropped connection.
-        #[arg(long, default_value = "0")]
-        fail_ratio: f64,
+        #[command(flatten)]
+        options: ReceiverOptions,
     },
+    /// Reads a topic from the beginning to its current end and does nothing
+    /// else: the speed limit for anything that consumes it.
+    Drain {
+        #[arg(long, env = "KAFKA_HOSTS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReceiverOptions {
+    /// Rewritten after every batch: `batches events unique_uuids`.
+    #[arg(long)]
+    stats_file: Option<String>,
+    /// Print nothing per batch.
+    #[arg(long)]
+    quiet: bool,
+    /// Appends the uuid of every accepted event to this file, in arrival order.
+    #[arg(long)]
+    record: Option<String>,
+    /// Share of requests to fail (0 to 1), spread over 500, 429 with
+    /// Retry-After: 1, a 10 s stall (past the connector's timeout) and a
+    /// dropped connection.
+    #[arg(long, default_value = "0")]
+    fail_ratio: f64,
+    /// Added to every answer, in milliseconds (a remote webhook).
+    #[arg(long, default_value = "0")]
+    delay_ms: u64,
+    /// Answer every request with this status and record nothing (an outage).
+    #[arg(long)]
+    status: Option<u16>,
+    /// Rewritten after every batch: `events p50_ms p99_ms max_ms` of
+    /// receive time minus each event's properties.$sent_at (its produce time
+    /// for devkit events).
+    #[arg(long)]
+    latency_file: Option<String>,
 }
 
 #[tokio::main]
@@ -99,21 +124,8 @@ async fn main() -> anyhow::Result<()> {
             rate,
             record,
         } => produce(&brokers, &topic, count, run_id, rate, record).await,
-        Command::Receive {
-            addr,
-            stats_file,
-            quiet,
-            record,
-            fail_ratio,
-        } => {
-            let options = ReceiverOptions {
-                stats_file,
-                quiet,
-                record,
-                fail_ratio,
-            };
-            receive(&addr, options).await
-        }
+        Command::Receive { addr, options } => receive(&addr, options).await,
+        Command::Drain { brokers, topic } => drain(&brokers, &topic),
     }
 }
 
@@ -219,13 +231,7 @@ struct Received {
     batches: u64,
     events: u64,
     uuids: HashSet<String>,
-}
-
-struct ReceiverOptions {
-    stats_file: Option<String>,
-    quiet: bool,
-    record: Option<String>,
-    fail_ratio: f64,
+    latencies_ms: Vec<f64>,
 }
 
 async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
@@ -251,6 +257,14 @@ async fn batch(
         return StatusCode::BAD_REQUEST.into_response();
     };
     let (received, options) = &*state;
+    if options.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(options.delay_ms)).await;
+    }
+    if let Some(status) = options.status {
+        return StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
+    }
     if options.fail_ratio > 0.0 && rand::random::<f64>() < options.fail_ratio {
         match rand::random::<u8>() % 4 {
             0 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -270,6 +284,20 @@ async fn batch(
         if let Some(uuid) = e["uuid"].as_str() {
             r.uuids.insert(uuid.to_owned());
         }
+    }
+    if let Some(path) = &options.latency_file {
+        let now = chrono::Utc::now();
+        let mut r = received.lock().expect("receiver lock");
+        for e in &events {
+            let sent = e["properties"]["$sent_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            if let Some(sent) = sent {
+                r.latencies_ms.push((now - sent.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            }
+        }
+        let mut sorted = r.latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let pick = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        let _ = std::fs::write(path, format!("{} {:.1} {:.1} {:.1}\n", sorted.len(), pick(0.5), pick(0.99), pick(1.0)));
     }
     if let Some(path) = &options.record {
         use std::io::Write;
@@ -309,4 +337,49 @@ async fn batch(
         );
     }
     StatusCode::OK.into_response()
+}
+
+fn drain(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "patterns-devkit-drain")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut remaining = std::collections::HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            remaining.insert(p.id(), high);
+        }
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = std::time::Instant::now();
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    while !remaining.is_empty() {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                messages += 1;
+                bytes += m.payload_len() as u64;
+                if remaining.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    remaining.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("consume error: {e}"),
+            None => anyhow::bail!("no message for 10 s before the end"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "drained {messages} messages, {:.1} MB in {secs:.2} s: {:.0} msg/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        messages as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+    Ok(())
 }
