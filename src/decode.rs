@@ -198,16 +198,8 @@ fn decode_captured(
         .map(str::to_owned);
     let team_id = event.get("team_id").and_then(Value::as_i64);
 
-    let mut out = Map::new();
-    out.insert("uuid".into(), Value::String(uuid.clone()));
-    out.insert("event".into(), Value::String(name.clone()));
-    out.insert("distinct_id".into(), Value::String(distinct_id));
-    out.insert(
-        "team_id".into(),
-        team_id.map(Value::from).unwrap_or(Value::Null),
-    );
-    out.insert("ip".into(), ip.map(Value::String).unwrap_or(Value::Null));
-    out.insert("timestamp".into(), Value::String(timestamp::to_iso(time)));
+    let ip = ip.map(Value::String).unwrap_or(Value::Null);
+    let mut out = event_head(&uuid, &name, distinct_id, team_id, ip, time);
     for key in ["$set", "$set_once"] {
         if let Some(value @ Value::Object(_)) = event.remove(key) {
             out.insert(key.into(), value);
@@ -249,16 +241,7 @@ fn decode_clickhouse(mut row: Map<String, Value>) -> Result<DecodedEvent, Decode
         .map(|s| Value::String(s.to_owned()))
         .unwrap_or(Value::Null);
 
-    let mut out = Map::new();
-    out.insert("uuid".into(), Value::String(uuid.clone()));
-    out.insert("event".into(), Value::String(name.clone()));
-    out.insert("distinct_id".into(), Value::String(distinct_id));
-    out.insert(
-        "team_id".into(),
-        team_id.map(Value::from).unwrap_or(Value::Null),
-    );
-    out.insert("ip".into(), ip);
-    out.insert("timestamp".into(), Value::String(timestamp::to_iso(time)));
+    let mut out = event_head(&uuid, &name, distinct_id, team_id, ip, time);
     out.insert("properties".into(), Value::Object(properties));
     if let Some(chain) = row.get("elements_chain").and_then(Value::as_str) {
         if !chain.is_empty() {
@@ -292,6 +275,28 @@ fn decode_clickhouse(mut row: Map<String, Value>) -> Result<DecodedEvent, Decode
         team_id,
         json: encode(&out),
     })
+}
+
+/// The fields every webhook event starts with, in one place for both formats.
+fn event_head(
+    uuid: &str,
+    name: &str,
+    distinct_id: String,
+    team_id: Option<i64>,
+    ip: Value,
+    time: DateTime<Utc>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("uuid".into(), Value::String(uuid.to_owned()));
+    out.insert("event".into(), Value::String(name.to_owned()));
+    out.insert("distinct_id".into(), Value::String(distinct_id));
+    out.insert(
+        "team_id".into(),
+        team_id.map(Value::from).unwrap_or(Value::Null),
+    );
+    out.insert("ip".into(), ip);
+    out.insert("timestamp".into(), Value::String(timestamp::to_iso(time)));
+    out
 }
 
 fn required_string(map: &Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {

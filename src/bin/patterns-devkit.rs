@@ -289,15 +289,36 @@ async fn batch(
         let now = chrono::Utc::now();
         let mut r = received.lock().expect("receiver lock");
         for e in &events {
-            let sent = e["properties"]["$sent_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            let sent = e["properties"]["$sent_at"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
             if let Some(sent) = sent {
-                r.latencies_ms.push((now - sent.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                r.latencies_ms.push(
+                    (now - sent.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0) as f64
+                        / 1000.0,
+                );
             }
         }
         let mut sorted = r.latencies_ms.clone();
         sorted.sort_by(f64::total_cmp);
-        let pick = |q: f64| sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
-        let _ = std::fs::write(path, format!("{} {:.1} {:.1} {:.1}\n", sorted.len(), pick(0.5), pick(0.99), pick(1.0)));
+        let pick = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let _ = std::fs::write(
+            path,
+            format!(
+                "{} {:.1} {:.1} {:.1}\n",
+                sorted.len(),
+                pick(0.5),
+                pick(0.99),
+                pick(1.0)
+            ),
+        );
     }
     if let Some(path) = &options.record {
         use std::io::Write;
@@ -366,7 +387,10 @@ fn drain(brokers: &str, topic: &str) -> anyhow::Result<()> {
             Some(Ok(m)) => {
                 messages += 1;
                 bytes += m.payload_len() as u64;
-                if remaining.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
                     remaining.remove(&m.partition());
                 }
             }
