@@ -287,7 +287,6 @@ async fn batch(
     }
     if let Some(path) = &options.latency_file {
         let now = chrono::Utc::now();
-        let mut r = received.lock().expect("receiver lock");
         for e in &events {
             let sent = e["properties"]["$sent_at"]
                 .as_str()
