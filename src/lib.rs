@@ -21,7 +21,8 @@
 //! ```
 //!
 //! **The guarantee.** An offset is stored, and so committed, only when every
-//! message before it in its partition was delivered (2xx) or filtered out
+//! message before it in its partition was delivered (2xx), filtered out or
+//! acknowledged by the dead-letter topic
 //! (`enable.auto.offset.store=false`; the frontier decides). A crash or a lost
 //! partition can therefore redeliver events, never skip them. Every event
 //! carries PostHog's `uuid`, which receivers can deduplicate on.
