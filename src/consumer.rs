@@ -201,7 +201,13 @@ impl ClientContext for Context {
             let Some(worker) = workers.get(partition) else {
                 continue;
             };
-            let view = lag.observe(*partition, p, worker.shared.oldest_pending_ts_ms(), now_ms);
+            let view = lag.observe(
+                *partition,
+                p,
+                worker.shared.oldest_pending_ts_ms(),
+                worker.shared.consumed_next(),
+                now_ms,
+            );
             let label = partition.to_string();
             let labels = [self.topic.as_str(), label.as_str()];
             let m = &self.metrics;

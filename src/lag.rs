@@ -7,9 +7,12 @@
 //!
 //! Seconds: now minus the Kafka timestamp of the oldest consumed-but-undelivered
 //! event. When nothing consumed is pending but unconsumed messages exist
-//! (fetching paused, or not fetched yet), the estimate is the time since the
-//! partition was last caught up: every unconsumed message is younger than that.
-//! 0 when caught up. Pure: the caller passes `now`.
+//! (the high watermark is past what the worker has taken: fetching paused, or
+//! not fetched yet), the estimate is the time since the partition was last
+//! caught up: every unconsumed message is younger than that. 0 when every
+//! message up to the high watermark was taken and delivered, even if the
+//! commit of those offsets is still a few seconds away. Pure: the caller
+//! passes `now`.
 
 use std::collections::HashMap;
 
@@ -134,6 +137,7 @@ impl LagTracker {
         partition: i32,
         stats: &PartitionStats,
         oldest_pending_ts_ms: Option<i64>,
+        consumed_next: Option<i64>,
         now_ms: i64,
     ) -> LagView {
         let p = self.partitions.entry(partition).or_default();
@@ -148,9 +152,12 @@ impl LagTracker {
         // compaction; they can no longer be delivered, so they are not lag.
         let base = committed.unwrap_or(low_watermark).max(low_watermark);
         let lag_messages = (high_watermark - base).max(0);
+        // Messages the worker has not taken yet; the commit trails deliveries
+        // by up to COMMIT_INTERVAL_MS, so it cannot tell this.
+        let unconsumed = high_watermark > consumed_next.unwrap_or(base).max(base);
         let lag_seconds = match oldest_pending_ts_ms {
             Some(ts) => (now_ms - ts).max(0) as f64 / 1000.0,
-            None if lag_messages == 0 => {
+            None if !unconsumed => {
                 p.caught_up_at_ms = Some(now_ms);
                 0.0
             }
@@ -183,7 +190,7 @@ mod tests {
     #[test]
     fn lag_is_high_watermark_minus_committed() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(100, 0, 60), None, 0);
+        let v = t.observe(0, &stats(100, 0, 60), None, None, 0);
         assert_eq!(v.lag_messages, 40);
         assert_eq!(v.committed, Some(60));
     }
@@ -192,7 +199,7 @@ mod tests {
     fn lag_never_goes_negative_when_a_commit_is_ahead_of_a_stale_watermark() {
         let mut t = LagTracker::default();
         t.committed(0, 120);
-        let v = t.observe(0, &stats(100, 0, 90), None, 0);
+        let v = t.observe(0, &stats(100, 0, 90), None, None, 0);
         assert_eq!(v.committed, Some(120));
         assert_eq!(v.lag_messages, 0);
     }
@@ -200,7 +207,7 @@ mod tests {
     #[test]
     fn no_commit_counts_from_the_low_watermark() {
         let mut t = LagTracker::default();
-        let v = t.observe(3, &stats(50, 10, -1001), None, 0);
+        let v = t.observe(3, &stats(50, 10, -1001), None, None, 0);
         assert_eq!(v.committed, None);
         assert_eq!(v.lag_messages, 40);
     }
@@ -208,7 +215,7 @@ mod tests {
     #[test]
     fn an_empty_partition_has_no_lag() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(0, 0, -1001), None, 0);
+        let v = t.observe(0, &stats(0, 0, -1001), None, None, 0);
         assert_eq!((v.lag_messages, v.lag_seconds, v.committed), (0, 0.0, None));
     }
 
@@ -216,7 +223,7 @@ mod tests {
     fn offsets_deleted_by_retention_are_not_lag() {
         let mut t = LagTracker::default();
         // Committed at 10, but retention deleted everything below 40.
-        let v = t.observe(0, &stats(100, 40, 10), None, 0);
+        let v = t.observe(0, &stats(100, 40, 10), None, None, 0);
         assert_eq!(v.lag_messages, 60);
         assert_eq!(v.committed, Some(10));
     }
@@ -224,14 +231,14 @@ mod tests {
     #[test]
     fn unknown_watermarks_read_as_zero_lag_not_negative() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(-1, -1, 5), None, 0);
+        let v = t.observe(0, &stats(-1, -1, 5), None, None, 0);
         assert_eq!(v.lag_messages, 0);
     }
 
     #[test]
     fn lag_seconds_is_the_age_of_the_oldest_pending_event() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(10, 0, 5), Some(1_000), 4_500);
+        let v = t.observe(0, &stats(10, 0, 5), Some(1_000), None, 4_500);
         assert_eq!(v.lag_seconds, 3.5);
     }
 
@@ -239,18 +246,36 @@ mod tests {
     fn lag_seconds_is_zero_when_caught_up_and_grows_while_unconsumed_messages_wait() {
         let mut t = LagTracker::default();
         assert_eq!(
-            t.observe(0, &stats(10, 0, 10), None, 1_000).lag_seconds,
+            t.observe(0, &stats(10, 0, 10), None, None, 1_000)
+                .lag_seconds,
             0.0
         );
         // New messages arrived but are not consumed yet (e.g. paused).
         assert_eq!(
-            t.observe(0, &stats(15, 0, 10), None, 3_000).lag_seconds,
+            t.observe(0, &stats(15, 0, 10), None, None, 3_000)
+                .lag_seconds,
             2.0
         );
         assert_eq!(
-            t.observe(0, &stats(15, 0, 10), None, 6_000).lag_seconds,
+            t.observe(0, &stats(15, 0, 10), None, None, 6_000)
+                .lag_seconds,
             5.0
         );
+    }
+
+    #[test]
+    fn delivered_but_not_yet_committed_is_not_time_lag() {
+        let mut t = LagTracker::default();
+        // Steady traffic: the commit always trails the high watermark, but the
+        // worker has taken everything up to it and delivered it.
+        for (now, hi) in [(1_000, 100), (60_000, 500), (400_000, 9_000)] {
+            let v = t.observe(0, &stats(hi, 0, hi - 50), None, Some(hi), now);
+            assert_eq!(v.lag_seconds, 0.0, "at {now} ms");
+            assert_eq!(v.lag_messages, 50);
+        }
+        // Then the worker falls behind the high watermark with nothing pending.
+        let v = t.observe(0, &stats(9_100, 0, 9_000), None, Some(9_000), 403_000);
+        assert_eq!(v.lag_seconds, 3.0);
     }
 
     #[test]

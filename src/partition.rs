@@ -69,6 +69,8 @@ pub struct Shared {
     pub batch_bytes: AtomicUsize,
     /// Kafka timestamp of the oldest undelivered event; `i64::MIN` when none.
     pub oldest_pending_ts_ms: AtomicI64,
+    /// One past the offset of the last message the worker took; `i64::MIN` before the first.
+    pub consumed_next: AtomicI64,
     /// Unix ms of the worker loop's last turn. The loop turns at least every
     /// second, even while a delivery waits, unless it is deadlocked or starved.
     pub heartbeat_ms: AtomicI64,
@@ -81,6 +83,7 @@ impl Default for Shared {
             batch_bytes: AtomicUsize::new(0),
             oldest_pending_ts_ms: AtomicI64::new(i64::MIN),
             heartbeat_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+            consumed_next: AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -92,6 +95,12 @@ impl Shared {
     /// True when the worker loop has not turned for `stall_ms`.
     pub fn is_stalled(&self, now_ms: i64, stall_ms: i64) -> bool {
         now_ms - self.heartbeat_ms.load(Ordering::Relaxed) > stall_ms
+    }
+    pub fn consumed_next(&self) -> Option<i64> {
+        match self.consumed_next.load(Ordering::Relaxed) {
+            i64::MIN => None,
+            offset => Some(offset),
+        }
     }
     pub fn oldest_pending_ts_ms(&self) -> Option<i64> {
         match self.oldest_pending_ts_ms.load(Ordering::Relaxed) {
@@ -305,6 +314,9 @@ impl Worker {
         self.shared
             .queued_bytes
             .fetch_sub(message.size(), Ordering::Relaxed);
+        self.shared
+            .consumed_next
+            .store(message.offset + 1, Ordering::Relaxed);
         let metrics = &self.deps.metrics;
         let decoded = decode(
             message.payload.as_deref(),
