@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -29,12 +27,7 @@ impl SteadyProducer {
     fn start(topic: &str, rate: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let produced = Arc::new(Mutex::new(Vec::new()));
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka())
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .expect("producer");
+        let producer = producer();
         let (topic, run) = (topic.to_owned(), run_id());
         let (stop2, produced2) = (stop.clone(), produced.clone());
         let task = tokio::spawn(async move {
@@ -45,21 +38,8 @@ impl SteadyProducer {
                     .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
                     .to_string();
                 let sample = patterns_connector::sample::captured(run, n, &now);
-                let delivery = producer
-                    .send(
-                        FutureRecord::to(&topic)
-                            .key(&sample.key)
-                            .payload(&sample.value),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("produced");
-                produced2.lock().expect("lock").push(Produced {
-                    sample,
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                });
+                let produced = send_sample(&producer, &topic, sample).await;
+                produced2.lock().expect("lock").push(produced);
                 n += 1;
                 tokio::time::sleep_until(started + Duration::from_secs_f64(n as f64 / rate as f64))
                     .await;

@@ -101,6 +101,36 @@ pub async fn create_topic(topic: &str, partitions: i32) {
     }
 }
 
+/// An idempotent producer for the test broker.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer")
+}
+
+/// Sends one sample and returns where Kafka put it.
+pub async fn send_sample(producer: &FutureProducer, topic: &str, sample: Sample) -> Produced {
+    let delivery = producer
+        .send(
+            FutureRecord::to(topic)
+                .key(&sample.key)
+                .payload(&sample.value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+    Produced {
+        sample,
+        partition: delivery.partition,
+        offset: delivery.offset,
+    }
+}
+
 /// A produced sample and where Kafka put it.
 #[derive(Debug, Clone)]
 pub struct Produced {
@@ -111,38 +141,17 @@ pub struct Produced {
 
 /// Produces samples `range` of run `run` and returns them with their partitions and offsets.
 pub async fn produce(topic: &str, run: u32, range: std::ops::Range<u64>) -> Vec<Produced> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer = producer();
     let now = chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
         .to_string();
-    let mut sends = Vec::new();
-    for n in range {
-        let sample = sample::captured(run, n, &now);
-        let producer = producer.clone();
-        let topic = topic.to_owned();
-        sends.push(tokio::spawn(async move {
-            let delivery = producer
-                .send(
-                    FutureRecord::to(&topic)
-                        .key(&sample.key)
-                        .payload(&sample.value),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("produced");
-            Produced {
-                sample,
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }
-        }));
-    }
+    let sends: Vec<_> = range
+        .map(|n| {
+            let (producer, topic) = (producer.clone(), topic.to_owned());
+            let sample = sample::captured(run, n, &now);
+            tokio::spawn(async move { send_sample(&producer, &topic, sample).await })
+        })
+        .collect();
     let mut out = Vec::new();
     for s in sends {
         out.push(s.await.expect("send task"));
@@ -152,10 +161,7 @@ pub async fn produce(topic: &str, run: u32, range: std::ops::Range<u64>) -> Vec<
 
 /// Produces raw payloads (for bad-message tests) to one partition.
 pub async fn produce_raw(topic: &str, partition: i32, payloads: &[&[u8]]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .create()
-        .expect("producer");
+    let producer = producer();
     for p in payloads {
         producer
             .send(
@@ -237,12 +243,7 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Produces `payloads` (with keys) to one partition, in order; returns their offsets.
 pub async fn produce_keyed(topic: &str, partition: i32, records: &[RawRecord]) -> Vec<i64> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .set("enable.idempotence", "true")
-        .set("message.max.bytes", "2000000")
-        .create()
-        .expect("producer");
+    let producer = producer();
     let mut offsets = Vec::new();
     for (key, payload) in records {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).partition(partition);
