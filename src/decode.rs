@@ -15,20 +15,31 @@
 //! `{uuid, event, distinct_id, team_id, ip, timestamp, properties, $set?, $set_once?, elements_chain?, person?}`,
 //! encoded once here to the bytes that go into the batch body.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::config::InputFormat;
+use crate::rawjson::{self, kind, Key, Kind, Object};
 use crate::timestamp::{self, TimestampInputs};
 
-/// A decoded event: what the filter needs, and its encoded JSON object.
+/// What the filter needs to know about a decoded event.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedEvent {
+pub struct EventMeta {
     pub uuid: String,
     pub event: String,
     /// The project API key, when the message carries one (captured events).
     pub token: Option<String>,
     pub team_id: Option<i64>,
+}
+
+/// A decoded event with its encoded JSON object (see [`decode`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent {
+    pub meta: EventMeta,
     /// The webhook event, encoded as a JSON object.
     pub json: Vec<u8>,
 }
@@ -69,261 +80,372 @@ impl DecodeError {
     }
 }
 
-/// Decodes one message value. `wall_clock` is used only when a captured
-/// message lacks a usable `now`.
+/// Decodes one message value into a new buffer. `wall_clock` is used only
+/// when a captured message lacks a usable `now`.
 pub fn decode(
     payload: Option<&[u8]>,
     format: InputFormat,
     wall_clock: DateTime<Utc>,
 ) -> Result<DecodedEvent, DecodeError> {
+    let mut json = Vec::new();
+    let meta = decode_into(payload, format, wall_clock, &mut json)?;
+    Ok(DecodedEvent { meta, json })
+}
+
+/// Decodes one message value and appends the webhook event's JSON to `out`
+/// (the hot path: `out` is a buffer the caller reuses). On error, `out` may
+/// hold a partial event; the caller clears it.
+pub fn decode_into(
+    payload: Option<&[u8]>,
+    format: InputFormat,
+    wall_clock: DateTime<Utc>,
+    out: &mut Vec<u8>,
+) -> Result<EventMeta, DecodeError> {
     let payload = payload
         .filter(|p| !p.is_empty())
         .ok_or(DecodeError::Empty)?;
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let Value::Object(message) = value else {
-        return Err(DecodeError::NotObject);
+    // One pass that borrows everything; a message that is not an object is
+    // parsed again only to say precisely what is wrong with it.
+    let Ok(message) = rawjson::object_from_slice(payload) else {
+        return Err(classify_unreadable(payload));
     };
+    rawjson::check(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let format = match format {
         InputFormat::Auto => detect(&message)?,
         explicit => explicit,
     };
     match format {
-        InputFormat::Clickhouse => decode_clickhouse(message),
-        _ => decode_captured(message, wall_clock),
+        InputFormat::Clickhouse => decode_clickhouse(message, out),
+        _ => decode_captured(message, wall_clock, out),
     }
 }
 
-fn detect(message: &Map<String, Value>) -> Result<InputFormat, DecodeError> {
-    if message.get("data").is_some_and(Value::is_string) {
+fn classify_unreadable(payload: &[u8]) -> DecodeError {
+    match serde_json::from_slice::<Value>(payload) {
+        Err(e) => DecodeError::NotJson(e.to_string()),
+        Ok(Value::Object(_)) => DecodeError::NotJson("unreadable object".into()),
+        Ok(_) => DecodeError::NotObject,
+    }
+}
+
+fn detect(message: &Object<'_>) -> Result<InputFormat, DecodeError> {
+    let is_string = |field| message.get(field).is_some_and(|v| kind(v) == Kind::String);
+    if is_string("data") {
         Ok(InputFormat::Captured)
-    } else if message.get("properties").is_some_and(Value::is_string) {
+    } else if is_string("properties") {
         Ok(InputFormat::Clickhouse)
     } else {
         Err(DecodeError::UnknownFormat)
     }
 }
 
+/// A value of the outgoing event's `properties`.
+enum Property<'a> {
+    Raw(&'a RawValue),
+    Str(Cow<'a, str>),
+    Object(Object<'a>),
+}
+
+fn write_property(out: &mut Vec<u8>, value: &Property<'_>) {
+    match value {
+        Property::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Property::Str(s) => rawjson::write_str(out, s),
+        Property::Object(object) => write_raw_object(out, object),
+    }
+}
+
+fn write_raw_object(out: &mut Vec<u8>, object: &Object<'_>) {
+    rawjson::write_object(out, object, |out, raw| {
+        out.extend_from_slice(raw.get().as_bytes())
+    });
+}
+
 fn decode_captured(
-    mut envelope: Map<String, Value>,
+    mut envelope: Object<'_>,
     wall_clock: DateTime<Utc>,
-) -> Result<DecodedEvent, DecodeError> {
+    out: &mut Vec<u8>,
+) -> Result<EventMeta, DecodeError> {
     let data = match envelope.remove("data") {
-        Some(Value::String(data)) => data,
-        Some(_) => return Err(DecodeError::WrongType("data")),
+        Some(raw) => rawjson::as_str(raw).ok_or(DecodeError::WrongType("data"))?,
         None => return Err(DecodeError::MissingField("data")),
     };
-    let mut event = match serde_json::from_str::<Value>(&data) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(DecodeError::BadData("not an object".into())),
-        Err(e) => return Err(DecodeError::BadData(e.to_string())),
+    let Ok(mut event) = rawjson::object(&data) else {
+        return Err(DecodeError::BadData(
+            match serde_json::from_str::<Value>(&data) {
+                Ok(_) => "not an object".into(),
+                Err(e) => e.to_string(),
+            },
+        ));
     };
+    rawjson::check(data.as_bytes()).map_err(|e| DecodeError::BadData(e.to_string()))?;
     // Newer capture versions put a server-computed `timestamp` on the envelope;
     // it already includes the clock-skew correction, so it is used as is.
     let envelope_time = envelope
-        .get("timestamp")
-        .and_then(Value::as_str)
+        .remove("timestamp")
+        .and_then(rawjson::as_str)
         .filter(|s| !s.is_empty())
-        .and_then(timestamp::parse_iso);
-    envelope.remove("timestamp");
+        .and_then(|s| timestamp::parse_iso(&s));
     // The envelope wins over the SDK's fields, as in PostHog's ingestion.
-    for (key, value) in envelope {
-        event.insert(key, value);
-    }
+    event.extend(envelope);
 
     let uuid = required_string(&event, "uuid")?;
     let name = required_string(&event, "event")?;
-    let distinct_id = match event.get("distinct_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+    let distinct_id = match event.get("distinct_id").map(|v| (kind(v), v)) {
+        Some((Kind::String, v)) => rawjson::as_str(v).expect("a string"),
+        Some((Kind::Number, v)) => Cow::Borrowed(v.get()),
         Some(_) => return Err(DecodeError::WrongType("distinct_id")),
         None => return Err(DecodeError::MissingField("distinct_id")),
     };
-    let mut properties = match event.remove("properties") {
-        Some(Value::Object(p)) => p,
-        None | Some(Value::Null) => Map::new(),
+    let properties = match event.get("properties").map(|v| (kind(v), v)) {
+        Some((Kind::Object, raw)) => {
+            rawjson::object(raw.get()).expect("a checked raw object parses")
+        }
+        None | Some((Kind::Null, _)) => Object::new(),
         Some(_) => return Err(DecodeError::WrongType("properties")),
     };
-    let ip = match event.get("ip") {
-        Some(Value::String(ip)) if !ip.is_empty() => Some(ip.clone()),
-        _ => None,
+    let string_field = |field| {
+        event
+            .get(field)
+            .copied()
+            .and_then(rawjson::as_str)
+            .filter(|s| !s.is_empty())
     };
-    let sent_at = event
-        .get("sent_at")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty());
+    let ip = string_field("ip");
+    let sent_at = string_field("sent_at");
 
     let time = envelope_time.unwrap_or_else(|| {
+        let timestamp = string_field("timestamp");
+        let now = string_field("now");
         timestamp::event_time(
             &TimestampInputs {
-                timestamp: event.get("timestamp").and_then(Value::as_str),
-                sent_at,
-                now: event.get("now").and_then(Value::as_str),
-                offset_ms: event.get("offset").and_then(Value::as_f64),
+                timestamp: timestamp.as_deref(),
+                sent_at: sent_at.as_deref(),
+                now: now.as_deref(),
+                offset_ms: event.get("offset").copied().and_then(rawjson::as_f64),
                 ignore_sent_at: properties
                     .get("$ignore_sent_at")
-                    .and_then(Value::as_bool)
+                    .copied()
+                    .and_then(rawjson::as_bool)
                     .unwrap_or(false),
             },
             wall_clock,
         )
     });
 
-    for key in ["$set", "$set_once"] {
-        if let Some(Value::Object(top)) = event.get(key) {
-            let merged = match properties.remove(key) {
-                Some(Value::Object(mut existing)) => {
-                    existing.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    existing
-                }
-                _ => top.clone(),
-            };
-            properties.insert(key.to_owned(), Value::Object(merged));
-        }
-    }
-    if let Some(ip) = &ip {
-        properties
-            .entry("$ip")
-            .or_insert_with(|| Value::String(ip.clone()));
-    }
-    if let Some(sent_at) = sent_at {
-        properties.insert("$sent_at".into(), Value::String(sent_at.to_owned()));
-    }
-
     let token = event
         .get("token")
-        .and_then(Value::as_str)
-        .or_else(|| properties.get("token").and_then(Value::as_str))
+        .or_else(|| properties.get("token"))
+        .copied()
+        .and_then(rawjson::as_str)
         .filter(|t| !t.is_empty())
-        .map(str::to_owned);
-    let team_id = event.get("team_id").and_then(Value::as_i64);
+        .map(Cow::into_owned);
+    let team_id = event.get("team_id").copied().and_then(rawjson::as_i64);
 
-    let ip = ip.map(Value::String).unwrap_or(Value::Null);
-    let mut out = event_head(&uuid, &name, distinct_id, team_id, ip, time);
-    for key in ["$set", "$set_once"] {
-        if let Some(value @ Value::Object(_)) = event.remove(key) {
-            out.insert(key.into(), value);
+    // Top-level `$set`/`$set_once` are kept and merged into the properties'
+    // (the top level wins), as PostHog's ingestion does.
+    let top_level = |key| {
+        event
+            .get(key)
+            .filter(|v| kind(v) == Kind::Object)
+            .map(|raw| rawjson::object(raw.get()).expect("a checked raw object parses"))
+    };
+    let (set, set_once) = (top_level("$set"), top_level("$set_once"));
+    let mut merged: BTreeMap<Key<'_>, Property<'_>> = properties
+        .into_iter()
+        .map(|(k, v)| (k, Property::Raw(v)))
+        .collect();
+    for (key, top) in [("$set", &set), ("$set_once", &set_once)] {
+        let Some(top) = top else { continue };
+        let mut object = match merged.remove(key) {
+            Some(Property::Raw(raw)) if kind(raw) == Kind::Object => {
+                rawjson::object(raw.get()).expect("a checked raw object parses")
+            }
+            _ => Object::new(),
+        };
+        object.extend(top.iter().map(|(k, v)| (k.clone(), *v)));
+        merged.insert(Key(Cow::Borrowed(key)), Property::Object(object));
+    }
+    if let Some(ip) = &ip {
+        merged
+            .entry(Key(Cow::Borrowed("$ip")))
+            .or_insert_with(|| Property::Str(ip.clone()));
+    }
+    if let Some(sent_at) = &sent_at {
+        merged.insert(
+            Key(Cow::Borrowed("$sent_at")),
+            Property::Str(sent_at.clone()),
+        );
+    }
+
+    write_head(
+        out,
+        &uuid,
+        &name,
+        &distinct_id,
+        team_id,
+        ip.as_deref(),
+        time,
+    );
+    for (key, object) in [("$set", &set), ("$set_once", &set_once)] {
+        if let Some(object) = object {
+            out.push(b',');
+            rawjson::write_str(out, key);
+            out.push(b':');
+            write_raw_object(out, object);
         }
     }
-    out.insert("properties".into(), Value::Object(properties));
+    out.extend_from_slice(b",\"properties\":");
+    rawjson::write_object(out, &merged, |out, value| write_property(out, value));
+    out.push(b'}');
 
-    Ok(DecodedEvent {
-        uuid,
-        event: name,
+    Ok(EventMeta {
+        uuid: uuid.into_owned(),
+        event: name.into_owned(),
         token,
         team_id,
-        json: encode(&out),
     })
 }
 
-fn decode_clickhouse(mut row: Map<String, Value>) -> Result<DecodedEvent, DecodeError> {
+/// Opens the webhook event with the fields both formats share; the caller
+/// appends the rest and the closing brace.
+fn write_head(
+    out: &mut Vec<u8>,
+    uuid: &str,
+    name: &str,
+    distinct_id: &str,
+    team_id: Option<i64>,
+    ip: Option<&str>,
+    time: DateTime<Utc>,
+) {
+    out.extend_from_slice(b"{\"uuid\":");
+    rawjson::write_str(out, uuid);
+    out.extend_from_slice(b",\"event\":");
+    rawjson::write_str(out, name);
+    out.extend_from_slice(b",\"distinct_id\":");
+    rawjson::write_str(out, distinct_id);
+    out.extend_from_slice(b",\"team_id\":");
+    match team_id {
+        Some(id) => out.extend_from_slice(id.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"ip\":");
+    match ip {
+        Some(ip) => rawjson::write_str(out, ip),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"timestamp\":\"");
+    out.extend_from_slice(timestamp::to_iso(time).as_bytes());
+    out.push(b'"');
+}
+
+fn decode_clickhouse(row: Object<'_>, out: &mut Vec<u8>) -> Result<EventMeta, DecodeError> {
     let uuid = required_string(&row, "uuid")?;
     let name = required_string(&row, "event")?;
     let distinct_id = required_string(&row, "distinct_id")?;
-    let team_id = match row.get("team_id") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.parse().ok(),
+    let team_id = row.get("team_id").copied().and_then(|raw| match kind(raw) {
+        Kind::Number => rawjson::as_i64(raw),
+        Kind::String => rawjson::as_str(raw).and_then(|s| s.parse().ok()),
         _ => None,
-    };
-    let properties = match json_string_field(&mut row, "properties")? {
-        Some(Value::Object(p)) => p,
-        Some(_) => return Err(DecodeError::WrongType("properties")),
-        None => Map::new(),
+    });
+    let properties_text = json_string_field(&row, "properties")?;
+    let properties = match properties_text.as_deref().map(rawjson::object) {
+        Some(Ok(p)) => p,
+        Some(Err(_)) => return Err(DecodeError::WrongType("properties")),
+        None => Object::new(),
     };
     let time = row
         .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(|raw| timestamp::parse_clickhouse(raw).or_else(|| timestamp::parse_iso(raw)))
+        .copied()
+        .and_then(rawjson::as_str)
+        .and_then(|raw| timestamp::parse_clickhouse(&raw).or_else(|| timestamp::parse_iso(&raw)))
         .ok_or(DecodeError::MissingField("timestamp"))?;
-    let ip = properties
-        .get("$ip")
-        .and_then(Value::as_str)
-        .map(|s| Value::String(s.to_owned()))
-        .unwrap_or(Value::Null);
+    let ip = properties.get("$ip").copied().and_then(rawjson::as_str);
 
-    let mut out = event_head(&uuid, &name, distinct_id, team_id, ip, time);
-    out.insert("properties".into(), Value::Object(properties));
-    if let Some(chain) = row.get("elements_chain").and_then(Value::as_str) {
-        if !chain.is_empty() {
-            out.insert("elements_chain".into(), Value::String(chain.to_owned()));
-        }
-    }
-    if let Some(person_id) = row
-        .get("person_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    write_head(
+        out,
+        &uuid,
+        &name,
+        &distinct_id,
+        team_id,
+        ip.as_deref(),
+        time,
+    );
+    out.extend_from_slice(b",\"properties\":");
+    write_raw_object(out, &properties);
+    if let Some(chain) = row
+        .get("elements_chain")
+        .copied()
+        .and_then(rawjson::as_str)
+        .filter(|c| !c.is_empty())
     {
-        let person_properties = json_string_field(&mut row, "person_properties")?
-            .unwrap_or_else(|| Value::Object(Map::new()));
-        let created_at = row
-            .get("person_created_at")
-            .and_then(Value::as_str)
-            .and_then(timestamp::parse_clickhouse)
-            .map(|t| Value::String(timestamp::to_iso(t)))
-            .unwrap_or(Value::Null);
-        let mut person = Map::new();
-        person.insert("uuid".into(), Value::String(person_id));
-        person.insert("properties".into(), person_properties);
-        person.insert("created_at".into(), created_at);
-        out.insert("person".into(), Value::Object(person));
+        out.extend_from_slice(b",\"elements_chain\":");
+        rawjson::write_str(out, &chain);
     }
+    if let Some(person_id) = row.get("person_id").copied().and_then(rawjson::as_str) {
+        let person_properties = json_string_field(&row, "person_properties")?;
+        out.extend_from_slice(b",\"person\":{\"uuid\":");
+        rawjson::write_str(out, &person_id);
+        out.extend_from_slice(b",\"properties\":");
+        out.extend_from_slice(person_properties.as_deref().unwrap_or("{}").as_bytes());
+        out.extend_from_slice(b",\"created_at\":");
+        match row
+            .get("person_created_at")
+            .copied()
+            .and_then(rawjson::as_str)
+            .and_then(|t| timestamp::parse_clickhouse(&t))
+        {
+            Some(t) => rawjson::write_str(out, &timestamp::to_iso(t)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
 
-    Ok(DecodedEvent {
-        uuid,
-        event: name,
+    Ok(EventMeta {
+        uuid: uuid.into_owned(),
+        event: name.into_owned(),
         token: None,
         team_id,
-        json: encode(&out),
     })
 }
 
-/// The fields every webhook event starts with, in one place for both formats.
-fn event_head(
-    uuid: &str,
-    name: &str,
-    distinct_id: String,
-    team_id: Option<i64>,
-    ip: Value,
-    time: DateTime<Utc>,
-) -> Map<String, Value> {
-    let mut out = Map::new();
-    out.insert("uuid".into(), Value::String(uuid.to_owned()));
-    out.insert("event".into(), Value::String(name.to_owned()));
-    out.insert("distinct_id".into(), Value::String(distinct_id));
-    out.insert(
-        "team_id".into(),
-        team_id.map(Value::from).unwrap_or(Value::Null),
-    );
-    out.insert("ip".into(), ip);
-    out.insert("timestamp".into(), Value::String(timestamp::to_iso(time)));
-    out
-}
-
-fn required_string(map: &Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
-    match map.get(field) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) | None | Some(Value::Null) => Err(DecodeError::MissingField(field)),
+fn required_string<'a>(
+    object: &Object<'a>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, DecodeError> {
+    match object.get(field).copied().map(|v| (kind(v), v)) {
+        Some((Kind::String, raw)) => match rawjson::as_str(raw) {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(DecodeError::MissingField(field)),
+        },
+        None | Some((Kind::Null, _)) => Err(DecodeError::MissingField(field)),
         Some(_) => Err(DecodeError::WrongType(field)),
     }
 }
 
-/// A field ClickHouse stores as a JSON-encoded string (or, leniently, inline JSON).
-fn json_string_field(
-    map: &mut Map<String, Value>,
+/// A field ClickHouse stores as a JSON-encoded string (or, leniently, inline
+/// JSON): the JSON text, checked.
+fn json_string_field<'a>(
+    object: &Object<'a>,
     field: &'static str,
-) -> Result<Option<Value>, DecodeError> {
-    match map.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => serde_json::from_str(&s)
-            .map(Some)
-            .map_err(|_| DecodeError::WrongType(field)),
-        Some(inline) => Ok(Some(inline)),
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    let Some(raw) = object.get(field).copied() else {
+        return Ok(None);
+    };
+    let text = match kind(raw) {
+        Kind::Null => return Ok(None),
+        Kind::String => rawjson::as_str(raw).expect("a string"),
+        _ => return Ok(Some(Cow::Borrowed(raw.get()))),
+    };
+    if text.is_empty() {
+        return Ok(None);
     }
-}
-
-fn encode(map: &Map<String, Value>) -> Vec<u8> {
-    serde_json::to_vec(map).expect("a serde_json::Map always serializes")
+    let valid =
+        serde_json::from_str::<&RawValue>(&text).is_ok() && rawjson::check(text.as_bytes()).is_ok();
+    if !valid {
+        return Err(DecodeError::WrongType(field));
+    }
+    Ok(Some(text))
 }
 
 #[cfg(test)]
@@ -460,8 +582,8 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&message).expect("json");
         let decoded = decode(Some(&bytes), InputFormat::Captured, wall_clock()).expect("decodes");
-        assert_eq!(decoded.team_id, Some(7));
-        assert_eq!(decoded.token.as_deref(), Some("phc_x"));
+        assert_eq!(decoded.meta.team_id, Some(7));
+        assert_eq!(decoded.meta.token.as_deref(), Some("phc_x"));
         let event: Value = serde_json::from_slice(&decoded.json).expect("json");
         assert_eq!(event["distinct_id"], "outer");
         assert_eq!(event["timestamp"], "2024-01-01T00:00:09.500Z");
@@ -498,8 +620,8 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&row).expect("json");
         let decoded = decode(Some(&bytes), InputFormat::Auto, wall_clock()).expect("decodes");
-        assert_eq!(decoded.team_id, Some(2));
-        assert_eq!(decoded.token, None);
+        assert_eq!(decoded.meta.team_id, Some(2));
+        assert_eq!(decoded.meta.token, None);
         let event: Value = serde_json::from_slice(&decoded.json).expect("json");
         assert_eq!(event["timestamp"], "2024-05-01T12:34:56.789Z");
         assert_eq!(event["properties"]["$current_url"], "https://example.com/");

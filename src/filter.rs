@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::config::Config;
-use crate::decode::DecodedEvent;
+use crate::decode::EventMeta;
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -57,7 +57,7 @@ impl Filter {
     }
 
     /// `Ok(())` to deliver, `Err(skip)` to skip.
-    pub fn check(&self, event: &DecodedEvent) -> Result<(), Skip> {
+    pub fn check(&self, event: &EventMeta) -> Result<(), Skip> {
         if let Some(token) = &self.project_token {
             if event.token.as_deref() != Some(token.as_str()) {
                 return Err(Skip::Project);
@@ -79,13 +79,12 @@ impl Filter {
 mod tests {
     use super::*;
 
-    fn event(name: &str, token: Option<&str>, team_id: Option<i64>) -> DecodedEvent {
-        DecodedEvent {
+    fn event(name: &str, token: Option<&str>, team_id: Option<i64>) -> EventMeta {
+        EventMeta {
             uuid: "u".into(),
             event: name.into(),
             token: token.map(str::to_owned),
             team_id,
-            json: b"{}".to_vec(),
         }
     }
 

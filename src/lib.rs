@@ -56,6 +56,7 @@ pub mod lag;
 pub mod metrics;
 pub mod offsets;
 pub mod partition;
+pub mod rawjson;
 pub mod replay;
 pub mod sample;
 pub mod shutdown;

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::batch::{Batch, Batcher, Source};
 use crate::config::{Config, DlqPolicy};
-use crate::decode::decode;
+use crate::decode::{decode_into, DecodeError, EventMeta};
 use crate::delivery::{Deliverer, Outcome};
 use crate::dlq::DeadLetter;
 use crate::filter::Filter;
@@ -197,6 +197,7 @@ pub fn spawn(
         shared: shared.clone(),
         abort: abort.clone(),
         undecodable_logged: 0,
+        scratch: Vec::new(),
         deps,
     };
     let join = runtime.spawn(worker.run(rx, drain_rx));
@@ -241,6 +242,8 @@ struct Worker {
     shared: Arc<Shared>,
     abort: CancellationToken,
     undecodable_logged: u64,
+    /// Reused for each event's JSON before it is copied into the batch body.
+    scratch: Vec<u8>,
     deps: Arc<Deps>,
 }
 
@@ -317,12 +320,25 @@ impl Worker {
         self.shared
             .consumed_next
             .store(message.offset + 1, Ordering::Relaxed);
-        let metrics = &self.deps.metrics;
-        let decoded = decode(
+        let mut json = std::mem::take(&mut self.scratch);
+        json.clear();
+        let decoded = decode_into(
             message.payload.as_deref(),
             self.deps.config.input_format,
             Utc::now(),
+            &mut json,
         );
+        self.accept_decoded(message, decoded, &json);
+        self.scratch = json;
+    }
+
+    fn accept_decoded(
+        &mut self,
+        message: Message,
+        decoded: Result<EventMeta, DecodeError>,
+        json: &[u8],
+    ) {
+        let metrics = &self.deps.metrics;
         let event = match decoded {
             Ok(event) => event,
             Err(e) => {
@@ -348,12 +364,12 @@ impl Worker {
             return;
         }
         let max_bytes = self.deps.config.batch.max_bytes;
-        if event.json.len() + 2 > max_bytes && self.deps.config.dlq_policy == DlqPolicy::Dlq {
+        if json.len() + 2 > max_bytes && self.deps.config.dlq_policy == DlqPolicy::Dlq {
             metrics.events_oversized.inc();
             warn!(
                 partition = self.partition,
                 offset = message.offset,
-                bytes = event.json.len(),
+                bytes = json.len(),
                 limit = max_bytes,
                 "event larger than BATCH_MAX_BYTES"
             );
@@ -362,12 +378,12 @@ impl Worker {
                 "too_large",
                 Some(format!(
                     "{} bytes encoded; BATCH_MAX_BYTES is {max_bytes}",
-                    event.json.len()
+                    json.len()
                 )),
             );
             return;
         }
-        if !self.batcher.fits(event.json.len()) {
+        if !self.batcher.fits(json.len()) {
             self.seal();
         }
         let unit = match self.batcher.open_unit() {
@@ -383,7 +399,7 @@ impl Worker {
             payload: message.payload,
         };
         self.batcher.push(
-            &event.json,
+            json,
             source,
             message.timestamp_ms,
             std::time::Instant::now(),

@@ -120,7 +120,7 @@ pub async fn run(
         };
         summary.read += 1;
         match decode(message.payload(), config.input_format, Utc::now()) {
-            Ok(event) if filter.check(&event).is_ok() => batches
+            Ok(event) if filter.check(&event.meta).is_ok() => batches
                 .entry(partition)
                 .or_default()
                 .push((offset, event.json)),

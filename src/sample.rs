@@ -91,9 +91,9 @@ mod tests {
             let decoded =
                 crate::decode::decode(Some(&s.value), InputFormat::Auto, chrono::Utc::now())
                     .expect("samples decode");
-            assert_eq!(decoded.uuid, s.uuid);
-            assert_eq!(decoded.token.as_deref(), Some(s.token));
-            assert_eq!(decoded.event, s.event);
+            assert_eq!(decoded.meta.uuid, s.uuid);
+            assert_eq!(decoded.meta.token.as_deref(), Some(s.token));
+            assert_eq!(decoded.meta.event, s.event);
         }
         assert_ne!(captured(7, 1, "x").uuid, captured(8, 1, "x").uuid);
     }

@@ -2,8 +2,8 @@
 //! and whatever it accepts must encode to a JSON object with the fields the
 //! webhook relies on.
 //!
-//! The decoder's source files are compiled in directly (they depend only on
-//! serde_json and chrono), so the fuzz build does not need librdkafka, whose
+//! The decoder's source files are compiled in directly (they depend only on serde,
+//! serde_json, thiserror and chrono), so the fuzz build does not need librdkafka, whose
 //! C build does not survive the sanitizer flags.
 #![no_main]
 
@@ -20,6 +20,8 @@ mod config {
 }
 #[path = "../../src/timestamp.rs"]
 mod timestamp;
+#[path = "../../src/rawjson.rs"]
+mod rawjson;
 #[path = "../../src/decode.rs"]
 mod decode;
 
