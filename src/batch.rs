@@ -11,25 +11,11 @@ use bytes::Bytes;
 use crate::config::BatchLimits;
 use crate::offsets::UnitId;
 
-/// Where an event came from: kept so that an event the webhook rejects can
-/// go to the dead-letter topic as the original message.
-#[derive(Debug, Clone, Default)]
-pub struct Source {
-    pub offset: i64,
-    pub key: Option<Bytes>,
-    pub payload: Option<Bytes>,
-}
-
-impl Source {
-    pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len) + self.payload.as_ref().map_or(0, Bytes::len)
-    }
-}
-
 /// One event of a batch.
 #[derive(Debug, Clone)]
 pub struct BatchEvent {
-    pub source: Source,
+    /// The Kafka offset of the message it was decoded from.
+    pub offset: i64,
     /// Where the event's JSON lies in the batch body.
     pub json: Range<usize>,
 }
@@ -68,9 +54,15 @@ impl Batch {
         Bytes::from(body)
     }
 
-    /// Bytes held by the batch: its body and the original messages.
+    /// One event's JSON, as it is in the body.
+    pub fn event_json(&self, index: usize) -> Bytes {
+        self.body.slice(self.events[index].json.clone())
+    }
+
+    /// Bytes held by the batch. The original messages are not kept (see
+    /// [`crate::originals`]), so this is its body.
     pub fn held_bytes(&self) -> usize {
-        self.body.len() + self.events.iter().map(|e| e.source.size()).sum::<usize>()
+        self.body.len()
     }
 }
 
@@ -99,11 +91,9 @@ impl Batcher {
         self.open.as_ref().map(|o| o.deadline)
     }
 
-    /// Bytes held by the open batch (body and original messages).
+    /// Bytes held by the open batch (its body's allocation).
     pub fn open_bytes(&self) -> usize {
-        self.open.as_ref().map_or(0, |o| {
-            o.body.len() + o.events.iter().map(|e| e.source.size()).sum::<usize>()
-        })
+        self.open.as_ref().map_or(0, |o| o.body.capacity())
     }
 
     /// The offsets unit of the open batch, if any.
@@ -129,7 +119,7 @@ impl Batcher {
     pub fn push(
         &mut self,
         event: &[u8],
-        source: Source,
+        offset: i64,
         kafka_ts_ms: Option<i64>,
         now: Instant,
         new_unit: impl FnOnce() -> UnitId,
@@ -146,7 +136,7 @@ impl Batcher {
         let start = open.body.len();
         open.body.extend_from_slice(event);
         open.events.push(BatchEvent {
-            source,
+            offset,
             json: start..open.body.len(),
         });
         if open.oldest_kafka_ts_ms.is_none() {
@@ -206,7 +196,7 @@ mod tests {
             if !batcher.fits(event.len()) {
                 out.extend(batcher.seal());
             }
-            batcher.push(event.as_bytes(), Source::default(), None, now, || {
+            batcher.push(event.as_bytes(), 0, None, now, || {
                 frontier.open(offset as i64, None)
             });
             if batcher.is_full() {
@@ -256,9 +246,7 @@ mod tests {
         let mut batcher = Batcher::new(limits(10, 8));
         let now = Instant::now();
         assert!(batcher.fits(20));
-        batcher.push(&[b'7'; 20], Source::default(), None, now, || {
-            frontier.open(0, None)
-        });
+        batcher.push(&[b'7'; 20], 0, None, now, || frontier.open(0, None));
         assert!(batcher.is_full());
         let batch = batcher.seal().expect("open");
         assert!(batch.oversized);
@@ -274,17 +262,14 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let source = Source {
-                offset: i as i64,
-                ..Source::default()
-            };
-            batcher.push(e.as_bytes(), source, None, now, || frontier.open(0, None));
+            batcher.push(e.as_bytes(), i as i64, None, now, || frontier.open(0, None));
         }
         let batch = batcher.seal().expect("open");
         assert_eq!(batch.body_for(0..4), batch.body);
         assert_eq!(&batch.body_for(1..3)[..], br#"[{"b":[2,3]},"c"]"#);
         assert_eq!(&batch.body_for(3..4)[..], b"[4]");
-        assert_eq!(batch.events[2].source.offset, 2);
+        assert_eq!(batch.events[2].offset, 2);
+        assert_eq!(&batch.event_json(1)[..], br#"{"b":[2,3]}"#);
     }
 
     #[test]
@@ -293,16 +278,10 @@ mod tests {
         let mut batcher = Batcher::new(limits(10, 1000));
         let t0 = Instant::now();
         assert_eq!(batcher.deadline(), None);
-        batcher.push(b"1", Source::default(), Some(5), t0, || {
-            frontier.open(0, Some(5))
+        batcher.push(b"1", 0, Some(5), t0, || frontier.open(0, Some(5)));
+        batcher.push(b"2", 0, Some(9), t0 + Duration::from_millis(50), || {
+            unreachable!("batch is open")
         });
-        batcher.push(
-            b"2",
-            Source::default(),
-            Some(9),
-            t0 + Duration::from_millis(50),
-            || unreachable!("batch is open"),
-        );
         assert_eq!(batcher.deadline(), Some(t0 + Duration::from_millis(100)));
         assert!(!batcher.is_due(t0 + Duration::from_millis(99)));
         assert!(batcher.is_due(t0 + Duration::from_millis(100)));

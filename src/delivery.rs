@@ -17,11 +17,16 @@ use crate::batch::Batch;
 use crate::bisect::Bisection;
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::metrics::{status_class, Metrics};
+use crate::originals::{Found, Originals};
 use crate::webhook::{Cancelled, Sent, Webhook};
+
+/// The `dlq.error` of a rejected event whose original message was deleted.
+const GONE: &str = "the original message is no longer in Kafka (retention or compaction); the payload is the event as sent to the webhook";
 
 pub struct Deliverer {
     pub webhook: Webhook,
     pub dead_letters: DeadLetters,
+    pub originals: Originals,
     pub metrics: Arc<Metrics>,
 }
 
@@ -33,6 +38,53 @@ pub struct Outcome {
 }
 
 impl Deliverer {
+    /// Writes the events the webhook rejected to the dead-letter topic, as
+    /// the original messages read back from Kafka.
+    async fn dead_letter_rejected(
+        &self,
+        batch: &Batch,
+        partition: i32,
+        rejected: &[(usize, u16, String)],
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let offsets: Vec<i64> = rejected
+            .iter()
+            .map(|(index, _, _)| batch.events[*index].offset)
+            .collect();
+        let mut originals = self.originals.read(partition, &offsets, cancel).await?;
+        for (index, status, body) in rejected {
+            let offset = batch.events[*index].offset;
+            let (key, payload, error) = match originals.remove(&offset) {
+                Some(Found::Message(original)) => (original.key, original.payload, None),
+                // Deleted while the batch was retried: keep what was sent instead.
+                _ => (None, Some(batch.event_json(*index)), Some(GONE.to_owned())),
+            };
+            let letter = DeadLetter {
+                key,
+                payload,
+                partition,
+                offset,
+                reason: format!("webhook_{status}"),
+                error,
+                http_status: Some(*status),
+                response_body: Some(body.clone()),
+            };
+            self.dead_letters.write(&letter, cancel).await?;
+            self.metrics
+                .events_dead_lettered
+                .with_label_values(&[letter.reason.as_str()])
+                .inc();
+            warn!(
+                partition,
+                offset,
+                status,
+                topic = self.dead_letters.topic(),
+                "event rejected by the webhook; written to the dead-letter topic"
+            );
+        }
+        Ok(())
+    }
+
     pub async fn deliver(
         &self,
         batch: &Batch,
@@ -67,30 +119,9 @@ impl Deliverer {
         self.metrics
             .bisection_requests
             .inc_by(u64::from(bisection.extra_requests()));
-        for (index, status, body) in &rejected {
-            let event = &batch.events[*index];
-            let letter = DeadLetter {
-                key: event.source.key.clone(),
-                payload: event.source.payload.clone(),
-                partition,
-                offset: event.source.offset,
-                reason: format!("webhook_{status}"),
-                error: None,
-                http_status: Some(*status),
-                response_body: Some(body.clone()),
-            };
-            self.dead_letters.write(&letter, cancel).await?;
-            self.metrics
-                .events_dead_lettered
-                .with_label_values(&[letter.reason.as_str()])
-                .inc();
-            warn!(
-                partition,
-                offset = event.source.offset,
-                status,
-                topic = self.dead_letters.topic(),
-                "event rejected by the webhook; written to the dead-letter topic"
-            );
+        if !rejected.is_empty() {
+            self.dead_letter_rejected(batch, partition, &rejected, cancel)
+                .await?;
         }
         Ok(Outcome {
             accepted: bisection.delivered_events(),

@@ -51,9 +51,10 @@ pub struct DeadLetter {
     pub response_body: Option<String>,
 }
 
-/// librdkafka properties from `KAFKA_PROPERTIES` that the producer needs too
-/// (security and connection settings); consumer-only ones are left out.
-fn producer_property(key: &str) -> bool {
+/// librdkafka properties from `KAFKA_PROPERTIES` that the dead-letter producer
+/// and the originals reader need too (security and connection settings);
+/// consumer-only ones are left out.
+pub(crate) fn connection_property(key: &str) -> bool {
     [
         "security.",
         "sasl.",
@@ -86,7 +87,7 @@ impl DeadLetters {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
         for (key, value) in &config.kafka_properties {
-            if producer_property(key) {
+            if connection_property(key) {
                 client.set(key, value);
             }
         }
@@ -223,10 +224,10 @@ mod tests {
 
     #[test]
     fn only_connection_and_security_properties_go_to_the_producer() {
-        assert!(producer_property("security.protocol"));
-        assert!(producer_property("sasl.password"));
-        assert!(producer_property("ssl.ca.location"));
-        assert!(!producer_property("fetch.max.bytes"));
-        assert!(!producer_property("auto.offset.reset"));
+        assert!(connection_property("security.protocol"));
+        assert!(connection_property("sasl.password"));
+        assert!(connection_property("ssl.ca.location"));
+        assert!(!connection_property("fetch.max.bytes"));
+        assert!(!connection_property("auto.offset.reset"));
     }
 }

@@ -14,7 +14,7 @@
 //!  delivery (delivery.rs): POST the JSON array (webhook/); 2xx done;
 //!      transient failures retried forever with backoff and Retry-After
 //!      (webhook/retry.rs); refused batches bisected (bisect.rs), refused
-//!      events to the dead-letter topic (dlq.rs)
+//!      events read back from Kafka (originals.rs) to the dead-letter topic (dlq.rs)
 //!      │  delivered or dead-lettered
 //!      ▼
 //!  frontier (offsets.rs) → consumer loop stores the offset → auto-commit
@@ -36,7 +36,10 @@
 //!
 //! Memory is bounded: a partition whose undelivered bytes pass its share of
 //! `MAX_BUFFERED_BYTES` is paused until deliveries catch up, while the consumer
-//! keeps polling (so it stays in the group).
+//! keeps polling (so it stays in the group). A message is dropped once decoded
+//! (`rawjson.rs` reads it in one pass, borrowing); batches hold only their
+//! request body, and the rare event the webhook refuses is read back from
+//! Kafka by offset for the dead-letter topic.
 //!
 //! Shutdown (SIGTERM/SIGINT) and revocation: stop taking messages, let the
 //! batch in flight finish within `SHUTDOWN_TIMEOUT_MS`, commit what was
@@ -55,6 +58,7 @@ pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod offsets;
+pub mod originals;
 pub mod partition;
 pub mod rawjson;
 pub mod replay;
@@ -96,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             webhook: webhook::Webhook::new(&config, metrics.clone())
                 .context("cannot build the webhook HTTP client")?,
             dead_letters: dlq::DeadLetters::new(&config)?,
+            originals: originals::Originals::new(&config),
             metrics: metrics.clone(),
         },
         filter: filter::Filter::from_config(&config),

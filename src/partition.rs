@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::batch::{Batch, Batcher, Source};
+use crate::batch::{Batch, Batcher};
 use crate::config::{Config, DlqPolicy};
 use crate::decode::{decode_into, DecodeError, EventMeta};
 use crate::delivery::{Deliverer, Outcome};
@@ -42,12 +42,12 @@ pub struct Message {
 }
 
 impl Message {
-    /// What the message will cost in memory once batched: the original key
-    /// and payload (kept for the dead-letter topic) plus the encoded event,
-    /// about as large as the payload. Counting that from the start keeps the
-    /// buffer accounting steady as messages move from the queue into batches.
+    /// What the message costs in memory while queued: its key and payload.
+    /// Once decoded, the message is dropped and its event, about as large as
+    /// the payload, is what the batch holds; so the accounting stays steady as
+    /// messages move from the queue into batches.
     pub fn size(&self) -> usize {
-        2 * self.payload.as_ref().map_or(0, Bytes::len) + self.key.as_ref().map_or(0, Bytes::len)
+        self.payload.as_ref().map_or(0, Bytes::len) + self.key.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -393,14 +393,9 @@ impl Worker {
             }
             None => self.frontier.open(message.offset, message.timestamp_ms),
         };
-        let source = Source {
-            offset: message.offset,
-            key: message.key,
-            payload: message.payload,
-        };
         self.batcher.push(
             json,
-            source,
+            message.offset,
             message.timestamp_ms,
             std::time::Instant::now(),
             || unit,

@@ -1,0 +1,205 @@
+//! Reading original messages back from Kafka by offset.
+//!
+//! Batches do not keep the messages they were decoded from: that would double
+//! the memory every buffered event costs, for the rare event the webhook
+//! rejects. When the webhook does reject one, its original bytes are read back
+//! from the source partition here and go to the dead-letter topic, exactly as
+//! an undecodable message does.
+//!
+//! One extra Kafka client, created on first use, assigned (never subscribed,
+//! never committing) to the partition and offsets it needs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::dlq::connection_property;
+use crate::webhook::Cancelled;
+
+/// A message as it was read from the source topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+}
+
+/// What a read found for one offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Message(Original),
+    /// Deleted from the partition (retention or compaction) in the meantime.
+    Gone,
+}
+
+#[derive(Clone)]
+pub struct Originals {
+    client: ClientConfig,
+    topic: String,
+    consumer: Arc<Mutex<Option<BaseConsumer>>>,
+}
+
+/// How long one attempt may take before it is retried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Originals {
+    pub fn new(config: &Config) -> Self {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka_hosts)
+            .set("client.id", "patterns-connector-originals")
+            // Required by librdkafka for a consumer; nothing is ever committed.
+            .set(
+                "group.id",
+                format!("{}-originals", config.kafka_consumer_group),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error");
+        for (key, value) in &config.kafka_properties {
+            if connection_property(key) {
+                client.set(key, value);
+            }
+        }
+        Originals {
+            client,
+            topic: config.kafka_topic.clone(),
+            consumer: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Reads the messages at `offsets` of `partition`, retrying failures until
+    /// every offset is found or known to be gone, or `cancel` fires.
+    pub async fn read(
+        &self,
+        partition: i32,
+        offsets: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<i64, Found>, Cancelled> {
+        let mut attempt: u32 = 0;
+        loop {
+            let this = self.clone();
+            let wanted = offsets.to_vec();
+            let stop = cancel.clone();
+            let result =
+                tokio::task::spawn_blocking(move || this.read_blocking(partition, &wanted, &stop))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reader task failed: {e}")));
+            match result {
+                Ok(found) => return Ok(found),
+                Err(_) if cancel.is_cancelled() => return Err(Cancelled),
+                Err(error) => {
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        warn!(partition, attempt = attempt + 1, %error,
+                            "reading rejected events back from Kafka failed; retrying");
+                    }
+                    let delay = Duration::from_millis(200u64 << attempt.min(7));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(Cancelled),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    fn read_blocking(
+        &self,
+        partition: i32,
+        offsets: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<i64, Found>, String> {
+        let mut guard = self.consumer.lock().map_err(|_| "reader lock poisoned")?;
+        if guard.is_none() {
+            let consumer: BaseConsumer = self
+                .client
+                .create()
+                .map_err(|e| format!("cannot create the reader: {e}"))?;
+            *guard = Some(consumer);
+        }
+        let consumer = guard.as_ref().expect("created above");
+        let result = self.read_with(consumer, partition, offsets, cancel);
+        // Leave no assignment behind: the next read may be for another partition.
+        let _ = consumer.unassign();
+        result
+    }
+
+    fn read_with(
+        &self,
+        consumer: &BaseConsumer,
+        partition: i32,
+        offsets: &[i64],
+        cancel: &CancellationToken,
+    ) -> Result<BTreeMap<i64, Found>, String> {
+        let mut wanted: Vec<i64> = offsets.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found = BTreeMap::new();
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        // Read forward from the first offset still missing; a gap in the
+        // partition (compaction, transaction markers) just skips ahead.
+        while let Some(&next) = wanted.iter().find(|o| !found.contains_key(*o)) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .map_err(|e| e.to_string())?;
+            consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            loop {
+                if cancel.is_cancelled() {
+                    return Err("cancelled".into());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("offset {next} not read within {ATTEMPT_TIMEOUT:?}"));
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    None => continue,
+                    Some(Err(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::OffsetOutOfRange,
+                    ))) => {
+                        // Every offset before the partition's start is gone.
+                        let (low, _) = consumer
+                            .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+                            .map_err(|e| format!("cannot read watermarks: {e}"))?;
+                        for &o in wanted.iter().filter(|&&o| o < low) {
+                            found.insert(o, Found::Gone);
+                        }
+                        if next >= low {
+                            return Err(format!("offset {next} out of range"));
+                        }
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(m)) if m.partition() != partition => continue,
+                    Some(Ok(m)) => {
+                        let offset = m.offset();
+                        // Offsets skipped on the way are not in the partition any more.
+                        for &o in wanted.iter().filter(|&&o| o < offset) {
+                            found.entry(o).or_insert(Found::Gone);
+                        }
+                        if wanted.binary_search(&offset).is_ok() {
+                            found.insert(
+                                offset,
+                                Found::Message(Original {
+                                    key: m.key().map(Bytes::copy_from_slice),
+                                    payload: m.payload().map(Bytes::copy_from_slice),
+                                }),
+                            );
+                        }
+                        if wanted.iter().all(|o| found.contains_key(o)) {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+}
