@@ -430,8 +430,11 @@ pub fn create(
                 "earliest"
             },
         )
-        // Bounds librdkafka's prefetch queue (all partitions together).
-        .set("queued.max.messages.kbytes", "16384")
+        // librdkafka's prefetch queue (all partitions together): small, since
+        // the workers' own queues are the buffer. When it is full, fetching
+        // resumes 10 ms after the loop takes messages again, not the default 1 s.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "1000")
         .set("enable.auto.commit", "true")
         .set(
@@ -491,6 +494,7 @@ pub fn run(
     let mut last_gauges = Instant::now();
     let mut consume_errors_logged: u64 = 0;
     let mut fatal = None;
+    let mut pacing_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         ctx.health.beat(SystemTime::now());
         if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
@@ -498,6 +502,20 @@ pub fn run(
             fatal = Some(reason);
             break;
         }
+        // Backlog pacing: while the workers have plenty to decode, take no
+        // more messages for a moment (librdkafka's bounded prefetch queue holds
+        // them) instead of pausing partitions, which would discard and refetch
+        // their prefetched data. The wait is capped so the loop still polls,
+        // and so serves rebalances and statistics, every `MAX_PACING`.
+        if workers_are_busy(ctx, max_buffered_bytes)
+            && pacing_since.get_or_insert_with(Instant::now).elapsed() < MAX_PACING
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            store_progress(&consumer, &topic, &mut progress);
+            apply_backpressure(&consumer, &topic, max_buffered_bytes);
+            continue;
+        }
+        pacing_since = None;
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 ctx.metrics.events_consumed.inc();
@@ -595,6 +613,21 @@ fn store_progress(
         // offset was committed by the revocation itself.
         warn!(error = %e, "storing delivered offsets failed");
     }
+}
+
+/// The longest the consumer loop goes without polling while it paces a backlog.
+const MAX_PACING: Duration = Duration::from_millis(200);
+
+/// True when a partition that is still fetching has half of its share of
+/// `MAX_BUFFERED_BYTES` waiting to be decoded: handing over more would only
+/// fill its queue up to the pause threshold. (A paused partition does not
+/// count: a stalled webhook must not hold the others back.)
+fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool {
+    let workers = ctx.workers();
+    let half_share = max_buffered_bytes / workers.len().max(1) / 2;
+    workers
+        .values()
+        .any(|w| !w.paused && w.shared.queued_bytes.load(Ordering::Relaxed) > half_share)
 }
 
 /// Pauses a partition whose buffered bytes pass its share of

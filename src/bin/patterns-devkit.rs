@@ -246,6 +246,27 @@ async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fields of a received event the receiver reports on; the rest is skipped.
+#[derive(serde::Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow, default)]
+    uuid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    distinct_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    properties: Option<HeadProperties<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadProperties<'a> {
+    #[serde(borrow, default, rename = "$sent_at")]
+    sent_at: Option<std::borrow::Cow<'a, str>>,
+}
+
 type ReceiverState = Arc<(Mutex<Received>, ReceiverOptions)>;
 
 async fn batch(
@@ -253,7 +274,9 @@ async fn batch(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) else {
+    // Reads the whole array (so the JSON is checked) but keeps only what the
+    // receiver reports on, without building a tree of every event.
+    let Ok(events) = serde_json::from_slice::<Vec<EventHead<'_>>>(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     let (received, options) = &*state;
@@ -281,15 +304,17 @@ async fn batch(
     r.batches += 1;
     r.events += events.len() as u64;
     for e in &events {
-        if let Some(uuid) = e["uuid"].as_str() {
-            r.uuids.insert(uuid.to_owned());
+        if let Some(uuid) = &e.uuid {
+            r.uuids.insert(uuid.to_string());
         }
     }
     if let Some(path) = &options.latency_file {
         let now = chrono::Utc::now();
         for e in &events {
-            let sent = e["properties"]["$sent_at"]
-                .as_str()
+            let sent = e
+                .properties
+                .as_ref()
+                .and_then(|p| p.sent_at.as_deref())
                 .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
             if let Some(sent) = sent {
                 r.latencies_ms.push(
@@ -323,7 +348,7 @@ async fn batch(
         use std::io::Write;
         let mut lines = String::new();
         for e in &events {
-            lines.push_str(e["uuid"].as_str().unwrap_or("?"));
+            lines.push_str(e.uuid.as_deref().unwrap_or("?"));
             lines.push('\n');
         }
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -335,7 +360,7 @@ async fn batch(
         }
     }
     if !quiet {
-        let mut names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        let mut names: Vec<&str> = events.iter().filter_map(|e| e.event.as_deref()).collect();
         names.sort_unstable();
         names.dedup();
         println!(
@@ -345,9 +370,9 @@ async fn batch(
             body.len(),
             names.len(),
             names.iter().take(3).copied().collect::<Vec<_>>().join(", "),
-            events[0]["uuid"].as_str().unwrap_or("?"),
-            events[0]["distinct_id"].as_str().unwrap_or("?"),
-            events[0]["timestamp"].as_str().unwrap_or("?"),
+            events.first().and_then(|e| e.uuid.as_deref()).unwrap_or("?"),
+            events.first().and_then(|e| e.distinct_id.as_deref()).unwrap_or("?"),
+            events.first().and_then(|e| e.timestamp.as_deref()).unwrap_or("?"),
         );
     }
     if let Some(path) = stats_file {
