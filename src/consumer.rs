@@ -495,6 +495,7 @@ pub fn run(
     let mut consume_errors_logged: u64 = 0;
     let mut fatal = None;
     let mut pacing_since: Option<Instant> = None;
+    let mut handover = Handover::default();
     while !shutdown.is_cancelled() {
         ctx.health.beat(SystemTime::now());
         if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
@@ -507,7 +508,8 @@ pub fn run(
         // them) instead of pausing partitions, which would discard and refetch
         // their prefetched data. The wait is capped so the loop still polls,
         // and so serves rebalances and statistics, every `MAX_PACING`.
-        if workers_are_busy(ctx, max_buffered_bytes)
+        if handover.is_empty()
+            && workers_are_busy(ctx, max_buffered_bytes)
             && pacing_since.get_or_insert_with(Instant::now).elapsed() < MAX_PACING
         {
             std::thread::sleep(Duration::from_millis(1));
@@ -516,7 +518,16 @@ pub fn run(
             continue;
         }
         pacing_since = None;
-        match consumer.poll(Duration::from_millis(100)) {
+        // Messages already fetched are taken without waiting and handed over
+        // in chunks: one channel send and one wake-up per chunk, not per message.
+        let timeout = if handover.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let polled = consumer.poll(timeout);
+        let more = matches!(polled, Some(Ok(_))) && handover.len() < HANDOVER_CHUNK;
+        match polled {
             Some(Ok(m)) => {
                 ctx.metrics.events_consumed.inc();
                 let message = Message {
@@ -525,9 +536,7 @@ pub fn run(
                     key: m.key().map(bytes::Bytes::copy_from_slice),
                     payload: m.payload().map(bytes::Bytes::copy_from_slice),
                 };
-                if let Some(worker) = ctx.workers().get(&m.partition()) {
-                    worker.send(message);
-                }
+                handover.push(ctx, m.partition(), message);
             }
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
@@ -538,6 +547,10 @@ pub fn run(
             }
             None => {}
         }
+        if more {
+            continue;
+        }
+        handover.flush(ctx);
         store_progress(&consumer, &topic, &mut progress);
         apply_backpressure(&consumer, &topic, max_buffered_bytes);
         if last_gauges.elapsed() >= Duration::from_millis(500) {
@@ -615,19 +628,81 @@ fn store_progress(
     }
 }
 
+/// At most this many messages are polled before they are handed over.
+const HANDOVER_CHUNK: usize = 256;
+
+/// Messages polled but not yet handed to their workers, per partition, with
+/// the worker incarnation they were polled for.
+#[derive(Default)]
+struct Handover {
+    chunks: HashMap<i32, (u64, Vec<Message>)>,
+    count: usize,
+}
+
+impl Handover {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn push(&mut self, ctx: &Context, partition: i32, message: Message) {
+        // A message of a partition this member does not own (any more) is
+        // dropped, uncommitted: its owner reads it from the committed offset.
+        let Some(generation) = ctx.workers().get(&partition).map(|w| w.generation) else {
+            return;
+        };
+        let (chunk_generation, chunk) = self
+            .chunks
+            .entry(partition)
+            .or_insert_with(|| (generation, Vec::new()));
+        if *chunk_generation != generation {
+            // The partition was revoked and assigned again in between: the
+            // earlier messages belonged to the previous worker; drop them.
+            self.count -= chunk.len();
+            chunk.clear();
+            *chunk_generation = generation;
+        }
+        chunk.push(message);
+        self.count += 1;
+    }
+
+    /// Hands every chunk to its worker, if that worker is still the one the
+    /// messages were polled for.
+    fn flush(&mut self, ctx: &Context) {
+        if self.count == 0 {
+            return;
+        }
+        let workers = ctx.workers();
+        for (partition, (generation, chunk)) in self.chunks.iter_mut() {
+            if chunk.is_empty() {
+                continue;
+            }
+            let chunk = std::mem::take(chunk);
+            match workers.get(partition) {
+                Some(worker) if worker.generation == *generation => worker.send(chunk),
+                _ => {}
+            }
+        }
+        self.count = 0;
+    }
+}
+
 /// The longest the consumer loop goes without polling while it paces a backlog.
 const MAX_PACING: Duration = Duration::from_millis(200);
 
-/// True when a partition that is still fetching has half of its share of
+/// True when a partition that is still fetching has a quarter of its share of
 /// `MAX_BUFFERED_BYTES` waiting to be decoded: handing over more would only
-/// fill its queue up to the pause threshold. (A paused partition does not
+/// fill its queue up to the pause threshold (its batches need the rest). (A paused partition does not
 /// count: a stalled webhook must not hold the others back.)
 fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool {
     let workers = ctx.workers();
-    let half_share = max_buffered_bytes / workers.len().max(1) / 2;
+    let quarter_share = max_buffered_bytes / workers.len().max(1) / 4;
     workers
         .values()
-        .any(|w| !w.paused && w.shared.queued_bytes.load(Ordering::Relaxed) > half_share)
+        .any(|w| !w.paused && w.shared.queued_bytes.load(Ordering::Relaxed) > quarter_share)
 }
 
 /// Pauses a partition whose buffered bytes pass its share of

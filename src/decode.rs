@@ -16,14 +16,13 @@
 //! encoded once here to the bytes that go into the batch body.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::InputFormat;
-use crate::rawjson::{self, kind, Key, Kind, Object};
+use crate::rawjson::{self, kind, Envelope, EventDoc, Fields, Key, Kind, Object, Properties};
 use crate::timestamp::{self, TimestampInputs};
 
 /// What the filter needs to know about a decoded event.
@@ -104,19 +103,30 @@ pub fn decode_into(
     let payload = payload
         .filter(|p| !p.is_empty())
         .ok_or(DecodeError::Empty)?;
-    // One pass that borrows everything; a message that is not an object is
-    // parsed again only to say precisely what is wrong with it.
-    let Ok(message) = rawjson::object_from_slice(payload) else {
+    // One pass that borrows everything but `data`; a message that is not an
+    // object is parsed again only to say precisely what is wrong with it.
+    let Ok(Envelope {
+        data,
+        rest: message,
+    }) = serde_json::from_slice::<Envelope>(payload)
+    else {
         return Err(classify_unreadable(payload));
     };
-    rawjson::check(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    for value in message.values() {
+        rawjson::check_at(value.get().as_bytes(), 1)
+            .map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    }
     let format = match format {
-        InputFormat::Auto => detect(&message)?,
+        InputFormat::Auto => detect(data.as_ref(), &message)?,
         explicit => explicit,
     };
     match format {
         InputFormat::Clickhouse => decode_clickhouse(message, out),
-        _ => decode_captured(message, wall_clock, out),
+        _ => match data {
+            Some(Ok(data)) => decode_captured(&data, message, wall_clock, out),
+            Some(Err(())) => Err(DecodeError::WrongType("data")),
+            None => Err(DecodeError::MissingField("data")),
+        },
     }
 }
 
@@ -128,11 +138,16 @@ fn classify_unreadable(payload: &[u8]) -> DecodeError {
     }
 }
 
-fn detect(message: &Object<'_>) -> Result<InputFormat, DecodeError> {
-    let is_string = |field| message.get(field).is_some_and(|v| kind(v) == Kind::String);
-    if is_string("data") {
+fn detect(
+    data: Option<&Result<String, ()>>,
+    message: &Object<'_>,
+) -> Result<InputFormat, DecodeError> {
+    if matches!(data, Some(Ok(_))) {
         Ok(InputFormat::Captured)
-    } else if is_string("properties") {
+    } else if message
+        .get("properties")
+        .is_some_and(|v| kind(v) == Kind::String)
+    {
         Ok(InputFormat::Clickhouse)
     } else {
         Err(DecodeError::UnknownFormat)
@@ -155,23 +170,24 @@ fn write_property(out: &mut Vec<u8>, value: &Property<'_>) {
 }
 
 fn write_raw_object(out: &mut Vec<u8>, object: &Object<'_>) {
-    rawjson::write_object(out, object, |out, raw| {
+    rawjson::write_object(out, object.iter(), |out, raw| {
         out.extend_from_slice(raw.get().as_bytes())
     });
 }
 
 fn decode_captured(
+    data: &str,
     mut envelope: Object<'_>,
     wall_clock: DateTime<Utc>,
     out: &mut Vec<u8>,
 ) -> Result<EventMeta, DecodeError> {
-    let data = match envelope.remove("data") {
-        Some(raw) => rawjson::as_str(raw).ok_or(DecodeError::WrongType("data"))?,
-        None => return Err(DecodeError::MissingField("data")),
-    };
-    let Ok(mut event) = rawjson::object(&data) else {
+    let Ok(EventDoc {
+        properties,
+        rest: mut event,
+    }) = serde_json::from_str::<EventDoc>(data)
+    else {
         return Err(DecodeError::BadData(
-            match serde_json::from_str::<Value>(&data) {
+            match serde_json::from_str::<Value>(data) {
                 Ok(_) => "not an object".into(),
                 Err(e) => e.to_string(),
             },
@@ -186,6 +202,10 @@ fn decode_captured(
         .filter(|s| !s.is_empty())
         .and_then(|s| timestamp::parse_iso(&s));
     // The envelope wins over the SDK's fields, as in PostHog's ingestion.
+    let properties = match envelope.remove("properties") {
+        Some(raw) => Some(Properties::from_raw(raw)),
+        None => properties,
+    };
     event.extend(envelope);
 
     let uuid = required_string(&event, "uuid")?;
@@ -196,12 +216,10 @@ fn decode_captured(
         Some(_) => return Err(DecodeError::WrongType("distinct_id")),
         None => return Err(DecodeError::MissingField("distinct_id")),
     };
-    let properties = match event.get("properties").map(|v| (kind(v), v)) {
-        Some((Kind::Object, raw)) => {
-            rawjson::object(raw.get()).expect("a checked raw object parses")
-        }
-        None | Some((Kind::Null, _)) => Object::new(),
-        Some(_) => return Err(DecodeError::WrongType("properties")),
+    let properties = match properties {
+        Some(Properties::Object(properties)) => properties,
+        None | Some(Properties::Null) => Object::new(),
+        Some(Properties::Other) => return Err(DecodeError::WrongType("properties")),
     };
     let string_field = |field| {
         event
@@ -250,13 +268,10 @@ fn decode_captured(
             .map(|raw| rawjson::object(raw.get()).expect("a checked raw object parses"))
     };
     let (set, set_once) = (top_level("$set"), top_level("$set_once"));
-    let mut merged: BTreeMap<Key<'_>, Property<'_>> = properties
-        .into_iter()
-        .map(|(k, v)| (k, Property::Raw(v)))
-        .collect();
+    let mut merged: Fields<'_, Property<'_>> = properties.map_values(Property::Raw);
     for (key, top) in [("$set", &set), ("$set_once", &set_once)] {
         let Some(top) = top else { continue };
-        let mut object = match merged.remove(key) {
+        let mut object = match merged.get(key) {
             Some(Property::Raw(raw)) if kind(raw) == Kind::Object => {
                 rawjson::object(raw.get()).expect("a checked raw object parses")
             }
@@ -266,9 +281,9 @@ fn decode_captured(
         merged.insert(Key(Cow::Borrowed(key)), Property::Object(object));
     }
     if let Some(ip) = &ip {
-        merged
-            .entry(Key(Cow::Borrowed("$ip")))
-            .or_insert_with(|| Property::Str(ip.clone()));
+        if !merged.contains_key("$ip") {
+            merged.insert(Key(Cow::Borrowed("$ip")), Property::Str(ip.clone()));
+        }
     }
     if let Some(sent_at) = &sent_at {
         merged.insert(
@@ -295,7 +310,7 @@ fn decode_captured(
         }
     }
     out.extend_from_slice(b",\"properties\":");
-    rawjson::write_object(out, &merged, |out, value| write_property(out, value));
+    rawjson::write_object(out, merged.iter(), |out, value| write_property(out, value));
     out.push(b'}');
 
     Ok(EventMeta {

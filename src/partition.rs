@@ -125,21 +125,21 @@ pub struct Handle {
     pub shared: Arc<Shared>,
     /// Whether the consumer paused fetching for this partition.
     pub paused: bool,
-    messages: mpsc::UnboundedSender<Message>,
+    messages: mpsc::UnboundedSender<Vec<Message>>,
     drain: Option<oneshot::Sender<Instant>>,
     abort: CancellationToken,
     join: JoinHandle<Option<i64>>,
 }
 
 impl Handle {
-    /// Hands a message to the worker. Never blocks: memory is bounded by pausing
-    /// the partition when its buffer is full, so the consumer loop keeps polling.
-    pub fn send(&self, message: Message) {
-        self.shared
-            .queued_bytes
-            .fetch_add(message.size(), Ordering::Relaxed);
-        // A closed channel means the worker has stopped; the message stays uncommitted.
-        let _ = self.messages.send(message);
+    /// Hands messages (in offset order) to the worker. Never blocks: memory
+    /// is bounded by pausing the partition when its buffer is full, so the
+    /// consumer loop keeps polling.
+    pub fn send(&self, messages: Vec<Message>) {
+        let bytes = messages.iter().map(Message::size).sum();
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // A closed channel means the worker has stopped; the messages stay uncommitted.
+        let _ = self.messages.send(messages);
     }
 
     /// Asks the worker to finish by `deadline` and returns its last safe
@@ -257,7 +257,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 impl Worker {
     async fn run(
         mut self,
-        mut messages: mpsc::UnboundedReceiver<Message>,
+        mut messages: mpsc::UnboundedReceiver<Vec<Message>>,
         mut drain: oneshot::Receiver<Instant>,
     ) -> Option<i64> {
         let mut drain_deadline: Option<Instant> = None;
@@ -291,8 +291,12 @@ impl Worker {
                     drain_deadline = Some(deadline.unwrap_or_else(|_| Instant::now()));
                     self.seal();
                 }
-                message = messages.recv(), if drain_deadline.is_none() => match message {
-                    Some(message) => self.accept(message),
+                chunk = messages.recv(), if drain_deadline.is_none() => match chunk {
+                    Some(chunk) => {
+                        for message in chunk {
+                            self.accept(message);
+                        }
+                    }
                     None => {
                         drain_deadline = Some(Instant::now() + self.deps.config.shutdown_timeout);
                         self.seal();

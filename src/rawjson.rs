@@ -9,10 +9,9 @@
 //! exactly what `serde_json::Value` would accept.
 
 use std::borrow::{Borrow, Cow};
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// An object key, borrowed from the input unless it held escapes.
@@ -47,9 +46,346 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// A JSON object, one level deep. Sorted by key; a repeated key keeps its
-/// last value, as `JSON.parse` and PostHog do.
-pub type Object<'a> = BTreeMap<Key<'a>, &'a RawValue>;
+/// Object fields in their original order. A repeated key keeps its first
+/// position and its last value, as `JSON.parse` does. Lookups are linear over
+/// key hashes: PostHog objects have tens of fields, where this beats a tree.
+#[derive(Debug, Clone)]
+pub struct Fields<'a, V> {
+    entries: Vec<(u64, Key<'a>, V)>,
+}
+
+impl<V> Default for Fields<'_, V> {
+    fn default() -> Self {
+        Fields {
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// FNV-1a: short keys, no allocation, good enough to skip most comparisons.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl<'a, V> Fields<'a, V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        let hash = key_hash(key);
+        self.entries
+            .iter()
+            .position(|(h, k, _)| *h == hash && k.0 == key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.position(key).map(|i| &self.entries[i].2)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Sets `key`, in place if it is already there.
+    pub fn insert(&mut self, key: Key<'a>, value: V) {
+        let hash = key_hash(&key.0);
+        match self
+            .entries
+            .iter_mut()
+            .find(|(h, k, _)| *h == hash && *k == key)
+        {
+            Some(entry) => entry.2 = value,
+            None => self.entries.push((hash, key, value)),
+        }
+    }
+
+    /// Appends without looking for `key`: call [`Fields::dedup`] after a run of these.
+    fn push(&mut self, key: Key<'a>, value: V) {
+        self.entries.push((key_hash(&key.0), key, value));
+    }
+
+    /// Restores "one entry per key" after [`Fields::push`]es: sorts the hashes
+    /// once and, only in the rare case of a repeated key, merges its entries.
+    fn dedup(&mut self) {
+        let mut hashes: Vec<u64> = self.entries.iter().map(|(h, _, _)| *h).collect();
+        hashes.sort_unstable();
+        if hashes.windows(2).all(|w| w[0] != w[1]) {
+            return;
+        }
+        let entries = std::mem::take(&mut self.entries);
+        for (_, key, value) in entries {
+            self.insert(key, value);
+        }
+    }
+
+    /// The same fields with their values mapped.
+    pub fn map_values<W>(self, mut f: impl FnMut(V) -> W) -> Fields<'a, W> {
+        Fields {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(h, k, v)| (h, k, f(v)))
+                .collect(),
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        self.position(key).map(|i| self.entries.remove(i).2)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Key<'a>, &V)> {
+        self.entries.iter().map(|(_, k, v)| (k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, _, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<'a, V> Extend<(Key<'a>, V)> for Fields<'a, V> {
+    fn extend<I: IntoIterator<Item = (Key<'a>, V)>>(&mut self, iter: I) {
+        for (key, value) in iter {
+            self.insert(key, value);
+        }
+    }
+}
+
+impl<'a, V> IntoIterator for Fields<'a, V> {
+    type Item = (Key<'a>, V);
+    type IntoIter = std::iter::Map<
+        std::vec::IntoIter<(u64, Key<'a>, V)>,
+        fn((u64, Key<'a>, V)) -> (Key<'a>, V),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter().map(|(_, k, v)| (k, v))
+    }
+}
+
+impl<'a, V> FromIterator<(Key<'a>, V)> for Fields<'a, V> {
+    fn from_iter<I: IntoIterator<Item = (Key<'a>, V)>>(iter: I) -> Self {
+        let mut fields = Fields::new();
+        fields.extend(iter);
+        fields
+    }
+}
+
+impl<V> std::ops::Index<&str> for Fields<'_, V> {
+    type Output = V;
+    /// The value of `key`; panics if it is missing (for tests and checked keys).
+    fn index(&self, key: &str) -> &V {
+        self.get(key).expect("the key is present")
+    }
+}
+
+/// A JSON object, one level deep, its values left as raw JSON.
+pub type Object<'a> = Fields<'a, &'a RawValue>;
+
+impl<'de> Deserialize<'de> for Object<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut object = Object::new();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    object.push(key, map.next_value()?);
+                }
+                object.dedup();
+                Ok(object)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A captured event (the `data` document): its `properties` parsed in the
+/// same pass, since they are most of the event; the other fields raw.
+#[derive(Debug, Default)]
+pub struct EventDoc<'a> {
+    pub properties: Option<Properties<'a>>,
+    pub rest: Object<'a>,
+}
+
+/// What an event's `properties` field holds.
+#[derive(Debug)]
+pub enum Properties<'a> {
+    Object(Object<'a>),
+    Null,
+    /// Another type: not a valid event.
+    Other,
+}
+
+impl<'a> Properties<'a> {
+    /// From a raw value (a field that was not parsed in the first pass).
+    pub fn from_raw(raw: &'a RawValue) -> Self {
+        match kind(raw) {
+            Kind::Object => {
+                Properties::Object(object(raw.get()).expect("a raw object parses as one"))
+            }
+            Kind::Null => Properties::Null,
+            _ => Properties::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PropertiesVisitor;
+        impl<'de> Visitor<'de> for PropertiesVisitor {
+            type Value = Properties<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let object =
+                    Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Properties::Object(object))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Properties::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Properties::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Properties::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Properties::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Properties::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Properties::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Properties::Other)
+            }
+        }
+        deserializer.deserialize_any(PropertiesVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventDoc<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = EventDoc<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut event = EventDoc::default();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "properties" {
+                        event.properties = Some(map.next_value()?);
+                    } else {
+                        event.rest.push(key, map.next_value()?);
+                    }
+                }
+                event.rest.dedup();
+                Ok(event)
+            }
+        }
+        deserializer.deserialize_map(EventVisitor)
+    }
+}
+
+/// A message envelope: an object whose `data` field, when it is a string,
+/// is read and unescaped in the same pass (it holds a whole JSON document).
+#[derive(Debug, Default)]
+pub struct Envelope<'a> {
+    /// `Some(Ok(text))` for a string `data`; `Some(Err(()))` for another type.
+    pub data: Option<Result<String, ()>>,
+    /// Every other field.
+    pub rest: Object<'a>,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvelopeVisitor;
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut envelope = Envelope::default();
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "data" {
+                        envelope.data = Some(map.next_value::<DataField>()?.0);
+                    } else {
+                        envelope.rest.push(key, map.next_value()?);
+                    }
+                }
+                envelope.rest.dedup();
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+/// The `data` field: its text if it is a string.
+struct DataField(Result<String, ()>);
+
+impl<'de> Deserialize<'de> for DataField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = DataField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(DataField(Ok(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(DataField(Ok(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(DataField(Err(())))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(DataField(Err(())))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(DataField(Err(())))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(DataField(Err(())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(DataField(Err(())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(DataField(Err(())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(DataField(Err(())))
+            }
+        }
+        deserializer.deserialize_any(DataVisitor)
+    }
+}
 
 /// Parses an object from text that outlives the result.
 pub fn object(text: &str) -> serde_json::Result<Object<'_>> {
@@ -116,6 +452,19 @@ pub fn as_bool(raw: &RawValue) -> Option<bool> {
     }
 }
 
+/// Appends a key as a JSON string. A borrowed key had no escapes in valid
+/// JSON, so its bytes go out as they came in.
+pub fn write_key(out: &mut Vec<u8>, key: &Key<'_>) {
+    match &key.0 {
+        Cow::Borrowed(text) => {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(text) => write_str(out, text),
+    }
+}
+
 /// Appends `s` as a JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing a string to a Vec cannot fail");
@@ -132,7 +481,7 @@ pub fn write_object<'a, V>(
         if i > 0 {
             out.push(b',');
         }
-        write_str(out, &key.0);
+        write_key(out, key);
         out.push(b':');
         write_value(out, value);
     }
@@ -157,7 +506,12 @@ pub enum CheckError {
 /// Checks valid JSON text for what serde_json's raw values let through.
 /// One pass over the bytes; the input must already be syntactically valid.
 pub fn check(json: &[u8]) -> Result<(), CheckError> {
-    let mut depth = 0usize;
+    check_at(json, 0)
+}
+
+/// [`check`] for a value found `depth` levels deep in a document.
+pub fn check_at(json: &[u8], depth: usize) -> Result<(), CheckError> {
+    let mut depth = depth;
     let mut i = 0;
     while i < json.len() {
         match json[i] {
@@ -201,6 +555,11 @@ pub fn check(json: &[u8]) -> Result<(), CheckError> {
 /// index just after the closing quote.
 fn check_string(json: &[u8], mut i: usize) -> Result<usize, CheckError> {
     while i < json.len() {
+        // Only quotes and escapes matter inside a string; skip to the next.
+        i = match memchr::memchr2(b'"', b'\\', &json[i..]) {
+            Some(n) => i + n,
+            None => return Ok(json.len()),
+        };
         match json[i] {
             b'"' => return Ok(i + 1),
             b'\\' if json.get(i + 1) == Some(&b'u') => {
@@ -240,15 +599,73 @@ mod tests {
     fn objects_borrow_keys_and_values_and_keep_the_last_duplicate() {
         let text = r#"{"b":{"x":[1, 2]},"a":"s","a":"t","k\"q":null}"#;
         let object = object(text).expect("valid");
-        let keys: Vec<&str> = object.keys().map(|k| k.0.as_ref()).collect();
-        assert_eq!(keys, ["a", "b", "k\"q"]);
-        assert!(matches!(
-            object.keys().next().map(|k| &k.0),
-            Some(Cow::Borrowed(_))
-        ));
+        // First position, last value: what JSON.parse gives.
+        let keys: Vec<&str> = object.iter().map(|(k, _)| k.0.as_ref()).collect();
+        assert_eq!(keys, ["b", "a", "k\"q"]);
+        let cows: Vec<bool> = object
+            .iter()
+            .map(|(k, _)| matches!(k.0, Cow::Borrowed(_)))
+            .collect();
+        assert_eq!(
+            cows,
+            [true, true, false],
+            "keys with escapes are unescaped copies"
+        );
         assert_eq!(object["b"].get(), r#"{"x":[1, 2]}"#);
         assert_eq!(as_str(object["a"]).as_deref(), Some("t"));
         assert_eq!(kind(object["k\"q"]), Kind::Null);
+    }
+
+    #[test]
+    fn fields_insert_in_place_remove_and_dedup_many_keys() {
+        let mut text = String::from("{");
+        for i in 0..200 {
+            text.push_str(&format!("\"k{}\":{i},", i % 150));
+        }
+        text.push_str("\"last\":true}");
+        let mut object = object(&text).expect("valid");
+        assert_eq!(object.len(), 151);
+        assert_eq!(
+            object["k10"].get(),
+            "160",
+            "the last value of a repeated key"
+        );
+        assert_eq!(object.iter().next().map(|(k, _)| k.0.as_ref()), Some("k0"));
+        object.insert(Key(Cow::Borrowed("k0")), object["last"]);
+        assert_eq!(object.iter().next().map(|(_, v)| v.get()), Some("true"));
+        assert_eq!(object.remove("k1").map(RawValue::get), Some("151"));
+        assert!(!object.contains_key("k1") && object.len() == 150);
+    }
+
+    #[test]
+    fn envelopes_read_data_in_the_same_pass() {
+        let text = r#"{"ip":"1.2.3.4","data":"{\"event\":\"e\",\"properties\":{\"a\":1}}","n":1}"#;
+        let envelope: Envelope = serde_json::from_str(text).expect("valid");
+        let data = envelope.data.expect("present").expect("a string");
+        assert_eq!(data, r#"{"event":"e","properties":{"a":1}}"#);
+        assert_eq!(envelope.rest.len(), 2);
+        let event: EventDoc = serde_json::from_str(&data).expect("valid");
+        assert!(matches!(&event.properties, Some(Properties::Object(p)) if p["a"].get() == "1"));
+        assert_eq!(event.rest["event"].get(), r#""e""#);
+        for (data, expected) in [
+            ("5", Err(())),
+            ("[1,[2]]", Err(())),
+            ("{\"a\":{}}", Err(())),
+        ] {
+            let text = format!(r#"{{"data":{data}}}"#);
+            let envelope: Envelope = serde_json::from_str(&text).expect("valid");
+            assert_eq!(envelope.data, Some(expected), "{data}");
+        }
+        for (properties, null, other) in [
+            ("null", true, false),
+            ("[1]", false, true),
+            ("\"s\"", false, true),
+        ] {
+            let text = format!(r#"{{"properties":{properties}}}"#);
+            let event: EventDoc = serde_json::from_str(&text).expect("valid");
+            assert_eq!(matches!(event.properties, Some(Properties::Null)), null);
+            assert_eq!(matches!(event.properties, Some(Properties::Other)), other);
+        }
     }
 
     #[test]
@@ -269,7 +686,7 @@ mod tests {
         let text = r#"{"z":1,"a\u00e9":"q\"uote","m":[{"x":null}]}"#;
         let object = object(text).expect("valid");
         let mut out = Vec::new();
-        write_object(&mut out, &object, |out, raw| {
+        write_object(&mut out, object.iter(), |out, raw| {
             out.extend_from_slice(raw.get().as_bytes())
         });
         let back: serde_json::Value = serde_json::from_slice(&out).expect("valid output");

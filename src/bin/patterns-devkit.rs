@@ -68,6 +68,12 @@ enum Command {
         #[command(flatten)]
         options: ReceiverOptions,
     },
+    /// Decodes sample messages in memory, on one thread, and prints the
+    /// decoder's cost per event: the connector's hot path without Kafka or HTTP.
+    DecodeBench {
+        #[arg(long, default_value = "200000")]
+        count: u64,
+    },
     /// Reads a topic from the beginning to its current end and does nothing
     /// else: the speed limit for anything that consumes it.
     Drain {
@@ -126,7 +132,39 @@ async fn main() -> anyhow::Result<()> {
         } => produce(&brokers, &topic, count, run_id, rate, record).await,
         Command::Receive { addr, options } => receive(&addr, options).await,
         Command::Drain { brokers, topic } => drain(&brokers, &topic),
+        Command::DecodeBench { count } => {
+            decode_bench(count);
+            Ok(())
+        }
     }
+}
+
+fn decode_bench(count: u64) {
+    use patterns_connector::config::InputFormat;
+    let now = chrono::Utc::now();
+    let stamp = now.to_rfc3339();
+    let messages: Vec<Vec<u8>> = (0..1000)
+        .map(|n| patterns_connector::sample::captured(9, n, &stamp).value)
+        .collect();
+    let bytes: usize = messages.iter().map(Vec::len).sum();
+    let mut out = Vec::new();
+    let mut written = 0usize;
+    let start = std::time::Instant::now();
+    for n in 0..count {
+        out.clear();
+        let message = &messages[(n % 1000) as usize];
+        patterns_connector::decode::decode_into(Some(message), InputFormat::Auto, now, &mut out)
+            .expect("samples decode");
+        written += out.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "decoded {count} events ({:.0} bytes in, {:.0} bytes out on average) in {secs:.2} s: {:.2} us per event, {:.0} MB/s in",
+        bytes as f64 / 1000.0,
+        written as f64 / count as f64,
+        secs * 1e6 / count as f64,
+        bytes as f64 / 1000.0 * count as f64 / secs / 1e6
+    );
 }
 
 async fn create_topic(
