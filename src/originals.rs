@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -133,6 +132,13 @@ impl Originals {
         result
     }
 
+    fn low_watermark(&self, consumer: &BaseConsumer, partition: i32) -> Result<i64, String> {
+        consumer
+            .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            .map(|(low, _)| low)
+            .map_err(|e| format!("cannot read the partition's watermarks: {e}"))
+    }
+
     fn read_with(
         &self,
         consumer: &BaseConsumer,
@@ -145,6 +151,11 @@ impl Originals {
         wanted.dedup();
         let mut found = BTreeMap::new();
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        // Offsets before the partition's start were deleted (retention).
+        let low = self.low_watermark(consumer, partition)?;
+        for &o in wanted.iter().filter(|&&o| o < low) {
+            found.insert(o, Found::Gone);
+        }
         // Read forward from the first offset still missing; a gap in the
         // partition (compaction, transaction markers) just skips ahead.
         while let Some(&next) = wanted.iter().find(|o| !found.contains_key(*o)) {
@@ -161,22 +172,18 @@ impl Originals {
                 }
                 match consumer.poll(Duration::from_millis(100)) {
                     None => continue,
-                    Some(Err(KafkaError::MessageConsumption(
-                        RDKafkaErrorCode::OffsetOutOfRange,
-                    ))) => {
-                        // Every offset before the partition's start is gone.
-                        let (low, _) = consumer
-                            .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
-                            .map_err(|e| format!("cannot read watermarks: {e}"))?;
+                    Some(Err(e)) => {
+                        // Out of range (deleted meanwhile) or a real error:
+                        // the partition's start tells which.
+                        let low = self.low_watermark(consumer, partition)?;
+                        if next >= low {
+                            return Err(e.to_string());
+                        }
                         for &o in wanted.iter().filter(|&&o| o < low) {
                             found.insert(o, Found::Gone);
                         }
-                        if next >= low {
-                            return Err(format!("offset {next} out of range"));
-                        }
                         break;
                     }
-                    Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(m)) if m.partition() != partition => continue,
                     Some(Ok(m)) => {
                         let offset = m.offset();

@@ -400,6 +400,21 @@ async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
     for l in &letters {
         assert_eq!(l.headers["dlq.reason"], "webhook_400");
         assert_eq!(l.headers["dlq.http_status"], "400");
+        // Batches do not keep originals: these were read back from Kafka.
+        let offset: i64 = l.headers["dlq.source_offset"].parse().expect("offset");
+        let n = offsets
+            .iter()
+            .position(|o| *o == offset)
+            .expect("a produced offset");
+        assert_eq!(
+            (&l.key, &l.payload),
+            (&records[n].0, &records[n].1),
+            "the original key and bytes of offset {offset}"
+        );
+        assert!(
+            !l.headers.contains_key("dlq.error"),
+            "the original was found"
+        );
     }
     let text = connector.metrics().await;
     let extra = metric_values(&text, "patterns_connector_bisection_requests_total")[0].1;
@@ -592,4 +607,74 @@ async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() {
+    use patterns_connector::config::{Cli, Config};
+    use patterns_connector::originals::{Found, Originals};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let topic = unique("originals");
+    create_topic(&topic, 1).await;
+    let run = run_id();
+    let records: Vec<RawRecord> = (0..20)
+        .map(|n| {
+            let (key, value, _) = good(run, n);
+            (if n == 3 { None } else { key }, value)
+        })
+        .collect();
+    let offsets = produce_keyed(&topic, 0, &records).await;
+    // Retention in miniature: everything before offset 5 is deleted.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .expect("admin");
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset(&topic, 0, Offset::Offset(offsets[5]))
+        .expect("tpl");
+    admin
+        .delete_records(&before, &AdminOptions::new())
+        .await
+        .expect("delete records");
+
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "patterns-connector",
+        "--kafka-hosts",
+        &kafka(),
+        "--kafka-topic",
+        &topic,
+        "--patterns-webhook-url",
+        "http://127.0.0.1:9/",
+    ])
+    .expect("options");
+    let originals = Originals::new(&Config::from_cli(cli).expect("config"));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let wanted = [offsets[17], offsets[2], offsets[6], offsets[19], offsets[6]];
+    let found = originals.read(0, &wanted, &cancel).await.expect("read");
+    assert_eq!(found.len(), 4, "one answer per distinct offset: {found:?}");
+    assert_eq!(
+        found[&offsets[2]],
+        Found::Gone,
+        "deleted before it was read"
+    );
+    for n in [6usize, 17, 19] {
+        let Found::Message(original) = &found[&offsets[n]] else {
+            panic!("offset {} should be found", offsets[n]);
+        };
+        assert_eq!(original.key.as_deref(), records[n].0.as_deref());
+        assert_eq!(original.payload.as_deref(), records[n].1.as_deref());
+    }
+    // The reader can go back to an earlier offset (of any partition) next time.
+    let again = originals
+        .read(0, &[offsets[5]], &cancel)
+        .await
+        .expect("read");
+    let Found::Message(original) = &again[&offsets[5]] else {
+        panic!("offset 5 is the new start of the partition");
+    };
+    assert_eq!(original.payload.as_deref(), records[5].1.as_deref());
 }
