@@ -66,6 +66,9 @@ impl Batch {
     }
 }
 
+/// A new batch body reserves `BATCH_MAX_BYTES` up to this much at once.
+const MAX_PREALLOCATED: usize = 8 << 20;
+
 #[derive(Debug)]
 struct Open {
     body: Vec<u8>,
@@ -125,7 +128,11 @@ impl Batcher {
         new_unit: impl FnOnce() -> UnitId,
     ) {
         let open = self.open.get_or_insert_with(|| Open {
-            body: Vec::with_capacity((event.len() + 2).min(self.limits.max_bytes)),
+            // One allocation of the final size: growing by doubling copies the
+            // body and leaves holes of every size behind in the allocator.
+            body: Vec::with_capacity(
+                (event.len() + 2).max(self.limits.max_bytes.min(MAX_PREALLOCATED)),
+            ),
             events: Vec::new(),
             unit: new_unit(),
             oldest_kafka_ts_ms: None,
