@@ -19,6 +19,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use serde_json::Value;
 
 #[derive(Parser)]
 #[command(
@@ -284,25 +285,31 @@ async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fields of a received event the receiver reports on; the rest is skipped.
+/// The fields of a received event the receiver reports on; the rest is
+/// skipped. Lenient about their types (any JSON value), since it also
+/// receives what other tools send in the benchmark.
 #[derive(serde::Deserialize)]
-struct EventHead<'a> {
-    #[serde(borrow, default)]
-    uuid: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    event: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    distinct_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    timestamp: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    properties: Option<HeadProperties<'a>>,
+struct EventHead {
+    #[serde(default)]
+    uuid: Option<Value>,
+    #[serde(default)]
+    event: Option<Value>,
+    #[serde(default)]
+    distinct_id: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Value>,
+    #[serde(default)]
+    properties: Option<HeadProperties>,
 }
 
 #[derive(serde::Deserialize)]
-struct HeadProperties<'a> {
-    #[serde(borrow, default, rename = "$sent_at")]
-    sent_at: Option<std::borrow::Cow<'a, str>>,
+struct HeadProperties {
+    #[serde(default, rename = "$sent_at")]
+    sent_at: Option<Value>,
+}
+
+fn text(value: &Option<Value>) -> Option<&str> {
+    value.as_ref().and_then(Value::as_str)
 }
 
 type ReceiverState = Arc<(Mutex<Received>, ReceiverOptions)>;
@@ -314,7 +321,7 @@ async fn batch(
     use axum::response::IntoResponse;
     // Reads the whole array (so the JSON is checked) but keeps only what the
     // receiver reports on, without building a tree of every event.
-    let Ok(events) = serde_json::from_slice::<Vec<EventHead<'_>>>(&body) else {
+    let Ok(events) = serde_json::from_slice::<Vec<EventHead>>(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     let (received, options) = &*state;
@@ -342,8 +349,8 @@ async fn batch(
     r.batches += 1;
     r.events += events.len() as u64;
     for e in &events {
-        if let Some(uuid) = &e.uuid {
-            r.uuids.insert(uuid.to_string());
+        if let Some(uuid) = text(&e.uuid) {
+            r.uuids.insert(uuid.to_owned());
         }
     }
     if let Some(path) = &options.latency_file {
@@ -352,7 +359,7 @@ async fn batch(
             let sent = e
                 .properties
                 .as_ref()
-                .and_then(|p| p.sent_at.as_deref())
+                .and_then(|p| text(&p.sent_at))
                 .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
             if let Some(sent) = sent {
                 r.latencies_ms.push(
@@ -386,7 +393,7 @@ async fn batch(
         use std::io::Write;
         let mut lines = String::new();
         for e in &events {
-            lines.push_str(e.uuid.as_deref().unwrap_or("?"));
+            lines.push_str(text(&e.uuid).unwrap_or("?"));
             lines.push('\n');
         }
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -398,7 +405,7 @@ async fn batch(
         }
     }
     if !quiet {
-        let mut names: Vec<&str> = events.iter().filter_map(|e| e.event.as_deref()).collect();
+        let mut names: Vec<&str> = events.iter().filter_map(|e| text(&e.event)).collect();
         names.sort_unstable();
         names.dedup();
         println!(
@@ -408,9 +415,9 @@ async fn batch(
             body.len(),
             names.len(),
             names.iter().take(3).copied().collect::<Vec<_>>().join(", "),
-            events.first().and_then(|e| e.uuid.as_deref()).unwrap_or("?"),
-            events.first().and_then(|e| e.distinct_id.as_deref()).unwrap_or("?"),
-            events.first().and_then(|e| e.timestamp.as_deref()).unwrap_or("?"),
+            events.first().and_then(|e| text(&e.uuid)).unwrap_or("?"),
+            events.first().and_then(|e| text(&e.distinct_id)).unwrap_or("?"),
+            events.first().and_then(|e| text(&e.timestamp)).unwrap_or("?"),
         );
     }
     if let Some(path) = stats_file {
