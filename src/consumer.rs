@@ -695,8 +695,9 @@ const MAX_PACING: Duration = Duration::from_millis(200);
 
 /// True when a partition that is still fetching has a quarter of its share of
 /// `MAX_BUFFERED_BYTES` waiting to be decoded: handing over more would only
-/// fill its queue up to the pause threshold (its batches need the rest). (A paused partition does not
-/// count: a stalled webhook must not hold the others back.)
+/// fill its queue up to the pause threshold (its batches need the rest). A
+/// paused partition does not count: a stalled webhook must not hold the
+/// others back.
 fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool {
     let workers = ctx.workers();
     let quarter_share = max_buffered_bytes / workers.len().max(1) / 4;

@@ -14,6 +14,12 @@
 //! The output is the old Patterns app's event shape:
 //! `{uuid, event, distinct_id, team_id, ip, timestamp, properties, $set?, $set_once?, elements_chain?, person?}`,
 //! encoded once here to the bytes that go into the batch body.
+//!
+//! The hot path: each message is read in one pass with borrowed raw values
+//! ([`crate::rawjson`]); nested values (most of the properties) are copied to
+//! the output byte for byte, never built into a tree. Properties keep the
+//! order the SDK sent them in. What is accepted and what is refused is the
+//! same as a full `serde_json::Value` parse (see `rawjson::check`).
 
 use std::borrow::Cow;
 
