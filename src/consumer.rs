@@ -90,6 +90,22 @@ impl Context {
         }
         added.sort_unstable();
         info!(topic = %self.topic, partitions = ?added, assigned = workers.len(), "partitions assigned");
+        let config = &self.deps.config;
+        if let Some(share) = too_small_share(
+            config.max_buffered_bytes,
+            workers.len(),
+            config.batch.max_bytes,
+        ) {
+            warn!(
+                share,
+                assigned = workers.len(),
+                max_buffered_bytes = config.max_buffered_bytes,
+                batch_max_bytes = config.batch.max_bytes,
+                "each partition's share of MAX_BUFFERED_BYTES holds fewer than 3 batches; \
+                 partitions will pause often and drain backlogs slowly \
+                 (raise MAX_BUFFERED_BYTES, lower BATCH_MAX_BYTES, or add replicas)"
+            );
+        }
     }
 
     /// Drains the revoked partitions' workers and commits what they delivered.
@@ -587,6 +603,17 @@ pub fn run(
     }
 }
 
+/// A partition's share of the buffer when it cannot hold the three batches
+/// a busy partition needs (one in flight, one ready, one filling).
+fn too_small_share(
+    max_buffered: usize,
+    partitions: usize,
+    batch_max_bytes: usize,
+) -> Option<usize> {
+    let share = max_buffered / partitions.max(1);
+    (partitions > 0 && share < 3 * batch_max_bytes).then_some(share)
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -752,5 +779,21 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
             }
             Err(e) => warn!(partition, error = %e, "pause/resume failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_must_hold_three_batches() {
+        const MIB: usize = 1 << 20;
+        // The defaults: 64 MiB over 12 partitions is 5.3 MiB each, enough for 1 MiB batches.
+        assert_eq!(too_small_share(64 * MIB, 12, MIB), None);
+        assert_eq!(too_small_share(64 * MIB, 21, MIB), None);
+        assert_eq!(too_small_share(64 * MIB, 22, MIB), Some(64 * MIB / 22));
+        assert_eq!(too_small_share(64 * MIB, 4, 32 * MIB), Some(16 * MIB));
+        assert_eq!(too_small_share(64 * MIB, 0, MIB), None);
     }
 }
