@@ -8,7 +8,7 @@
 //! surrogate escapes, numbers out of range), so what the decoder accepts is
 //! exactly what `serde_json::Value` would accept.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -17,12 +17,6 @@ use serde_json::value::RawValue;
 /// An object key, borrowed from the input unless it held escapes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key<'a>(pub Cow<'a, str>);
-
-impl Borrow<str> for Key<'_> {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -390,11 +384,6 @@ impl<'de> Deserialize<'de> for DataField {
 /// Parses an object from text that outlives the result.
 pub fn object(text: &str) -> serde_json::Result<Object<'_>> {
     serde_json::from_str(text)
-}
-
-/// Parses an object from bytes that outlive the result.
-pub fn object_from_slice(bytes: &[u8]) -> serde_json::Result<Object<'_>> {
-    serde_json::from_slice(bytes)
 }
 
 /// The JSON type of a raw value, from its first byte.
