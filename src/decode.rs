@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::InputFormat;
-use crate::rawjson::{self, kind, Envelope, EventDoc, Fields, Key, Kind, Object, Properties};
+use crate::rawjson::{self, kind, Data, Envelope, EventDoc, Fields, Key, Kind, Object, Properties};
 use crate::timestamp::{self, TimestampInputs};
 
 /// What the filter needs to know about a decoded event.
@@ -112,12 +112,13 @@ pub fn decode_into(
     // One pass that borrows everything but `data`; a message that is not an
     // object is parsed again only to say precisely what is wrong with it.
     let Ok(Envelope {
-        data,
+        field: data,
         rest: message,
     }) = serde_json::from_slice::<Envelope>(payload)
     else {
         return Err(classify_unreadable(payload));
     };
+    let data = data.map(|Data(data)| data);
     for value in message.values() {
         rawjson::check_at(value.get().as_bytes(), 1)
             .map_err(|e| DecodeError::NotJson(e.to_string()))?;
@@ -188,7 +189,7 @@ fn decode_captured(
     out: &mut Vec<u8>,
 ) -> Result<EventMeta, DecodeError> {
     let Ok(EventDoc {
-        properties,
+        field: properties,
         rest: mut event,
     }) = serde_json::from_str::<EventDoc>(data)
     else {

@@ -185,33 +185,103 @@ impl<V> std::ops::Index<&str> for Fields<'_, V> {
 /// A JSON object, one level deep, its values left as raw JSON.
 pub type Object<'a> = Fields<'a, &'a RawValue>;
 
+/// Reads a JSON object's fields into `rest`, except the one named `special`
+/// (if any), which is deserialized as `F` in the same pass.
+fn read_fields<'de, A: MapAccess<'de>, F: Deserialize<'de>>(
+    mut map: A,
+    special: Option<&str>,
+) -> Result<WithField<'de, F>, A::Error> {
+    let mut object = WithField {
+        field: None,
+        rest: Object::new(),
+    };
+    while let Some(key) = map.next_key::<Key<'de>>()? {
+        if Some(key.0.as_ref()) == special {
+            object.field = Some(map.next_value()?);
+        } else {
+            object.rest.push(key, map.next_value()?);
+        }
+    }
+    object.rest.dedup();
+    Ok(object)
+}
+
+/// Deserializes a JSON object with [`read_fields`].
+struct FieldsVisitor<F> {
+    special: Option<&'static str>,
+    field: std::marker::PhantomData<F>,
+}
+
+impl<'de, F: Deserialize<'de>> Visitor<'de> for FieldsVisitor<F> {
+    type Value = WithField<'de, F>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_fields(map, self.special)
+    }
+}
+
 impl<'de> Deserialize<'de> for Object<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = Object<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut object = Object::new();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    object.push(key, map.next_value()?);
-                }
-                object.dedup();
-                Ok(object)
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
+        let visitor = FieldsVisitor::<IgnoredAny> {
+            special: None,
+            field: std::marker::PhantomData,
+        };
+        Ok(deserializer.deserialize_map(visitor)?.rest)
+    }
+}
+
+/// An object with one field, named by [`Special::NAME`], read as `F` in the
+/// same pass as the others (which stay raw).
+#[derive(Debug)]
+pub struct WithField<'a, F> {
+    pub field: Option<F>,
+    pub rest: Object<'a>,
+}
+
+/// The field a [`WithField`] reads specially.
+pub trait Special {
+    const NAME: &'static str;
+}
+
+impl<'de, F: Deserialize<'de> + Special> Deserialize<'de> for WithField<'de, F> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(FieldsVisitor::<F> {
+            special: Some(F::NAME),
+            field: std::marker::PhantomData,
+        })
     }
 }
 
 /// A captured event (the `data` document): its `properties` parsed in the
 /// same pass, since they are most of the event; the other fields raw.
-#[derive(Debug, Default)]
-pub struct EventDoc<'a> {
-    pub properties: Option<Properties<'a>>,
-    pub rest: Object<'a>,
+pub type EventDoc<'a> = WithField<'a, Properties<'a>>;
+
+/// A message envelope: its `data` field, when it is a string, is read and
+/// unescaped in the same pass (it holds a whole JSON document).
+pub type Envelope<'a> = WithField<'a, Data>;
+
+/// Visits that a value of any other type ends in `$value`, skipping it.
+macro_rules! any_other_type {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+    };
 }
 
 /// What an event's `properties` field holds.
@@ -221,6 +291,10 @@ pub enum Properties<'a> {
     Null,
     /// Another type: not a valid event.
     Other,
+}
+
+impl Special for Properties<'_> {
+    const NAME: &'static str = "properties";
 }
 
 impl<'a> Properties<'a> {
@@ -245,137 +319,52 @@ impl<'de> Deserialize<'de> for Properties<'de> {
                 f.write_str("any JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let object =
-                    Object::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(Properties::Object(object))
+                Ok(Properties::Object(
+                    read_fields::<_, IgnoredAny>(map, None)?.rest,
+                ))
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
                 Ok(Properties::Null)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Properties::Other)
-            }
             fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(Properties::Other)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Properties::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Properties::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Properties::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Properties::Other)
-            }
+            any_other_type!(Properties::Other);
         }
         deserializer.deserialize_any(PropertiesVisitor)
     }
 }
 
-impl<'de> Deserialize<'de> for EventDoc<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EventVisitor;
-        impl<'de> Visitor<'de> for EventVisitor {
-            type Value = EventDoc<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut event = EventDoc::default();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == "properties" {
-                        event.properties = Some(map.next_value()?);
-                    } else {
-                        event.rest.push(key, map.next_value()?);
-                    }
-                }
-                event.rest.dedup();
-                Ok(event)
-            }
-        }
-        deserializer.deserialize_map(EventVisitor)
-    }
+/// The `data` field: `Ok(text)` if it is a string, `Err(())` for another type.
+#[derive(Debug)]
+pub struct Data(pub Result<String, ()>);
+
+impl Special for Data {
+    const NAME: &'static str = "data";
 }
 
-/// A message envelope: an object whose `data` field, when it is a string,
-/// is read and unescaped in the same pass (it holds a whole JSON document).
-#[derive(Debug, Default)]
-pub struct Envelope<'a> {
-    /// `Some(Ok(text))` for a string `data`; `Some(Err(()))` for another type.
-    pub data: Option<Result<String, ()>>,
-    /// Every other field.
-    pub rest: Object<'a>,
-}
-
-impl<'de> Deserialize<'de> for Envelope<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EnvelopeVisitor;
-        impl<'de> Visitor<'de> for EnvelopeVisitor {
-            type Value = Envelope<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut envelope = Envelope::default();
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if key.0 == "data" {
-                        envelope.data = Some(map.next_value::<DataField>()?.0);
-                    } else {
-                        envelope.rest.push(key, map.next_value()?);
-                    }
-                }
-                envelope.rest.dedup();
-                Ok(envelope)
-            }
-        }
-        deserializer.deserialize_map(EnvelopeVisitor)
-    }
-}
-
-/// The `data` field: its text if it is a string.
-struct DataField(Result<String, ()>);
-
-impl<'de> Deserialize<'de> for DataField {
+impl<'de> Deserialize<'de> for Data {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct DataVisitor;
         impl<'de> Visitor<'de> for DataVisitor {
-            type Value = DataField;
+            type Value = Data;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
             fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(DataField(Ok(v.to_owned())))
+                Ok(Data(Ok(v.to_owned())))
             }
             fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(DataField(Ok(v)))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(DataField(Err(())))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(DataField(Err(())))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(DataField(Err(())))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(DataField(Err(())))
+                Ok(Data(Ok(v)))
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(DataField(Err(())))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(DataField(Err(())))
+                Ok(Data(Err(())))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(DataField(Err(())))
+                Ok(Data(Err(())))
             }
+            any_other_type!(Data(Err(())));
         }
         deserializer.deserialize_any(DataVisitor)
     }
@@ -630,11 +619,11 @@ mod tests {
     fn envelopes_read_data_in_the_same_pass() {
         let text = r#"{"ip":"1.2.3.4","data":"{\"event\":\"e\",\"properties\":{\"a\":1}}","n":1}"#;
         let envelope: Envelope = serde_json::from_str(text).expect("valid");
-        let data = envelope.data.expect("present").expect("a string");
+        let data = envelope.field.expect("present").0.expect("a string");
         assert_eq!(data, r#"{"event":"e","properties":{"a":1}}"#);
         assert_eq!(envelope.rest.len(), 2);
         let event: EventDoc = serde_json::from_str(&data).expect("valid");
-        assert!(matches!(&event.properties, Some(Properties::Object(p)) if p["a"].get() == "1"));
+        assert!(matches!(&event.field, Some(Properties::Object(p)) if p["a"].get() == "1"));
         assert_eq!(event.rest["event"].get(), r#""e""#);
         for (data, expected) in [
             ("5", Err(())),
@@ -643,7 +632,7 @@ mod tests {
         ] {
             let text = format!(r#"{{"data":{data}}}"#);
             let envelope: Envelope = serde_json::from_str(&text).expect("valid");
-            assert_eq!(envelope.data, Some(expected), "{data}");
+            assert_eq!(envelope.field.map(|Data(d)| d), Some(expected), "{data}");
         }
         for (properties, null, other) in [
             ("null", true, false),
@@ -652,8 +641,8 @@ mod tests {
         ] {
             let text = format!(r#"{{"properties":{properties}}}"#);
             let event: EventDoc = serde_json::from_str(&text).expect("valid");
-            assert_eq!(matches!(event.properties, Some(Properties::Null)), null);
-            assert_eq!(matches!(event.properties, Some(Properties::Other)), other);
+            assert_eq!(matches!(event.field, Some(Properties::Null)), null);
+            assert_eq!(matches!(event.field, Some(Properties::Other)), other);
         }
     }
 
