@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::webhook::Cancelled;
+use crate::webhook::{pause, Cancelled};
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
 pub const MAX_RESPONSE_BODY: usize = 1024;
@@ -140,11 +140,7 @@ impl DeadLetters {
                             topic = %self.topic, error = %e,
                             "writing to the dead-letter topic failed; retrying (does the topic exist?)");
                     }
-                    let delay = Duration::from_millis(200u64 << attempt.min(7));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(Cancelled),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    pause(kafka_retry_delay(attempt), cancel).await?;
                     attempt = attempt.saturating_add(1);
                 }
             }
@@ -199,6 +195,12 @@ impl DeadLetters {
     }
 }
 
+/// How long to wait before retrying a failed Kafka write or read: 200 ms,
+/// doubling per attempt up to about 25 s.
+pub(crate) fn kafka_retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200u64 << attempt.min(7))
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -214,6 +216,14 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_retries_back_off_up_to_a_cap() {
+        assert_eq!(kafka_retry_delay(0), Duration::from_millis(200));
+        assert_eq!(kafka_retry_delay(1), Duration::from_millis(400));
+        assert_eq!(kafka_retry_delay(7), Duration::from_millis(25_600));
+        assert_eq!(kafka_retry_delay(u32::MAX), Duration::from_millis(25_600));
+    }
 
     #[test]
     fn truncation_respects_character_boundaries() {

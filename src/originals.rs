@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::dlq::connection_property;
-use crate::webhook::Cancelled;
+use crate::dlq::{connection_property, kafka_retry_delay};
+use crate::webhook::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +100,7 @@ impl Originals {
                         warn!(partition, attempt = attempt + 1, %error,
                             "reading rejected events back from Kafka failed; retrying");
                     }
-                    let delay = Duration::from_millis(200u64 << attempt.min(7));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(Cancelled),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    pause(kafka_retry_delay(attempt), cancel).await?;
                     attempt = attempt.saturating_add(1);
                 }
             }

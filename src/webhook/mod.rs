@@ -60,6 +60,14 @@ pub enum Sent {
 #[error("delivery cancelled before the webhook accepted the batch")]
 pub struct Cancelled;
 
+/// Sleeps for `delay`, or stops early with [`Cancelled`] when `cancel` fires.
+pub async fn pause(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(Cancelled),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
 /// The outcome of one HTTP attempt.
 #[derive(Debug)]
 struct Attempt {
@@ -197,10 +205,7 @@ impl Webhook {
             retry_after,
             rand::random::<f64>(),
         );
-        tokio::select! {
-            _ = cancel.cancelled() => Err(Cancelled),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
+        pause(delay, cancel).await
     }
 
     async fn attempt(&self, body: Bytes) -> Attempt {
