@@ -337,12 +337,7 @@ impl ConsumerContext for Context {
             }
             Err::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
+                if let Err(e) = unassign(consumer, tpl, cooperative) {
                     error!(error = %e, "unassigning partitions failed");
                 }
                 self.post_rebalance(consumer, &Rebalance::Revoke(tpl));
@@ -350,12 +345,7 @@ impl ConsumerContext for Context {
             other => {
                 let error = KafkaError::Rebalance(other.into());
                 self.pre_rebalance(consumer, &Rebalance::Error(error.clone()));
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
+                if let Err(e) = unassign(consumer, tpl, cooperative) {
                     error!(error = %e, "unassigning after a rebalance error failed");
                 }
                 self.post_rebalance(consumer, &Rebalance::Error(error));
@@ -600,6 +590,15 @@ pub fn run(
     match fatal {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
+    }
+}
+
+/// Gives up `tpl` (cooperative protocol) or the whole assignment (eager).
+fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -> KafkaResult<()> {
+    if cooperative {
+        consumer.incremental_unassign(tpl)
+    } else {
+        consumer.unassign()
     }
 }
 
