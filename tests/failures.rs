@@ -613,9 +613,8 @@ async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
 async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() {
     use patterns_connector::config::{Cli, Config};
     use patterns_connector::originals::{Found, Originals};
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::admin::AdminOptions;
+    use rdkafka::{Offset, TopicPartitionList};
 
     let topic = unique("originals");
     create_topic(&topic, 1).await;
@@ -628,15 +627,11 @@ async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() 
         .collect();
     let offsets = produce_keyed(&topic, 0, &records).await;
     // Retention in miniature: everything before offset 5 is deleted.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
-        .create()
-        .expect("admin");
     let mut before = TopicPartitionList::new();
     before
         .add_partition_offset(&topic, 0, Offset::Offset(offsets[5]))
         .expect("tpl");
-    admin
+    admin()
         .delete_records(&before, &AdminOptions::new())
         .await
         .expect("delete records");

@@ -84,11 +84,16 @@ pub fn run_id() -> u32 {
     t.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-pub async fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client for the test broker.
+pub fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", kafka())
         .create()
-        .expect("admin client");
+        .expect("admin client")
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin = admin();
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
