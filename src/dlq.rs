@@ -54,7 +54,7 @@ pub struct DeadLetter {
 /// librdkafka properties from `KAFKA_PROPERTIES` that the dead-letter producer
 /// and the originals reader need too (security and connection settings);
 /// consumer-only ones are left out.
-pub(crate) fn connection_property(key: &str) -> bool {
+fn connection_property(key: &str) -> bool {
     [
         "security.",
         "sasl.",
@@ -69,6 +69,22 @@ pub(crate) fn connection_property(key: &str) -> bool {
     .any(|prefix| key.starts_with(prefix))
 }
 
+/// A client next to the consumer (the dead-letter producer, the originals
+/// reader): the same brokers, and the connection and security properties of
+/// `KAFKA_PROPERTIES`.
+pub(crate) fn side_client(config: &Config, client_id: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_hosts)
+        .set("client.id", client_id);
+    for (key, value) in &config.kafka_properties {
+        if connection_property(key) {
+            client.set(key, value);
+        }
+    }
+    client
+}
+
 #[derive(Clone)]
 pub struct DeadLetters {
     producer: FutureProducer,
@@ -78,19 +94,12 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut client = ClientConfig::new();
+        let mut client = side_client(config, "patterns-connector-dlq");
         client
-            .set("bootstrap.servers", &config.kafka_hosts)
-            .set("client.id", "patterns-connector-dlq")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
-        for (key, value) in &config.kafka_properties {
-            if connection_property(key) {
-                client.set(key, value);
-            }
-        }
         let producer = client.create().map_err(|e| {
             anyhow::anyhow!("cannot create the dead-letter producer (check KAFKA_PROPERTIES): {e}")
         })?;

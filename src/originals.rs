@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::dlq::{connection_property, kafka_retry_delay};
+use crate::dlq::{kafka_retry_delay, side_client};
 use crate::webhook::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
@@ -51,10 +51,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Originals {
     pub fn new(config: &Config) -> Self {
-        let mut client = ClientConfig::new();
+        let mut client = side_client(config, "patterns-connector-originals");
         client
-            .set("bootstrap.servers", &config.kafka_hosts)
-            .set("client.id", "patterns-connector-originals")
             // Required by librdkafka for a consumer; nothing is ever committed.
             .set(
                 "group.id",
@@ -63,11 +61,6 @@ impl Originals {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error");
-        for (key, value) in &config.kafka_properties {
-            if connection_property(key) {
-                client.set(key, value);
-            }
-        }
         Originals {
             client,
             topic: config.kafka_topic.clone(),
