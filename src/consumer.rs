@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
 use crate::health::Health;
+use crate::kafka_read;
 use crate::lag::{self, LagTracker};
 use crate::metrics::Metrics;
 use crate::partition::{self, Message, Progress};
@@ -271,7 +272,9 @@ impl Context {
     fn resolve_start_time(&self, consumer: &Consumer_, tpl: &mut TopicPartitionList) {
         let Some(start) = self.start_at else { return };
         let timeout = Duration::from_secs(10);
-        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+        let committed = match kafka_read::retrying("committed offsets", || {
+            consumer.committed_offsets(tpl.clone(), timeout)
+        }) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot read committed offsets to apply START_AT; starting at the earliest offset");
@@ -291,7 +294,9 @@ impl Context {
         if times.count() == 0 {
             return;
         }
-        match consumer.offsets_for_times(times, timeout) {
+        match kafka_read::retrying("offsets for START_AT", || {
+            consumer.offsets_for_times(times.clone(), timeout)
+        }) {
             Ok(resolved) => {
                 for elem in resolved.elements_for_topic(&self.topic) {
                     let offset = match elem.offset() {
@@ -427,7 +432,7 @@ pub fn create(
         // Cooperative rebalancing: adding a replica moves only the partitions it takes.
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Where a group without a commit starts; START_AT=<time> is resolved
-        // per partition at assignment (see `Context::start_at_time`).
+        // per partition at assignment (see `Context::resolve_start_time`).
         .set(
             "auto.offset.reset",
             if config.start_at == StartAt::Latest {

@@ -55,6 +55,7 @@ pub mod dlq;
 pub mod filter;
 pub mod health;
 pub mod http;
+pub mod kafka_read;
 pub mod lag;
 pub mod metrics;
 pub mod offsets;

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::decode::decode;
 use crate::filter::Filter;
+use crate::kafka_read;
 use crate::webhook::{Sent, Webhook};
 
 /// What a replay did.
@@ -74,11 +75,15 @@ pub async fn run(
     for p in &partitions {
         wanted.add_partition(topic, *p);
     }
-    let committed = consumer.committed_offsets(wanted, Duration::from_secs(10))?;
+    let committed = kafka_read::retrying("committed offsets", || {
+        consumer.committed_offsets(wanted.clone(), Duration::from_secs(10))
+    })?;
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        let (low, high) = kafka_read::retrying("watermarks", || {
+            consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))
+        })?;
         let start = match committed.find_partition(topic, *p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.max(low),
             _ => low,

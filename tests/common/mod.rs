@@ -21,6 +21,7 @@ use patterns_connector::sample::{self, Sample};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -292,6 +293,24 @@ pub fn assert_no_secret(connector: &Connector) {
     );
 }
 
+/// Runs a Kafka read, retrying for up to 30 s before it panics with the last
+/// error. Right after a broker starts, or while a group's coordinator loads,
+/// brokers answer NotCoordinator or CoordinatorLoadInProgress for a while;
+/// a real client retries those, and so must the harness.
+pub fn retrying<T>(what: &str, mut read: impl FnMut() -> KafkaResult<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match read() {
+            Ok(value) => return value,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => panic!("{what}: {e} (still failing after 30 s)"),
+        }
+    }
+}
+
 /// The group's committed offset per partition (None: no commit).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -303,9 +322,9 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> 
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed offsets");
+    let committed = retrying("committed offsets", || {
+        consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+    });
     (0..partitions)
         .map(
             |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
@@ -324,10 +343,10 @@ pub fn high_watermarks(topic: &str, partitions: i32) -> Vec<i64> {
         .expect("consumer");
     (0..partitions)
         .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
+            retrying("watermarks", || {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            })
+            .1
         })
         .collect()
 }

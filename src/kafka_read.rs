@@ -1,0 +1,115 @@
+//! One-off reads of group and partition state (committed offsets, watermarks,
+//! offsets for a time) that retry the broker's transient answers.
+//!
+//! Right after a broker starts, after a coordinator moves, or while a group's
+//! share of `__consumer_offsets` is loading, brokers answer NotCoordinator,
+//! CoordinatorLoadInProgress or CoordinatorNotAvailable for a few seconds.
+//! librdkafka retries those for its own requests, but the blocking query
+//! calls (`committed_offsets`, `fetch_watermarks`, `offsets_for_times`) hand
+//! them straight back. Giving up on the first one would, for instance, start
+//! a new group at the earliest offset instead of at `START_AT`.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use tracing::debug;
+
+/// How long a read keeps retrying transient errors before it returns the last one.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Whether `error` is one a broker gives while its coordinator or leadership
+/// settles, so asking again shortly will likely succeed.
+pub fn is_transient(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            NotCoordinator
+                | CoordinatorLoadInProgress
+                | CoordinatorNotAvailable
+                | NotLeaderForPartition
+                | LeaderNotAvailable
+                | RequestTimedOut
+                | OperationTimedOut
+                | BrokerTransportFailure
+        )
+    )
+}
+
+/// Runs `read` until it succeeds, fails with an error that is not transient,
+/// or `RETRY_FOR` has passed; then returns its last result. Blocks the thread.
+pub fn retrying<T>(what: &str, mut read: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut attempt = 0;
+    loop {
+        match read() {
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                debug!(error = %e, what, attempt, "transient Kafka error; asking again");
+                std::thread::sleep(crate::dlq::kafka_retry_delay(attempt).min(RETRY_STEP_MAX));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Longest pause between two attempts of one read.
+const RETRY_STEP_MAX: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_and_leadership_errors_are_transient() {
+        for code in [
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::CoordinatorLoadInProgress,
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::OperationTimedOut,
+        ] {
+            assert!(is_transient(&KafkaError::MetadataFetch(code)), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn authorization_and_unknown_topic_errors_are_not() {
+        for code in [
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+        ] {
+            assert!(!is_transient(&KafkaError::MetadataFetch(code)), "{code:?}");
+        }
+        assert!(!is_transient(&KafkaError::Canceled));
+    }
+
+    #[test]
+    fn a_transient_error_is_retried_until_the_read_succeeds() {
+        let mut calls = 0;
+        let result = retrying("test", || {
+            calls += 1;
+            if calls < 3 {
+                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::NotCoordinator))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[test]
+    fn a_lasting_error_is_returned_at_once() {
+        let mut calls = 0;
+        let result: KafkaResult<()> = retrying("test", || {
+            calls += 1;
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::GroupAuthorizationFailed,
+            ))
+        });
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
+}
