@@ -54,10 +54,15 @@ impl Deliverer {
         let mut originals = self.originals.read(partition, &offsets, cancel).await?;
         for (index, status, body) in rejected {
             let offset = batch.events[*index].offset;
-            let (key, payload, error) = match originals.remove(&offset) {
-                Some(Found::Message(original)) => (original.key, original.payload, None),
+            let (key, payload, error, sent_event) = match originals.remove(&offset) {
+                Some(Found::Message(original)) => (original.key, original.payload, None, false),
                 // Deleted while the batch was retried: keep what was sent instead.
-                _ => (None, Some(batch.event_json(*index)), Some(GONE.to_owned())),
+                _ => (
+                    None,
+                    Some(batch.event_json(*index)),
+                    Some(GONE.to_owned()),
+                    true,
+                ),
             };
             let letter = DeadLetter {
                 key,
@@ -68,6 +73,7 @@ impl Deliverer {
                 error,
                 http_status: Some(*status),
                 response_body: Some(body.clone()),
+                sent_event,
             };
             self.dead_letters.write(&letter, cancel).await?;
             self.metrics

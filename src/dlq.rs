@@ -34,6 +34,14 @@ pub mod header {
     pub const SOURCE_OFFSET: &str = "dlq.source_offset";
     pub const CONNECTOR_VERSION: &str = "dlq.connector_version";
     pub const TIME: &str = "dlq.time";
+    /// What the payload is: [`PAYLOAD_ORIGINAL`] or [`PAYLOAD_SENT_EVENT`].
+    pub const PAYLOAD: &str = "dlq.payload";
+    /// The payload is the source message's value, unchanged.
+    pub const PAYLOAD_ORIGINAL: &str = "original";
+    /// The payload is one event as it was POSTed to the webhook (a JSON
+    /// object), because the original message was deleted before it could be
+    /// read back.
+    pub const PAYLOAD_SENT_EVENT: &str = "sent_event";
 }
 
 /// One message to dead-letter.
@@ -49,6 +57,9 @@ pub struct DeadLetter {
     pub error: Option<String>,
     pub http_status: Option<u16>,
     pub response_body: Option<String>,
+    /// The payload is the event as sent to the webhook, not the original
+    /// message (see [`header::PAYLOAD_SENT_EVENT`]).
+    pub sent_event: bool,
 }
 
 /// librdkafka properties from `KAFKA_PROPERTIES` that the dead-letter producer
@@ -181,6 +192,14 @@ impl DeadLetters {
             .insert(Header {
                 key: header::TIME,
                 value: Some(&Utc::now().to_rfc3339()),
+            })
+            .insert(Header {
+                key: header::PAYLOAD,
+                value: Some(if letter.sent_event {
+                    header::PAYLOAD_SENT_EVENT
+                } else {
+                    header::PAYLOAD_ORIGINAL
+                }),
             });
         if let Some(error) = &letter.error {
             headers = headers.insert(Header {

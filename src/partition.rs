@@ -433,6 +433,7 @@ impl Worker {
             error,
             http_status: None,
             response_body: None,
+            sent_event: false,
         };
         let size = letter.key.as_ref().map_or(0, Bytes::len)
             + letter.payload.as_ref().map_or(0, Bytes::len);

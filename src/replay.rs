@@ -4,8 +4,9 @@
 //!
 //! It reads `DLQ_TOPIC` with its own consumer group (`<KAFKA_CONSUMER_GROUP>-replay`
 //! by default) from that group's committed offsets up to the end offsets seen
-//! at start, decodes and filters each original message like the main loop,
-//! POSTs them in batches, and commits after each batch, so an interrupted
+//! at start, decodes and filters each original message like the main loop
+//! (a dead letter that holds the event as sent, because its original was
+//! deleted, is sent as it is), POSTs them in batches, and commits after each batch, so an interrupted
 //! replay resumes where it stopped. Messages that still cannot be decoded, or
 //! that the webhook still rejects, are counted and passed over: they stay in
 //! the dead-letter topic for a later replay with another group.
@@ -15,13 +16,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, InputFormat};
 use crate::decode::decode;
+use crate::dlq::header;
 use crate::filter::Filter;
 use crate::kafka_read;
 use crate::webhook::{Sent, Webhook};
@@ -124,18 +126,18 @@ pub async fn run(
             continue;
         };
         summary.read += 1;
-        match decode(message.payload(), config.input_format, Utc::now()) {
-            Ok(event) if filter.check(&event.meta).is_ok() => batches
-                .entry(partition)
-                .or_default()
-                .push((offset, event.json)),
-            Ok(_) => summary.filtered += 1,
-            Err(e) => {
+        let held = if holds_sent_event(&message) {
+            Held::SentEvent
+        } else {
+            Held::Original
+        };
+        match replayable(message.payload(), held, config.input_format, &filter) {
+            Ok(Some(json)) => batches.entry(partition).or_default().push((offset, json)),
+            Ok(None) => summary.filtered += 1,
+            Err(reason) => {
                 warn!(
                     partition,
-                    offset,
-                    reason = e.reason(),
-                    "still not a PostHog event; left in the dead-letter topic"
+                    offset, reason, "still not a PostHog event; left in the dead-letter topic"
                 );
                 summary.undecodable += 1;
             }
@@ -157,6 +159,49 @@ pub async fn run(
     }
     info!(?summary, "replay finished");
     Ok(summary)
+}
+
+/// What a dead letter's payload is (its `dlq.payload` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The source message, to decode and filter like the main loop does.
+    Original,
+    /// One event as it was sent to the webhook; it passed the filters then.
+    SentEvent,
+}
+
+fn holds_sent_event(message: &impl rdkafka::message::Message) -> bool {
+    message.headers().is_some_and(|headers| {
+        headers.iter().any(|h| {
+            h.key == header::PAYLOAD && h.value == Some(header::PAYLOAD_SENT_EVENT.as_bytes())
+        })
+    })
+}
+
+/// The event JSON to send again for one dead letter: `Ok(None)` when the
+/// filters leave it out, `Err(reason)` when it is still not an event.
+fn replayable(
+    payload: Option<&[u8]>,
+    held: Held,
+    format: InputFormat,
+    filter: &Filter,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    match held {
+        Held::Original => match decode(payload, format, Utc::now()) {
+            Ok(event) if filter.check(&event.meta).is_ok() => Ok(Some(event.json)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e.reason()),
+        },
+        Held::SentEvent => {
+            let payload = payload.ok_or("empty")?;
+            let event: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(payload).map_err(|_| "not_an_event")?;
+            match event.get("uuid") {
+                Some(serde_json::Value::String(_)) => Ok(Some(payload.to_vec())),
+                _ => Err("not_an_event"),
+            }
+        }
+    }
 }
 
 /// Sends events as one batch; if the webhook rejects it, one by one.
@@ -203,4 +248,69 @@ async fn send_batch(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample;
+
+    fn pageviews_only() -> Filter {
+        Filter::new(&["$pageview".to_owned()], None, None)
+    }
+
+    #[test]
+    fn an_original_is_decoded_and_filtered_like_the_main_loop() {
+        let filter = pageviews_only();
+        let (mut kept, mut left_out) = (0, 0);
+        for n in 0..20 {
+            let s = sample::captured(1, n, "2024-05-01T12:00:00Z");
+            match replayable(Some(&s.value), Held::Original, InputFormat::Auto, &filter) {
+                Ok(Some(json)) => {
+                    let event: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                    assert_eq!(event["uuid"], s.uuid.as_str());
+                    assert_eq!(s.event, "$pageview");
+                    kept += 1;
+                }
+                Ok(None) => {
+                    assert_ne!(s.event, "$pageview");
+                    left_out += 1;
+                }
+                Err(reason) => panic!("sample {n} did not decode: {reason}"),
+            }
+        }
+        assert!(kept > 0 && left_out > 0);
+        assert_eq!(
+            replayable(
+                Some(b"not json"),
+                Held::Original,
+                InputFormat::Auto,
+                &filter
+            ),
+            Err("not_json")
+        );
+    }
+
+    #[test]
+    fn a_sent_event_is_sent_as_it_is_and_must_be_an_event_object() {
+        let filter = pageviews_only();
+        // It passed the filters when it was first sent: they do not apply again.
+        let sent = br#"{"uuid":"0190-a","event":"signed_up","properties":{"a":1}}"#;
+        assert_eq!(
+            replayable(Some(sent), Held::SentEvent, InputFormat::Auto, &filter),
+            Ok(Some(sent.to_vec()))
+        );
+        for bad in [&b"[1]"[..], b"{\"event\":\"x\"}", b"{\"uuid\":7}", b"nope"] {
+            assert_eq!(
+                replayable(Some(bad), Held::SentEvent, InputFormat::Auto, &filter),
+                Err("not_an_event"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            replayable(None, Held::SentEvent, InputFormat::Auto, &filter),
+            Err("empty")
+        );
+    }
 }

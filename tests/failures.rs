@@ -415,6 +415,7 @@ async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
             !l.headers.contains_key("dlq.error"),
             "the original was found"
         );
+        assert_eq!(l.headers["dlq.payload"], "original");
     }
     let text = connector.metrics().await;
     let extra = metric_values(&text, "patterns_connector_bisection_requests_total")[0].1;
@@ -672,4 +673,94 @@ async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() 
         panic!("offset 5 is the new start of the partition");
     };
     assert_eq!(original.payload.as_deref(), records[5].1.as_deref());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_event_deleted_by_retention_meanwhile_is_dead_lettered_as_sent_and_replays() {
+    use rdkafka::admin::AdminOptions;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let (topic, group, dlq) = (unique("gone"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let receiver = Receiver::start().await;
+    // The webhook is down while retention catches up with the batch.
+    receiver.set_default(Reply::status(503));
+    let run = run_id();
+    let mut records = Vec::new();
+    let mut marked_uuids = HashSet::new();
+    let mut other_uuids = HashSet::new();
+    for n in 0..10 {
+        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
+        let value = if n == 2 || n == 7 {
+            marked_uuids.insert(s.uuid.clone());
+            marked(&s)
+        } else {
+            other_uuids.insert(s.uuid.clone());
+            s.value.clone()
+        };
+        records.push((Some(s.key.into_bytes()), Some(value)));
+    }
+    let offsets = produce_keyed(&topic, 0, &records).await;
+    let end = offsets[9] + 1;
+    let mut connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[("DLQ_TOPIC", dlq.as_str()), ("BATCH_MAX_EVENTS", "100")],
+    );
+    eventually(WAIT, "the batch is being retried", || {
+        receiver.requests().len() >= 3
+    })
+    .await;
+    // Retention deletes the whole batch from Kafka while it is retried.
+    let mut all = TopicPartitionList::new();
+    all.add_partition_offset(&topic, 0, Offset::Offset(end))
+        .expect("tpl");
+    admin()
+        .delete_records(&all, &AdminOptions::new())
+        .await
+        .expect("delete records");
+    // Back up, but refusing the two marked events.
+    receiver.reject_marked();
+    receiver.set_default(Reply::ok());
+    eventually(WAIT, "every offset committed", || {
+        committed(&group, &topic, 1) == vec![Some(end)]
+    })
+    .await;
+    assert_eq!(receiver.delivered_uuids(), other_uuids);
+
+    let letters = read_topic(&dlq, 2, WAIT);
+    assert_eq!(letters.len(), 2);
+    for l in &letters {
+        assert_eq!(l.headers["dlq.reason"], "webhook_400");
+        assert_eq!(l.headers["dlq.payload"], "sent_event");
+        assert!(
+            l.headers["dlq.error"].contains("no longer in Kafka"),
+            "{:?}",
+            l.headers
+        );
+        assert_eq!(l.key, None);
+        let event: Value =
+            serde_json::from_slice(l.payload.as_deref().expect("payload")).expect("event JSON");
+        assert!(marked_uuids.contains(event["uuid"].as_str().expect("uuid")));
+        assert!(event["properties"].get("reject_me").is_some());
+    }
+    connector.signal("TERM");
+    assert!(connector.wait(Duration::from_secs(30)).await.success());
+
+    // The webhook is fixed: replay sends the events as they were sent.
+    receiver.accept_marked();
+    let out = replay_dlq(&group, &receiver.url(), &dlq);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("replayed 2 dead letters: 2 delivered, 0 filtered out, 0 still undecodable, 0 still rejected"),
+        "{stdout}"
+    );
+    assert!(marked_uuids.is_subset(&receiver.delivered_uuids()));
 }

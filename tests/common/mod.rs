@@ -49,15 +49,21 @@ mod containers {
     /// advertised listener). Only where a Docker engine runs.
     pub fn start_kafka() -> String {
         let container = KAFKA.get_or_init(|| {
-            GenericImage::new("apache/kafka", "4.1.1")
-                .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
-                .with_mapped_port(9092, 9092.tcp())
-                .with_env_var("KAFKA_NUM_PARTITIONS", "4")
-                .start()
-                .expect(
-                    "no KAFKA_HOSTS given and no Docker engine to start Kafka with testcontainers: \
-                     run the suite with scripts/test, which starts a local Apache Kafka",
-                )
+            // The sync runner drives its own runtime, which cannot start on a
+            // thread that is already running the test's tokio runtime.
+            std::thread::spawn(|| {
+                GenericImage::new("apache/kafka", "4.1.1")
+                    .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+                    .with_mapped_port(9092, 9092.tcp())
+                    .with_env_var("KAFKA_NUM_PARTITIONS", "4")
+                    .start()
+            })
+            .join()
+            .expect("the testcontainers thread")
+            .expect(
+                "no KAFKA_HOSTS given and no Docker engine to start Kafka with testcontainers: \
+                 run the suite with scripts/test, which starts a local Apache Kafka",
+            )
         });
         let _ = container;
         "127.0.0.1:9092".to_owned()
