@@ -34,6 +34,7 @@ use crate::kafka_read;
 use crate::lag::{self, LagTracker};
 use crate::metrics::Metrics;
 use crate::partition::{self, Message, Progress};
+use crate::watermark_probe;
 
 pub type Consumer_ = BaseConsumer<Context>;
 
@@ -61,6 +62,28 @@ impl Context {
         self.workers
             .lock()
             .expect("no code panics while holding the workers lock")
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partitions paused by backpressure.
+    pub(crate) fn paused_partitions(&self) -> Vec<i32> {
+        self.workers()
+            .iter()
+            .filter_map(|(p, w)| w.paused.then_some(*p))
+            .collect()
+    }
+
+    /// A high watermark read from the broker (`watermark_probe.rs`); kept
+    /// only while the partition is still assigned here and paused.
+    pub(crate) fn probed_high_watermark(&self, partition: i32, high_watermark: i64) {
+        let workers = self.workers();
+        if workers.get(&partition).is_some_and(|w| w.paused) {
+            let mut lag = self.lag.lock().expect("lag lock");
+            lag.probed_high(partition, high_watermark);
+        }
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
@@ -482,6 +505,7 @@ pub fn create(
             "cannot create the Kafka consumer (check KAFKA_HOSTS and KAFKA_PROPERTIES): {e}"
         )
     })?;
+    watermark_probe::spawn(config, consumer.context())?;
     consumer.subscribe(&[&config.kafka_topic]).map_err(|e| {
         anyhow::anyhow!(
             "cannot subscribe to KAFKA_TOPIC {}: {e}",
@@ -763,6 +787,9 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
         match result {
             Ok(()) => {
                 worker.paused = pause;
+                if !pause {
+                    ctx.lag.lock().expect("lag lock").resumed(*partition);
+                }
                 let label = partition.to_string();
                 ctx.metrics
                     .partition_paused

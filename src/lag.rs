@@ -3,7 +3,10 @@
 //! Messages: high watermark minus committed offset, from one librdkafka
 //! statistics snapshot (so the two are read together), clamped at 0. A
 //! partition with no commit yet counts from its low watermark (new groups
-//! start at the earliest offset) and is flagged by its own gauge.
+//! start at the earliest offset) and is flagged by its own gauge. librdkafka
+//! learns the high watermark from fetch responses, so it goes stale while a
+//! partition is paused; `watermark_probe.rs` then asks the broker, and the
+//! higher of the two counts.
 //!
 //! Seconds: now minus the Kafka timestamp of the oldest consumed-but-undelivered
 //! event. When nothing consumed is pending but unconsumed messages exist
@@ -109,6 +112,9 @@ struct PartitionLag {
     committed: Option<i64>,
     /// When the partition was last seen with nothing left to deliver (ms).
     caught_up_at_ms: Option<i64>,
+    /// A high watermark asked of the broker while the partition is paused
+    /// (librdkafka learns it from fetch responses, so it goes stale then).
+    probed_high: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +138,23 @@ impl LagTracker {
         self.partitions.remove(&partition);
     }
 
+    /// Records a high watermark read from the broker for a paused partition.
+    pub fn probed_high(&mut self, partition: i32, high_watermark: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.probed_high = Some(
+            p.probed_high
+                .map_or(high_watermark, |h| h.max(high_watermark)),
+        );
+    }
+
+    /// Forgets the probed high watermark: the partition fetches again, and
+    /// librdkafka's statistics are current.
+    pub fn resumed(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.probed_high = None;
+        }
+    }
+
     pub fn observe(
         &mut self,
         partition: i32,
@@ -146,7 +169,7 @@ impl LagTracker {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let high_watermark = stats.hi_offset.max(0);
+        let high_watermark = stats.hi_offset.max(p.probed_high.unwrap_or(0)).max(0);
         let low_watermark = stats.lo_offset.max(0);
         // Messages below the low watermark were deleted by retention or
         // compaction; they can no longer be delivered, so they are not lag.
@@ -276,6 +299,38 @@ mod tests {
         // Then the worker falls behind the high watermark with nothing pending.
         let v = t.observe(0, &stats(9_100, 0, 9_000), None, Some(9_000), 403_000);
         assert_eq!(v.lag_seconds, 3.0);
+    }
+
+    #[test]
+    fn a_probed_high_watermark_counts_while_statistics_are_stale() {
+        let mut t = LagTracker::default();
+        t.committed(0, 100);
+        // Paused at 120: the statistics keep saying 120, the broker says 500.
+        t.probed_high(0, 500);
+        let v = t.observe(0, &stats(120, 0, 100), None, Some(120), 0);
+        assert_eq!((v.high_watermark, v.lag_messages), (500, 400));
+        // The unconsumed messages age while the partition waits.
+        let later = t.observe(0, &stats(120, 0, 100), None, Some(120), 7_000);
+        assert_eq!(later.lag_seconds, 7.0);
+        // An older probe never lowers it; fresher statistics win.
+        t.probed_high(0, 300);
+        assert_eq!(
+            t.observe(0, &stats(600, 0, 100), None, Some(120), 0)
+                .high_watermark,
+            600
+        );
+        assert_eq!(
+            t.observe(0, &stats(120, 0, 100), None, Some(120), 0)
+                .high_watermark,
+            500
+        );
+        // Resumed: statistics alone again.
+        t.resumed(0);
+        assert_eq!(
+            t.observe(0, &stats(120, 0, 100), None, Some(120), 0)
+                .high_watermark,
+            120
+        );
     }
 
     #[test]

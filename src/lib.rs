@@ -66,6 +66,7 @@ pub mod replay;
 pub mod sample;
 pub mod shutdown;
 pub mod timestamp;
+pub mod watermark_probe;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -447,9 +447,32 @@ async fn a_full_buffer_pauses_the_partition_and_memory_stays_bounded() {
         "buffered {peak} bytes with a {cap} cap"
     );
 
+    // Lag in messages keeps counting what arrives while the partition is
+    // paused (librdkafka's own watermark stops at the pause).
+    produce(&topic, run_id(), 3000..3500).await;
+    let high = high_watermarks(&topic, 1)[0];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        text = connector.metrics().await;
+        let lag = gauge(&text, "patterns_connector_partition_lag_messages");
+        if lag == Some(high as f64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag {lag:?} never reached the high watermark {high} while paused:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        gauge(&text, "patterns_connector_partition_paused"),
+        Some(1.0),
+        "still paused when the lag was read"
+    );
+
     receiver.set_default(Reply::ok());
     eventually(WAIT, "everything delivered after resuming", || {
-        receiver.delivered_uuids().len() == 3000
+        receiver.delivered_uuids().len() == 3500
     })
     .await;
     text = connector.metrics().await;
