@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::batch::Batch;
 use crate::bisect::Bisection;
-use crate::dlq::{DeadLetter, DeadLetters};
+use crate::dlq::{header, DeadLetter, DeadLetters};
 use crate::metrics::{status_class, Metrics};
 use crate::originals::{Found, Originals};
 use crate::webhook::{Cancelled, Sent, Webhook};
@@ -85,6 +85,11 @@ impl Deliverer {
                 offset,
                 status,
                 topic = self.dead_letters.topic(),
+                payload = if letter.sent_event {
+                    header::PAYLOAD_SENT_EVENT
+                } else {
+                    header::PAYLOAD_ORIGINAL
+                },
                 "event rejected by the webhook; written to the dead-letter topic"
             );
         }

@@ -57,15 +57,20 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
     let mut uuids = Vec::new();
     for n in 0..30 {
         let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        // One event the webhook refuses: the originals reader must
+        // authenticate to read it back for the dead-letter topic.
+        let value = if n == 11 { marked(&s) } else { s.value.clone() };
         producer
             .send(
-                FutureRecord::to(&topic).key(&s.key).payload(&s.value),
+                FutureRecord::to(&topic).key(&s.key).payload(&value),
                 Duration::from_secs(30),
             )
             .await
             .map_err(|(e, _)| e)
             .expect("produced over SASL");
-        uuids.push(s.uuid);
+        if n != 11 {
+            uuids.push(s.uuid);
+        }
     }
     // A bad message too, so the dead-letter producer must authenticate as well.
     producer
@@ -83,6 +88,7 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
     std::fs::write(&password_file, format!("{password}\n")).expect("write");
 
     let receiver = Receiver::start().await;
+    receiver.reject_marked();
     let mut right = Connector::start(
         &topic,
         &group,
@@ -95,24 +101,41 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
                 password_file.to_str().expect("utf8"),
             ),
             ("DLQ_TOPIC", dlq.as_str()),
+            ("LOG_FORMAT", "json"),
         ],
     );
     eventually(
         Duration::from_secs(90),
         "all events delivered over SASL",
-        || receiver.delivered_uuids().len() == 30,
+        || receiver.delivered_uuids().len() == 29,
     )
     .await;
+    assert_eq!(
+        receiver.delivered_uuids(),
+        uuids
+            .iter()
+            .cloned()
+            .collect::<std::collections::HashSet<_>>()
+    );
     eventually(
         Duration::from_secs(60),
-        "the bad message dead-lettered",
+        "the bad message and the refused event dead-lettered",
         || {
-            right
-                .metrics_blocking()
-                .contains("patterns_connector_events_dead_lettered_total{reason=\"not_json\"} 1")
+            let text = right.metrics_blocking();
+            text.contains("patterns_connector_events_dead_lettered_total{reason=\"not_json\"} 1")
+                && text.contains(
+                    "patterns_connector_events_dead_lettered_total{reason=\"webhook_400\"} 1",
+                )
         },
     )
     .await;
+    let logs = right.logs();
+    assert!(
+        logs.contains("written to the dead-letter topic")
+            && logs.contains(r#""payload":"original""#)
+            && !logs.contains(r#""payload":"sent_event""#),
+        "the refused event's original was read back over SASL:\n{logs}"
+    );
     right.signal("TERM");
     assert!(right.wait(Duration::from_secs(30)).await.success());
     assert!(
