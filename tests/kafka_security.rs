@@ -1,4 +1,4 @@
-//! Kafka with SASL/SCRAM: a real broker that requires authentication
+//! Kafka with SASL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN): a real broker that requires authentication
 //! (scripts/test starts it with `KAFKA_LOCAL_SASL=scram scripts/kafka-local`).
 
 mod common;
@@ -30,16 +30,9 @@ fn client(hosts: &str, password: &str) -> ClientConfig {
     c
 }
 
-const PROPERTIES: &str =
-    "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
-
-#[tokio::test(flavor = "multi_thread")]
-async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_error() {
-    let (hosts, password) = sasl_broker();
-    let (topic, group, dlq) = (unique("sasl"), unique("g"), unique("dlq"));
-    let admin: AdminClient<DefaultClientContext> =
-        client(&hosts, &password).create().expect("admin");
-    for t in [&topic, &dlq] {
+async fn create_topics(hosts: &str, password: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = client(hosts, password).create().expect("admin");
+    for t in topics {
         admin
             .create_topics(
                 &[NewTopic::new(t, 2, TopicReplication::Fixed(1))],
@@ -52,6 +45,16 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
                 r.expect("topic created");
             });
     }
+}
+
+const PROPERTIES: &str =
+    "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_error() {
+    let (hosts, password) = sasl_broker();
+    let (topic, group, dlq) = (unique("sasl"), unique("g"), unique("dlq"));
+    create_topics(&hosts, &password, &[&topic, &dlq]).await;
     let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
     let run = run_id();
     let mut uuids = Vec::new();
@@ -164,4 +167,67 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
         !logs.contains("not-the-PASSWORD-42"),
         "the wrong password appears in the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_and_scram_sha_256_work_too_for_the_consumer_and_the_dead_letter_producer() {
+    let (hosts, password) = sasl_broker();
+    let (topic, dlq) = (unique("mechanisms"), unique("dlq"));
+    create_topics(&hosts, &password, &[&topic, &dlq]).await;
+    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
+    let run = run_id();
+    for n in 0..10 {
+        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&s.key).payload(&s.value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced over SASL");
+    }
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(&topic).payload(&b"not json"[..]),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        let receiver = Receiver::start().await;
+        let properties = format!(
+            "security.protocol=SASL_PLAINTEXT,sasl.mechanism={mechanism},sasl.username=connector"
+        );
+        let mut connector = Connector::start(
+            &topic,
+            &unique("g"),
+            &receiver.url(),
+            &[
+                ("KAFKA_HOSTS", hosts.as_str()),
+                ("KAFKA_PROPERTIES", properties.as_str()),
+                ("KAFKA_SASL_PASSWORD", password.as_str()),
+                ("DLQ_TOPIC", dlq.as_str()),
+            ],
+        );
+        eventually(
+            Duration::from_secs(90),
+            &format!("all events delivered over SASL {mechanism}, the bad one dead-lettered"),
+            || {
+                receiver.delivered_uuids().len() == 10
+                    && connector.metrics_blocking().contains(
+                        "patterns_connector_events_dead_lettered_total{reason=\"not_json\"} 1",
+                    )
+            },
+        )
+        .await;
+        connector.signal("TERM");
+        assert!(connector.wait(Duration::from_secs(30)).await.success());
+        assert!(
+            !connector.logs().contains(&password),
+            "the SASL password appears in the log ({mechanism})"
+        );
+    }
 }
