@@ -22,6 +22,10 @@ RUN apt-get update \
 COPY --from=build /src/target/release/patterns-connector /src/target/release/patterns-devkit /usr/local/bin/
 USER 10001
 ENV HTTP_ADDR=0.0.0.0:9464
+# Batch bodies (1 MiB by default) are served by mmap and given back when a
+# batch is delivered, instead of fragmenting glibc's heap: about 12 MB less
+# peak RSS, no measurable CPU cost (docs/DEPLOYMENT.md, "Memory").
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=262144
 EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:9464/healthz"]
