@@ -444,6 +444,40 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// Room between a revocation's longest drain and `max.poll.interval.ms`.
+const POLL_INTERVAL_MARGIN: Duration = Duration::from_secs(10);
+
+/// A revocation drains in-flight batches inside librdkafka's rebalance
+/// callback, for up to `SHUTDOWN_TIMEOUT_MS`, and the consumer does not poll
+/// meanwhile. A `max.poll.interval.ms` shorter than that makes the group drop
+/// the replica in the middle of every slow drain.
+fn check_poll_interval(
+    properties: &BTreeMap<String, String>,
+    shutdown_timeout: Duration,
+) -> Result<(), ConfigError> {
+    let Some(raw) = properties.get("max.poll.interval.ms") else {
+        return Ok(());
+    };
+    let interval: u64 = raw.trim().parse().map_err(|_| {
+        bad(
+            "KAFKA_PROPERTIES",
+            format!("max.poll.interval.ms must be a number of milliseconds, got {raw:?}"),
+        )
+    })?;
+    let needed = (shutdown_timeout + POLL_INTERVAL_MARGIN).as_millis() as u64;
+    if interval < needed {
+        return Err(bad(
+            "KAFKA_PROPERTIES",
+            format!(
+                "max.poll.interval.ms={interval} must be at least SHUTDOWN_TIMEOUT_MS + 10 s ({needed} ms): \
+                 a revocation drains in-flight batches for up to SHUTDOWN_TIMEOUT_MS without polling; \
+                 raise max.poll.interval.ms or lower SHUTDOWN_TIMEOUT_MS"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         option,
@@ -609,6 +643,13 @@ impl Config {
                 "set the start position with START_AT (earliest, latest or a time), not auto.offset.reset",
             ));
         }
+        let shutdown_timeout = millis(
+            "SHUTDOWN_TIMEOUT_MS",
+            &cli.shutdown_timeout_ms,
+            0,
+            3_600_000,
+        )?;
+        check_poll_interval(&kafka_properties, shutdown_timeout)?;
         let token = cli.posthog_project_token.trim();
         if !token.is_empty() && cli.input_format == InputFormat::Clickhouse {
             return Err(bad(
@@ -684,12 +725,7 @@ impl Config {
                 "bytes",
             )?,
             commit_interval: millis("COMMIT_INTERVAL_MS", &cli.commit_interval_ms, 100, 600_000)?,
-            shutdown_timeout: millis(
-                "SHUTDOWN_TIMEOUT_MS",
-                &cli.shutdown_timeout_ms,
-                0,
-                3_600_000,
-            )?,
+            shutdown_timeout,
             http_addr: cli.http_addr.trim().parse().map_err(|_| {
                 bad(
                     "HTTP_ADDR",
@@ -1073,6 +1109,28 @@ mod tests {
         assert!(cli(&["--kafka-properties", "auto.offset.reset=latest"])
             .unwrap_err()
             .contains("START_AT"));
+    }
+
+    #[test]
+    fn max_poll_interval_must_outlast_a_revocation_drain() {
+        // The default 300 s, and anything at least SHUTDOWN_TIMEOUT_MS + 10 s, is fine.
+        assert!(cli(&[]).is_ok());
+        assert!(cli(&["--kafka-properties", "max.poll.interval.ms=30000"]).is_ok());
+        let err = cli(&["--kafka-properties", "max.poll.interval.ms=29999"]).unwrap_err();
+        assert!(
+            err.contains("KAFKA_PROPERTIES") && err.contains("SHUTDOWN_TIMEOUT_MS"),
+            "{err}"
+        );
+        assert!(cli(&[
+            "--kafka-properties",
+            "max.poll.interval.ms=15000",
+            "--shutdown-timeout-ms",
+            "5000"
+        ])
+        .is_ok());
+        assert!(cli(&["--kafka-properties", "max.poll.interval.ms=soon"])
+            .unwrap_err()
+            .contains("number of milliseconds"));
     }
 
     #[test]
