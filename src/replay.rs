@@ -6,8 +6,8 @@
 //! by default) from that group's committed offsets up to the end offsets seen
 //! at start, decodes and filters each original message like the main loop
 //! (a dead letter that holds the event as sent, because its original was
-//! deleted, is sent as it is), POSTs them in batches, and commits after each batch, so an interrupted
-//! replay resumes where it stopped. Messages that still cannot be decoded, or
+//! deleted, is sent as it is), POSTs them in batches, and commits after each
+//! batch, so an interrupted replay resumes where it stopped. Messages that still cannot be decoded, or
 //! that the webhook still rejects, are counted and passed over: they stay in
 //! the dead-letter topic for a later replay with another group.
 

@@ -299,22 +299,11 @@ pub fn assert_no_secret(connector: &Connector) {
     );
 }
 
-/// Runs a Kafka read, retrying for up to 30 s before it panics with the last
-/// error. Right after a broker starts, or while a group's coordinator loads,
-/// brokers answer NotCoordinator or CoordinatorLoadInProgress for a while;
-/// a real client retries those, and so must the harness.
-pub fn retrying<T>(what: &str, mut read: impl FnMut() -> KafkaResult<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match read() {
-            Ok(value) => return value,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{what}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            Err(e) => panic!("{what}: {e} (still failing after 30 s)"),
-        }
-    }
+/// Runs a Kafka read, asking again while the broker gives transient answers
+/// (right after it starts, its group coordinator answers NotCoordinator for
+/// a while), as the connector does; panics with the last error.
+pub fn retrying<T>(what: &str, read: impl FnMut() -> KafkaResult<T>) -> T {
+    patterns_connector::kafka_read::retrying(what, read).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// The group's committed offset per partition (None: no commit).
