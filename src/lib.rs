@@ -41,6 +41,13 @@
 //! request body, and the rare event the webhook refuses is read back from
 //! Kafka by offset for the dead-letter topic.
 //!
+//! Next to the consumer run three side clients, built alike (`dlq::side_client`,
+//! so security settings apply to all): the dead-letter producer (`dlq.rs`), the
+//! reader of refused events' originals (`originals.rs`), and a probe that reads
+//! paused partitions' high watermarks for the lag gauges (`watermark_probe.rs`,
+//! `lag.rs`). One-off reads of group state retry the broker's transient
+//! answers (`kafka_read.rs`).
+//!
 //! Shutdown (SIGTERM/SIGINT) and revocation: stop taking messages, let the
 //! batch in flight finish within `SHUTDOWN_TIMEOUT_MS`, commit what was
 //! delivered, leave the group.
