@@ -1,5 +1,6 @@
-//! Kafka with SASL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN): a real broker that requires authentication
-//! (scripts/test starts it with `KAFKA_LOCAL_SASL=scram scripts/kafka-local`).
+//! Kafka with SASL (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN), in plain text and
+//! over TLS: a real broker that requires authentication (scripts/test starts
+//! it with `KAFKA_LOCAL_SASL=scram scripts/kafka-local`).
 
 mod common;
 
@@ -230,4 +231,95 @@ async fn plain_and_scram_sha_256_work_too_for_the_consumer_and_the_dead_letter_p
             "the SASL password appears in the log ({mechanism})"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker() {
+    let (hosts, password) = sasl_broker();
+    let (tls_hosts, ca) = match (
+        std::env::var("KAFKA_SASL_TLS_HOSTS"),
+        std::env::var("KAFKA_SASL_TLS_CA"),
+    ) {
+        (Ok(h), Ok(c)) => (h, c),
+        _ => panic!(
+            "KAFKA_SASL_TLS_HOSTS and KAFKA_SASL_TLS_CA name no SASL_SSL listener: run the suite with scripts/test"
+        ),
+    };
+    let (topic, dlq) = (unique("tls"), unique("dlq"));
+    create_topics(&hosts, &password, &[&topic, &dlq]).await;
+    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
+    let run = run_id();
+    let mut uuids = std::collections::HashSet::new();
+    for n in 0..12 {
+        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        // One event the webhook refuses: its original is read back over TLS.
+        let value = if n == 5 { marked(&s) } else { s.value.clone() };
+        if n != 5 {
+            uuids.insert(s.uuid.clone());
+        }
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&s.key).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+    }
+
+    // Without the broker's CA, the certificate cannot be verified: nothing
+    // is consumed, and the log says why.
+    let receiver = Receiver::start().await;
+    let untrusted =
+        "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
+    let mut connector = Connector::start(
+        &topic,
+        &unique("g"),
+        &receiver.url(),
+        &[
+            ("KAFKA_HOSTS", tls_hosts.as_str()),
+            ("KAFKA_PROPERTIES", untrusted),
+            ("KAFKA_SASL_PASSWORD", password.as_str()),
+        ],
+    );
+    eventually(
+        Duration::from_secs(60),
+        "a certificate error in the log",
+        || connector.logs().contains("certificate verify failed"),
+    )
+    .await;
+    assert!(
+        receiver.requests().is_empty(),
+        "delivered from an untrusted broker"
+    );
+    connector.signal("KILL");
+    let _ = connector.wait(Duration::from_secs(10)).await;
+
+    let trusted = format!("{untrusted},ssl.ca.location={ca}");
+    receiver.reject_marked();
+    let mut connector = Connector::start(
+        &topic,
+        &unique("g"),
+        &receiver.url(),
+        &[
+            ("KAFKA_HOSTS", tls_hosts.as_str()),
+            ("KAFKA_PROPERTIES", trusted.as_str()),
+            ("KAFKA_SASL_PASSWORD", password.as_str()),
+            ("DLQ_TOPIC", dlq.as_str()),
+        ],
+    );
+    eventually(
+        Duration::from_secs(90),
+        "all events delivered over TLS, the refused one dead-lettered",
+        || {
+            receiver.delivered_uuids() == uuids
+                && connector.metrics_blocking().contains(
+                    "patterns_connector_events_dead_lettered_total{reason=\"webhook_400\"} 1",
+                )
+        },
+    )
+    .await;
+    connector.signal("TERM");
+    assert!(connector.wait(Duration::from_secs(30)).await.success());
+    assert!(!connector.logs().contains(&password));
 }
