@@ -32,6 +32,7 @@ use crate::config::{Config, StartAt};
 use crate::health::Health;
 use crate::kafka_read;
 use crate::lag::{self, LagTracker};
+use crate::log_limit;
 use crate::metrics::Metrics;
 use crate::partition::{self, Message, Progress};
 use crate::watermark_probe;
@@ -431,7 +432,7 @@ impl ConsumerContext for Context {
             Err(e) => {
                 self.metrics.commits.with_label_values(&["error"]).inc();
                 let n = self.commit_failures.fetch_add(1, Ordering::Relaxed);
-                if n == 0 || n.is_power_of_two() {
+                if log_limit::worth_logging(n) {
                     warn!(error = %e, failures = n + 1, "offset commit failed; it is retried at the next commit (repeats are logged less often)");
                 }
             }
@@ -575,7 +576,7 @@ pub fn run(
             }
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
-                if consume_errors_logged.is_power_of_two() || consume_errors_logged == 0 {
+                if log_limit::worth_logging(consume_errors_logged) {
                     warn!(error = %e, count = consume_errors_logged + 1, "kafka consume error");
                 }
                 consume_errors_logged += 1;

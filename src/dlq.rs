@@ -155,7 +155,7 @@ impl DeadLetters {
                     return Ok(());
                 }
                 Err((e, _)) => {
-                    if attempt == 0 || attempt.is_power_of_two() {
+                    if crate::log_limit::worth_logging(attempt.into()) {
                         warn!(partition = letter.partition, offset = letter.offset, attempt = attempt + 1,
                             topic = %self.topic, error = %e,
                             "writing to the dead-letter topic failed; retrying (does the topic exist?)");

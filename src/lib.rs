@@ -64,6 +64,7 @@ pub mod health;
 pub mod http;
 pub mod kafka_read;
 pub mod lag;
+pub mod log_limit;
 pub mod metrics;
 pub mod offsets;
 pub mod originals;

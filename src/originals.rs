@@ -89,7 +89,7 @@ impl Originals {
                 Ok(found) => return Ok(found),
                 Err(_) if cancel.is_cancelled() => return Err(Cancelled),
                 Err(error) => {
-                    if attempt == 0 || attempt.is_power_of_two() {
+                    if crate::log_limit::worth_logging(attempt.into()) {
                         warn!(partition, attempt = attempt + 1, %error,
                             "reading rejected events back from Kafka failed; retrying");
                     }

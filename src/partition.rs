@@ -350,7 +350,7 @@ impl Worker {
                     .events_undecodable
                     .with_label_values(&[e.reason()])
                     .inc();
-                if self.undecodable_logged.is_power_of_two() || self.undecodable_logged == 0 {
+                if crate::log_limit::worth_logging(self.undecodable_logged) {
                     warn!(partition = self.partition, offset = message.offset, reason = e.reason(), error = %e,
                         count = self.undecodable_logged + 1, "message is not a PostHog event");
                 }

@@ -60,7 +60,7 @@ fn run(client: &BaseConsumer, context: &Weak<Context>) {
                     None => return,
                 },
                 Err(e) => {
-                    if failures == 0 || failures.is_power_of_two() {
+                    if crate::log_limit::worth_logging(failures) {
                         warn!(partition, error = %e, failures = failures + 1,
                             "cannot read a paused partition's high watermark; its lag in messages may read low");
                     }

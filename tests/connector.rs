@@ -313,44 +313,27 @@ async fn lag_gauges_rise_while_the_webhook_is_down_and_return_to_zero() {
             .map(|(_, v)| *v)
             .fold(0.0, f64::max)
     };
-    let mut text;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        text = connector.metrics().await;
-        if sum(&text, "patterns_connector_partition_lag_messages") >= 200.0
-            && max(&text, "patterns_connector_partition_lag_seconds") >= 1.0
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lag never showed the outage:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let text = connector
+        .metrics_until(WAIT, "lag to show the outage", |text| {
+            sum(text, "patterns_connector_partition_lag_messages") >= 200.0
+                && max(text, "patterns_connector_partition_lag_seconds") >= 1.0
+        })
+        .await;
     assert_eq!(
         metric_values(&text, "patterns_connector_partition_no_committed_offset").len(),
         2
     );
 
     receiver.set_default(Reply::ok());
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        text = connector.metrics().await;
-        let lag = metric_values(&text, "patterns_connector_partition_lag_messages");
-        let secs = metric_values(&text, "patterns_connector_partition_lag_seconds");
-        if lag.len() == 2
-            && lag.iter().all(|(_, v)| *v == 0.0)
-            && secs.iter().all(|(_, v)| *v == 0.0)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lag never returned to 0:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let text = connector
+        .metrics_until(WAIT, "lag to return to 0", |text| {
+            let lag = metric_values(text, "patterns_connector_partition_lag_messages");
+            let secs = metric_values(text, "patterns_connector_partition_lag_seconds");
+            lag.len() == 2
+                && lag.iter().all(|(_, v)| *v == 0.0)
+                && secs.iter().all(|(_, v)| *v == 0.0)
+        })
+        .await;
     assert_eq!(
         sum(&text, "patterns_connector_events_delivered_total"),
         200.0
@@ -420,16 +403,11 @@ async fn a_full_buffer_pauses_the_partition_and_memory_stays_bounded() {
         ],
     );
     let gauge = |text: &str, name: &str| metric_values(text, name).first().map(|(_, v)| *v);
-    let mut text = String::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while gauge(&text, "patterns_connector_partition_paused") != Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never paused:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        text = connector.metrics().await;
-    }
+    let mut text = connector
+        .metrics_until(WAIT, "the partition to pause", |text| {
+            gauge(text, "patterns_connector_partition_paused") == Some(1.0)
+        })
+        .await;
     let mut peak = 0.0f64;
     for _ in 0..10 {
         text = connector.metrics().await;
@@ -451,19 +429,13 @@ async fn a_full_buffer_pauses_the_partition_and_memory_stays_bounded() {
     // paused (librdkafka's own watermark stops at the pause).
     produce(&topic, run_id(), 3000..3500).await;
     let high = high_watermarks(&topic, 1)[0];
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        text = connector.metrics().await;
-        let lag = gauge(&text, "patterns_connector_partition_lag_messages");
-        if lag == Some(high as f64) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lag {lag:?} never reached the high watermark {high} while paused:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    text = connector
+        .metrics_until(
+            WAIT,
+            &format!("lag to reach the high watermark {high} while paused"),
+            |text| gauge(text, "patterns_connector_partition_lag_messages") == Some(high as f64),
+        )
+        .await;
     assert_eq!(
         gauge(&text, "patterns_connector_partition_paused"),
         Some(1.0),

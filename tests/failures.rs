@@ -342,20 +342,8 @@ async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
     create_topic(&dlq, 1).await;
     let receiver = Receiver::start().await;
     receiver.reject_marked();
-    let run = run_id();
     let bad_at = [3u64, 40, 41, 97];
-    let mut records = Vec::new();
-    let mut uuids = Vec::new();
-    for n in 0..100 {
-        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
-        let value = if bad_at.contains(&n) {
-            marked(&s)
-        } else {
-            s.value.clone()
-        };
-        uuids.push(s.uuid.clone());
-        records.push((Some(s.key.into_bytes()), Some(value)));
-    }
+    let SomeMarked { records, uuids, .. } = SomeMarked::new(run_id(), 100, |n| bad_at.contains(&n));
     let offsets = produce_keyed(&topic, 0, &records).await;
     let connector = Connector::start(
         &topic,
@@ -559,19 +547,11 @@ async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
     create_topic(&dlq, 1).await;
     let receiver = Receiver::start().await;
     receiver.reject_marked();
-    let run = run_id();
-    let mut records = Vec::new();
-    let mut marked_uuids = HashSet::new();
-    for n in 0..20 {
-        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
-        let value = if n % 7 == 3 {
-            marked_uuids.insert(s.uuid.clone());
-            marked(&s)
-        } else {
-            s.value.clone()
-        };
-        records.push((Some(s.key.into_bytes()), Some(value)));
-    }
+    let SomeMarked {
+        mut records,
+        marked: marked_uuids,
+        ..
+    } = SomeMarked::new(run_id(), 20, |n| n % 7 == 3);
     records.push((None, Some(b"not json".to_vec())));
     produce_keyed(&topic, 0, &records).await;
     let mut connector = Connector::start(
@@ -686,22 +666,9 @@ async fn a_rejected_event_deleted_by_retention_meanwhile_is_dead_lettered_as_sen
     let receiver = Receiver::start().await;
     // The webhook is down while retention catches up with the batch.
     receiver.set_default(Reply::status(503));
-    let run = run_id();
-    let mut records = Vec::new();
-    let mut marked_uuids = HashSet::new();
-    let mut other_uuids = HashSet::new();
-    for n in 0..10 {
-        let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
-        let value = if n == 2 || n == 7 {
-            marked_uuids.insert(s.uuid.clone());
-            marked(&s)
-        } else {
-            other_uuids.insert(s.uuid.clone());
-            s.value.clone()
-        };
-        records.push((Some(s.key.into_bytes()), Some(value)));
-    }
-    let offsets = produce_keyed(&topic, 0, &records).await;
+    let events = SomeMarked::new(run_id(), 10, |n| n == 2 || n == 7);
+    let (marked_uuids, other_uuids) = (&events.marked, events.accepted());
+    let offsets = produce_keyed(&topic, 0, &events.records).await;
     let end = offsets[9] + 1;
     let mut connector = Connector::start(
         &topic,

@@ -48,43 +48,59 @@ async fn create_topics(hosts: &str, password: &str, topics: &[&str]) {
     }
 }
 
+/// Produces `events` over SASL, then, if `not_json`, one message that is not
+/// JSON (the dead-letter producer must authenticate to set it aside).
+async fn produce_over_sasl(
+    hosts: &str,
+    password: &str,
+    topic: &str,
+    events: &SomeMarked,
+    not_json: bool,
+) {
+    let producer: FutureProducer = client(hosts, password).create().expect("producer");
+    let not_json = not_json.then_some((None, Some(b"not json".to_vec())));
+    for (key, value) in events.records.iter().chain(not_json.iter()) {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced over SASL");
+    }
+}
+
+/// Starts a connector (in a new group) on `hosts` with these Kafka properties.
+fn connector_on(
+    hosts: &str,
+    properties: &str,
+    topic: &str,
+    receiver: &Receiver,
+    env: &[(&str, &str)],
+) -> Connector {
+    let mut all = vec![("KAFKA_HOSTS", hosts), ("KAFKA_PROPERTIES", properties)];
+    all.extend_from_slice(env);
+    Connector::start(topic, &unique("g"), &receiver.url(), &all)
+}
+
 const PROPERTIES: &str =
     "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_error() {
     let (hosts, password) = sasl_broker();
-    let (topic, group, dlq) = (unique("sasl"), unique("g"), unique("dlq"));
+    let (topic, dlq) = (unique("sasl"), unique("dlq"));
     create_topics(&hosts, &password, &[&topic, &dlq]).await;
-    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
-    let run = run_id();
-    let mut uuids = Vec::new();
-    for n in 0..30 {
-        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
-        // One event the webhook refuses: the originals reader must
-        // authenticate to read it back for the dead-letter topic.
-        let value = if n == 11 { marked(&s) } else { s.value.clone() };
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&s.key).payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produced over SASL");
-        if n != 11 {
-            uuids.push(s.uuid);
-        }
-    }
-    // A bad message too, so the dead-letter producer must authenticate as well.
-    producer
-        .send(
-            FutureRecord::<(), [u8]>::to(&topic).payload(&b"not json"[..]),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produced");
+    // One event the webhook refuses: the originals reader must authenticate
+    // to read it back for the dead-letter topic. A bad message too, so the
+    // dead-letter producer must authenticate as well.
+    let events = SomeMarked::new(run_id(), 30, |n| n == 11);
+    produce_over_sasl(&hosts, &password, &topic, &events, true).await;
 
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("sasl"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -93,13 +109,12 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
 
     let receiver = Receiver::start().await;
     receiver.reject_marked();
-    let mut right = Connector::start(
+    let mut right = connector_on(
+        &hosts,
+        PROPERTIES,
         &topic,
-        &group,
-        &receiver.url(),
+        &receiver,
         &[
-            ("KAFKA_HOSTS", hosts.as_str()),
-            ("KAFKA_PROPERTIES", PROPERTIES),
             (
                 "KAFKA_SASL_PASSWORD_FILE",
                 password_file.to_str().expect("utf8"),
@@ -114,13 +129,7 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
         || receiver.delivered_uuids().len() == 29,
     )
     .await;
-    assert_eq!(
-        receiver.delivered_uuids(),
-        uuids
-            .iter()
-            .cloned()
-            .collect::<std::collections::HashSet<_>>()
-    );
+    assert_eq!(receiver.delivered_uuids(), events.accepted());
     eventually(
         Duration::from_secs(60),
         "the bad message and the refused event dead-lettered",
@@ -147,15 +156,12 @@ async fn scram_credentials_from_a_file_consume_and_wrong_ones_stop_with_a_clear_
         "the SASL password appears in the log"
     );
 
-    let mut wrong = Connector::start(
+    let mut wrong = connector_on(
+        &hosts,
+        PROPERTIES,
         &topic,
-        &unique("g"),
-        &receiver.url(),
-        &[
-            ("KAFKA_HOSTS", hosts.as_str()),
-            ("KAFKA_PROPERTIES", PROPERTIES),
-            ("KAFKA_SASL_PASSWORD", "not-the-PASSWORD-42"),
-        ],
+        &receiver,
+        &[("KAFKA_SASL_PASSWORD", "not-the-PASSWORD-42")],
     );
     let status = wrong.wait(Duration::from_secs(60)).await;
     let logs = wrong.logs();
@@ -175,40 +181,20 @@ async fn plain_and_scram_sha_256_work_too_for_the_consumer_and_the_dead_letter_p
     let (hosts, password) = sasl_broker();
     let (topic, dlq) = (unique("mechanisms"), unique("dlq"));
     create_topics(&hosts, &password, &[&topic, &dlq]).await;
-    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
-    let run = run_id();
-    for n in 0..10 {
-        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&s.key).payload(&s.value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produced over SASL");
-    }
-    producer
-        .send(
-            FutureRecord::<(), [u8]>::to(&topic).payload(&b"not json"[..]),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produced");
+    let events = SomeMarked::new(run_id(), 10, |_| false);
+    produce_over_sasl(&hosts, &password, &topic, &events, true).await;
 
     for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
         let receiver = Receiver::start().await;
         let properties = format!(
             "security.protocol=SASL_PLAINTEXT,sasl.mechanism={mechanism},sasl.username=connector"
         );
-        let mut connector = Connector::start(
+        let mut connector = connector_on(
+            &hosts,
+            &properties,
             &topic,
-            &unique("g"),
-            &receiver.url(),
+            &receiver,
             &[
-                ("KAFKA_HOSTS", hosts.as_str()),
-                ("KAFKA_PROPERTIES", properties.as_str()),
                 ("KAFKA_SASL_PASSWORD", password.as_str()),
                 ("DLQ_TOPIC", dlq.as_str()),
             ],
@@ -247,40 +233,21 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
     };
     let (topic, dlq) = (unique("tls"), unique("dlq"));
     create_topics(&hosts, &password, &[&topic, &dlq]).await;
-    let producer: FutureProducer = client(&hosts, &password).create().expect("producer");
-    let run = run_id();
-    let mut uuids = std::collections::HashSet::new();
-    for n in 0..12 {
-        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
-        // One event the webhook refuses: its original is read back over TLS.
-        let value = if n == 5 { marked(&s) } else { s.value.clone() };
-        if n != 5 {
-            uuids.insert(s.uuid.clone());
-        }
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&s.key).payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .expect("produced");
-    }
+    // One event the webhook refuses: its original is read back over TLS.
+    let events = SomeMarked::new(run_id(), 12, |n| n == 5);
+    produce_over_sasl(&hosts, &password, &topic, &events, false).await;
 
     // Without the broker's CA, the certificate cannot be verified: nothing
     // is consumed, and the log says why.
     let receiver = Receiver::start().await;
     let untrusted =
         "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector";
-    let mut connector = Connector::start(
+    let mut connector = connector_on(
+        &tls_hosts,
+        untrusted,
         &topic,
-        &unique("g"),
-        &receiver.url(),
-        &[
-            ("KAFKA_HOSTS", tls_hosts.as_str()),
-            ("KAFKA_PROPERTIES", untrusted),
-            ("KAFKA_SASL_PASSWORD", password.as_str()),
-        ],
+        &receiver,
+        &[("KAFKA_SASL_PASSWORD", password.as_str())],
     );
     eventually(
         Duration::from_secs(60),
@@ -297,13 +264,12 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
 
     let trusted = format!("{untrusted},ssl.ca.location={ca}");
     receiver.reject_marked();
-    let mut connector = Connector::start(
+    let mut connector = connector_on(
+        &tls_hosts,
+        &trusted,
         &topic,
-        &unique("g"),
-        &receiver.url(),
+        &receiver,
         &[
-            ("KAFKA_HOSTS", tls_hosts.as_str()),
-            ("KAFKA_PROPERTIES", trusted.as_str()),
             ("KAFKA_SASL_PASSWORD", password.as_str()),
             ("DLQ_TOPIC", dlq.as_str()),
         ],
@@ -312,7 +278,7 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
         Duration::from_secs(90),
         "all events delivered over TLS, the refused one dead-lettered",
         || {
-            receiver.delivered_uuids() == uuids
+            receiver.delivered_uuids() == events.accepted()
                 && connector.metrics_blocking().contains(
                     "patterns_connector_events_dead_lettered_total{reason=\"webhook_400\"} 1",
                 )

@@ -173,7 +173,7 @@ impl Webhook {
                     retry_after,
                     suspicious,
                 } => {
-                    if should_log(attempt) {
+                    if crate::log_limit::worth_logging(attempt.into()) {
                         if suspicious {
                             error!(partition, attempt = attempt + 1, status = outcome.status, detail = %outcome.detail,
                                 url = %self.url_for_logs,
@@ -315,11 +315,6 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
-}
-
-/// Logs the 1st, 2nd, 4th, 8th... failure of a batch, so a long outage does not flood the logs.
-fn should_log(attempt: u32) -> bool {
-    attempt.is_power_of_two() || attempt == 0
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -253,6 +253,47 @@ pub fn marked(sample: &Sample) -> Vec<u8> {
 /// A Kafka record as produced by the tests: optional key, optional value.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// Sample events `0..count` as keyed records, some marked for the receiver
+/// to refuse (see [`marked`]).
+pub struct SomeMarked {
+    pub records: Vec<RawRecord>,
+    /// Every event's uuid, in produce order.
+    pub uuids: Vec<String>,
+    /// The uuids of the marked events.
+    pub marked: HashSet<String>,
+}
+
+impl SomeMarked {
+    pub fn new(run: u32, count: u64, is_marked: impl Fn(u64) -> bool) -> Self {
+        let mut events = SomeMarked {
+            records: Vec::new(),
+            uuids: Vec::new(),
+            marked: HashSet::new(),
+        };
+        for n in 0..count {
+            let s = sample::captured(run, n, "2024-05-01T12:00:00Z");
+            let value = if is_marked(n) {
+                events.marked.insert(s.uuid.clone());
+                marked(&s)
+            } else {
+                s.value.clone()
+            };
+            events.uuids.push(s.uuid);
+            events.records.push((Some(s.key.into_bytes()), Some(value)));
+        }
+        events
+    }
+
+    /// The uuids of the events a receiver refusing marked ones accepts.
+    pub fn accepted(&self) -> HashSet<String> {
+        self.uuids
+            .iter()
+            .filter(|u| !self.marked.contains(*u))
+            .cloned()
+            .collect()
+    }
+}
+
 /// Produces `payloads` (with keys) to one partition, in order; returns their offsets.
 pub async fn produce_keyed(topic: &str, partition: i32, records: &[RawRecord]) -> Vec<i64> {
     let producer = producer();
@@ -675,6 +716,28 @@ impl Connector {
         match reqwest::get(url).await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
+        }
+    }
+
+    /// Scrapes /metrics until `check` holds on the text, and returns that
+    /// text; panics with `what` and the last scrape after `timeout`.
+    pub async fn metrics_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().await;
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for: {what}\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
