@@ -227,11 +227,17 @@ fn corpus() -> Vec<Case> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_arrive_in_order() {
-    let (topic, group, dlq) = (unique("corpus"), unique("g"), unique("dlq"));
+/// A one-partition topic named after `prefix`, a group name, and a dead-letter topic.
+async fn one_partition_with_dlq(prefix: &str) -> (String, String, String) {
+    let (topic, group, dlq) = (unique(prefix), unique("g"), unique("dlq"));
     create_topic(&topic, 1).await;
     create_topic(&dlq, 1).await;
+    (topic, group, dlq)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_arrive_in_order() {
+    let (topic, group, dlq) = one_partition_with_dlq("corpus").await;
     let receiver = Receiver::start().await;
     let run = run_id();
     let corpus = corpus();
@@ -337,9 +343,7 @@ async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
-    let (topic, group, dlq) = (unique("bisect"), unique("g"), unique("dlq"));
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
+    let (topic, group, dlq) = one_partition_with_dlq("bisect").await;
     let receiver = Receiver::start().await;
     receiver.reject_marked();
     let bad_at = [3u64, 40, 41, 97];
@@ -420,9 +424,7 @@ async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_413_splits_batches_until_they_fit_and_everything_is_delivered() {
-    let (topic, group, dlq) = (unique("split413"), unique("g"), unique("dlq"));
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
+    let (topic, group, dlq) = one_partition_with_dlq("split413").await;
     let receiver = Receiver::start().await;
     receiver.max_body(20_000);
     let produced = produce(&topic, run_id(), 0..200).await;
@@ -542,9 +544,7 @@ async fn dlq_policy_block_stops_the_partition_at_the_bad_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
-    let (topic, group, dlq) = (unique("replay"), unique("g"), unique("dlq"));
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
+    let (topic, group, dlq) = one_partition_with_dlq("replay").await;
     let receiver = Receiver::start().await;
     receiver.reject_marked();
     let SomeMarked {
@@ -660,9 +660,7 @@ async fn a_rejected_event_deleted_by_retention_meanwhile_is_dead_lettered_as_sen
     use rdkafka::admin::AdminOptions;
     use rdkafka::{Offset, TopicPartitionList};
 
-    let (topic, group, dlq) = (unique("gone"), unique("g"), unique("dlq"));
-    create_topic(&topic, 1).await;
-    create_topic(&dlq, 1).await;
+    let (topic, group, dlq) = one_partition_with_dlq("gone").await;
     let receiver = Receiver::start().await;
     // The webhook is down while retention catches up with the batch.
     receiver.set_default(Reply::status(503));
