@@ -570,16 +570,10 @@ async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
 
     // The webhook is fixed; replay.
     receiver.accept_marked();
-    let out = replay_dlq(&group, &receiver.url(), &dlq);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, stderr) = replay_dlq_ok(&group, &receiver.url(), &dlq);
     assert!(stdout.contains("replayed 4 dead letters: 3 delivered, 0 filtered out, 1 still undecodable, 0 still rejected"), "{stdout}");
     assert!(marked_uuids.is_subset(&receiver.delivered_uuids()));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("SECRET-TOKEN"));
+    assert!(!stderr.contains("SECRET-TOKEN"));
 
     // A second replay with the same group has nothing left to send.
     let out = replay_dlq(&group, &receiver.url(), &dlq);
@@ -716,13 +710,7 @@ async fn a_rejected_event_deleted_by_retention_meanwhile_is_dead_lettered_as_sen
 
     // The webhook is fixed: replay sends the events as they were sent.
     receiver.accept_marked();
-    let out = replay_dlq(&group, &receiver.url(), &dlq);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = replay_dlq_ok(&group, &receiver.url(), &dlq);
     assert!(
         stdout.contains("replayed 2 dead letters: 2 delivered, 0 filtered out, 0 still undecodable, 0 still rejected"),
         "{stdout}"

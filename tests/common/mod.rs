@@ -331,6 +331,16 @@ pub fn replay_dlq(group: &str, webhook_url: &str, dlq: &str) -> std::process::Ou
         .expect("run replay-dlq")
 }
 
+/// Runs `replay-dlq` to completion, panics unless it succeeds, and returns
+/// its standard output and error.
+pub fn replay_dlq_ok(group: &str, webhook_url: &str, dlq: &str) -> (String, String) {
+    let out = replay_dlq(group, webhook_url, dlq);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
 /// Panics if the connector's log holds the webhook URL's secret.
 pub fn assert_no_secret(connector: &Connector) {
     let logs = connector.logs();
