@@ -517,7 +517,8 @@ pub fn parse_allow_list(raw: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses `key=value,key=value` librdkafka properties.
+/// Parses `key=value,key=value` librdkafka properties, refusing the ones the
+/// connector sets itself (see [`refused_kafka_property`]).
 pub fn parse_kafka_properties(raw: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut props = BTreeMap::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -534,10 +535,10 @@ pub fn parse_kafka_properties(raw: &str) -> Result<BTreeMap<String, String>, Con
         if key.is_empty() {
             return Err(bad("KAFKA_PROPERTIES", "an entry has an empty key"));
         }
-        if MANAGED_KAFKA_PROPERTIES.contains(&key) {
+        if let Some(why) = refused_kafka_property(key) {
             return Err(bad(
                 "KAFKA_PROPERTIES",
-                format!("{key} is managed by patterns-connector (it guards the at-least-once guarantee) and cannot be overridden"),
+                format!("{key} cannot be set here: {why}"),
             ));
         }
         props.insert(key.to_owned(), value.trim().to_owned());
@@ -545,12 +546,93 @@ pub fn parse_kafka_properties(raw: &str) -> Result<BTreeMap<String, String>, Con
     Ok(props)
 }
 
-/// librdkafka properties the connector sets itself because the delivery
-/// guarantee depends on them.
-pub const MANAGED_KAFKA_PROPERTIES: &[&str] =
-    &["enable.auto.offset.store", "group.id", "bootstrap.servers"];
+/// librdkafka properties the connector sets itself, because another option
+/// sets them or because the delivery guarantee depends on them, with what to
+/// do instead. Aliases librdkafka accepts for them are listed too.
+pub const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set the brokers with KAFKA_HOSTS"),
+    ("metadata.broker.list", "set the brokers with KAFKA_HOSTS"),
+    (
+        "group.id",
+        "set the consumer group with KAFKA_CONSUMER_GROUP",
+    ),
+    (
+        "auto.offset.reset",
+        "set the start position with START_AT (earliest, latest or a time), not auto.offset.reset",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "set how often delivered offsets are committed with COMMIT_INTERVAL_MS",
+    ),
+    (
+        "enable.auto.commit",
+        "patterns-connector manages committing for its at-least-once guarantee \
+         (delivered offsets are committed every COMMIT_INTERVAL_MS)",
+    ),
+    (
+        "auto.commit.enable",
+        "patterns-connector manages committing for its at-least-once guarantee \
+         (delivered offsets are committed every COMMIT_INTERVAL_MS)",
+    ),
+    (
+        "enable.auto.offset.store",
+        "patterns-connector manages it for its at-least-once guarantee \
+         (an offset is stored only once everything before it was delivered)",
+    ),
+    (
+        "partition.assignment.strategy",
+        "patterns-connector manages it for its delivery guarantee \
+         (its rebalance handling is written for cooperative-sticky assignment)",
+    ),
+];
 
-fn is_secret_key(key: &str) -> bool {
+/// Why `key` may not be set in `KAFKA_PROPERTIES`, if it may not.
+pub fn refused_kafka_property(key: &str) -> Option<&'static str> {
+    MANAGED_KAFKA_PROPERTIES
+        .iter()
+        .find(|(managed, _)| *managed == key)
+        .map(|(_, why)| *why)
+}
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+
+/// A topic name, as `option` gives it: one topic, named. librdkafka reads a
+/// name starting with `^` as a regex subscription, which the connector's
+/// per-topic code cannot follow (it would deliver nothing).
+fn topic_name(option: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let topic = raw.trim();
+    if topic.is_empty() {
+        return Err(bad(option, "expected a topic name, got an empty value"));
+    }
+    if topic.starts_with('^') {
+        return Err(bad(
+            option,
+            format!("topic patterns are not supported; name the topic (got {topic:?})"),
+        ));
+    }
+    if topic.contains(',') {
+        return Err(bad(
+            option,
+            format!("lists of topics are not supported yet; name one topic (got {topic:?})"),
+        ));
+    }
+    let legal = topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !legal || topic.len() > MAX_TOPIC_NAME || topic == "." || topic == ".." {
+        return Err(bad(
+            option,
+            format!(
+                "expected a Kafka topic name (up to {MAX_TOPIC_NAME} letters, digits, '.', '_' and '-'), got {topic:?}"
+            ),
+        ));
+    }
+    Ok(topic.to_owned())
+}
+
+/// Whether a librdkafka property's value is secret (never printed).
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["password", "secret", "key", "token", "credential", "jaas"]
         .iter()
@@ -637,10 +719,14 @@ impl Config {
             kafka_properties.insert("sasl.password".into(), password);
         }
         let start_at = StartAt::parse(&cli.start_at)?;
-        if kafka_properties.contains_key("auto.offset.reset") {
+        let kafka_topic = topic_name("KAFKA_TOPIC", &cli.kafka_topic)?;
+        let dlq_topic = topic_name("DLQ_TOPIC", &cli.dlq_topic)?;
+        if dlq_topic == kafka_topic {
             return Err(bad(
-                "KAFKA_PROPERTIES",
-                "set the start position with START_AT (earliest, latest or a time), not auto.offset.reset",
+                "DLQ_TOPIC",
+                format!(
+                    "expected a topic other than KAFKA_TOPIC ({kafka_topic}): dead letters would be read again as input"
+                ),
             ));
         }
         let shutdown_timeout = millis(
@@ -698,7 +784,7 @@ impl Config {
         }
         Ok(Config {
             kafka_hosts: non_empty("KAFKA_HOSTS", &cli.kafka_hosts)?,
-            kafka_topic: non_empty("KAFKA_TOPIC", &cli.kafka_topic)?,
+            kafka_topic,
             kafka_consumer_group: non_empty("KAFKA_CONSUMER_GROUP", &cli.kafka_consumer_group)?,
             kafka_properties,
             webhook_url,
@@ -737,7 +823,7 @@ impl Config {
             })?,
             log_format: cli.log_format,
             log_level: cli.log_level,
-            dlq_topic: non_empty("DLQ_TOPIC", &cli.dlq_topic)?,
+            dlq_topic,
             dlq_policy: cli.dlq_policy,
             reject_statuses: StatusSet::parse(
                 "WEBHOOK_REJECT_STATUSES",
@@ -980,6 +1066,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("sasl.password"), "{err}");
+    }
+
+    #[test]
+    fn a_topic_pattern_a_topic_list_or_an_empty_topic_is_refused() {
+        let err = cli(&["--kafka-topic", "^events_.*"]).unwrap_err();
+        assert!(
+            err.contains("KAFKA_TOPIC")
+                && err.contains("topic patterns are not supported; name the topic"),
+            "{err}"
+        );
+        let err = cli(&[
+            "--kafka-topic",
+            "events_plugin_ingestion,clickhouse_events_json",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("KAFKA_TOPIC") && err.contains("lists of topics are not supported"),
+            "{err}"
+        );
+        let err = cli(&["--kafka-topic", "  "]).unwrap_err();
+        assert!(
+            err.contains("KAFKA_TOPIC") && err.contains("empty"),
+            "{err}"
+        );
+        let err = cli(&["--kafka-topic", "events plugin"]).unwrap_err();
+        assert!(
+            err.contains("KAFKA_TOPIC") && err.contains("topic name"),
+            "{err}"
+        );
+        let err = cli(&["--dlq-topic", "^dlq"]).unwrap_err();
+        assert!(err.contains("DLQ_TOPIC"), "{err}");
+        // PostHog's prefixed topic names are fine, and spaces around are trimmed.
+        let config = cli(&["--kafka-topic", " prod_events_plugin_ingestion.v2-x "]).expect("valid");
+        assert_eq!(config.kafka_topic, "prod_events_plugin_ingestion.v2-x");
+    }
+
+    #[test]
+    fn the_dead_letter_topic_must_differ_from_the_input_topic() {
+        let err = cli(&["--kafka-topic", "events", "--dlq-topic", " events"]).unwrap_err();
+        assert!(
+            err.contains("DLQ_TOPIC") && err.contains("KAFKA_TOPIC (events)"),
+            "{err}"
+        );
+        assert!(cli(&["--kafka-topic", "events", "--dlq-topic", "events_dlq"]).is_ok());
+    }
+
+    #[test]
+    fn kafka_properties_owned_by_other_options_or_by_the_guarantee_are_refused_with_what_to_do() {
+        for (property, instead) in [
+            ("bootstrap.servers=k:9092", "KAFKA_HOSTS"),
+            ("metadata.broker.list=k:9092", "KAFKA_HOSTS"),
+            ("group.id=other", "KAFKA_CONSUMER_GROUP"),
+            ("auto.offset.reset=latest", "START_AT"),
+            ("auto.commit.interval.ms=100", "COMMIT_INTERVAL_MS"),
+            ("enable.auto.commit=false", "at-least-once guarantee"),
+            ("auto.commit.enable=false", "at-least-once guarantee"),
+            ("enable.auto.offset.store=true", "at-least-once guarantee"),
+            ("partition.assignment.strategy=range", "delivery guarantee"),
+        ] {
+            let err = cli(&[
+                "--kafka-properties",
+                &format!("security.protocol=SSL, {property}"),
+            ])
+            .unwrap_err();
+            let key = property.split('=').next().expect("key");
+            assert!(
+                err.contains("KAFKA_PROPERTIES") && err.contains(key) && err.contains(instead),
+                "{property}: {err}"
+            );
+        }
+        // Keys that only start like a refused one are the user's.
+        assert!(cli(&["--kafka-properties", "group.instance.id=replica-1"]).is_ok());
     }
 
     #[test]

@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
-use crate::health::Health;
+use crate::health::{Health, PartitionProblems};
 use crate::kafka_read;
-use crate::lag::{self, LagTracker};
+use crate::lag::{self, LagTracker, WorkerView};
 use crate::log_limit;
 use crate::metrics::Metrics;
 use crate::partition::{self, Message, Progress};
@@ -54,8 +54,8 @@ pub struct Context {
     commit_failures: AtomicU64,
     /// Set by an error the connector cannot recover from (bad credentials).
     fatal: Mutex<Option<String>>,
-    /// START_AT as a time: where partitions without a commit start.
-    start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where a new group starts (see `Context::resolve_start`).
+    start_at: StartAt,
 }
 
 impl Context {
@@ -69,21 +69,32 @@ impl Context {
         &self.topic
     }
 
-    /// The partitions paused by backpressure.
-    pub(crate) fn paused_partitions(&self) -> Vec<i32> {
-        self.workers()
-            .iter()
-            .filter_map(|(p, w)| w.paused.then_some(*p))
-            .collect()
+    /// The partitions assigned to this replica.
+    pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.workers().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
     }
 
     /// A high watermark read from the broker (`watermark_probe.rs`); kept
-    /// only while the partition is still assigned here and paused.
+    /// only while the partition is still assigned here.
     pub(crate) fn probed_high_watermark(&self, partition: i32, high_watermark: i64) {
         let workers = self.workers();
-        if workers.get(&partition).is_some_and(|w| w.paused) {
+        if workers.contains_key(&partition) {
             let mut lag = self.lag.lock().expect("lag lock");
             lag.probed_high(partition, high_watermark);
+        }
+    }
+
+    /// Records an error the client cannot recover from; the consumer loop
+    /// stops on it and the process exits non-zero, so the orchestrator
+    /// restarts it, instead of beating on as a member that consumes nothing.
+    fn set_fatal(&self, reason: String) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_none() {
+            self.metrics.fatal_errors.inc();
+            self.health.set_joined(false);
+            *fatal = Some(reason);
         }
     }
 
@@ -210,15 +221,19 @@ impl Context {
                 error!(partition, error = %e, "cannot build the commit list");
             }
         }
+        self.commit_sync_tpl(consumer, &tpl, why);
+    }
+
+    fn commit_sync_tpl(&self, consumer: &Consumer_, tpl: &TopicPartitionList, why: &str) {
         // Storing too keeps the close-time auto-commit from committing anything older.
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            warn!(error = %e, why, "storing final offsets failed");
+        if let Err(e) = consumer.store_offsets(tpl) {
+            warn!(error = %e, why, "storing offsets failed");
         }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => info!(why, offsets = ?offsets, "committed delivered offsets"),
+        match consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => info!(why, offsets = ?tpl.to_topic_map(), "committed offsets"),
             Err(e) => {
                 self.metrics.commits.with_label_values(&["error"]).inc();
-                error!(why, error = %e, "committing delivered offsets failed; they will be redelivered");
+                error!(why, error = %e, "committing offsets failed; what they cover will be redelivered");
             }
         }
     }
@@ -238,20 +253,58 @@ impl ClientContext for Context {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let workers = self.workers();
         let mut lag = self.lag.lock().expect("lag lock");
+        let mut problems = PartitionProblems::default();
+        let dead_letters = &self.deps.deliverer.dead_letters;
         for (partition, p) in &stats.partitions {
             let Some(worker) = workers.get(partition) else {
                 continue;
             };
-            let view = lag.observe(
+            let shared = &worker.shared;
+            let blocked = shared.blocked.load(Ordering::Relaxed);
+            let dlq_failing = dead_letters.is_failing(*partition);
+            let (view, stalled) = lag.observe_worker(
                 *partition,
                 p,
-                worker.shared.oldest_pending_ts_ms(),
-                worker.shared.consumed_next(),
+                &WorkerView {
+                    oldest_pending_ts_ms: shared.oldest_pending_ts_ms(),
+                    consumed_next: shared.consumed_next(),
+                    completions: shared.completions.load(Ordering::Relaxed),
+                    waiting: worker.paused
+                        || blocked
+                        || dlq_failing
+                        || shared.waiting.load(Ordering::Relaxed),
+                },
                 now_ms,
             );
+            let name = format!("{}/{partition}", self.topic);
+            if let Some(quiet) = stalled {
+                problems.stalled.push(format!(
+                    "{name} (lag {}, {} s without progress)",
+                    view.lag_messages,
+                    quiet.as_secs()
+                ));
+            }
+            if blocked {
+                problems.blocked.push(format!(
+                    "{name} (committed {})",
+                    view.committed.unwrap_or(-1)
+                ));
+            }
+            if dlq_failing {
+                problems.dead_letter_failing.push(name);
+            }
             let label = partition.to_string();
             let labels = [self.topic.as_str(), label.as_str()];
             let m = &self.metrics;
+            m.partition_stalled
+                .with_label_values(&labels)
+                .set(i64::from(stalled.is_some()));
+            m.partition_blocked
+                .with_label_values(&labels)
+                .set(i64::from(blocked));
+            m.partition_dead_letter_failing
+                .with_label_values(&labels)
+                .set(i64::from(dlq_failing));
             m.partition_high_watermark
                 .with_label_values(&labels)
                 .set(view.high_watermark);
@@ -268,6 +321,10 @@ impl ClientContext for Context {
                 .with_label_values(&labels)
                 .set(view.lag_seconds);
         }
+        for problem in &problems.stalled {
+            warn!(partition = %problem, "partition stalled: it has lag but neither fetches nor delivers, and is not waiting on the webhook, paused, or blocked; /healthz fails until it moves");
+        }
+        self.health.set_partition_problems(problems);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -277,13 +334,13 @@ impl ClientContext for Context {
             // Wrong credentials do not fix themselves: stop with a clear error
             // instead of retrying forever while looking alive.
             Some(Code::Authentication | Code::SaslAuthenticationFailed) => {
-                let mut fatal = self.fatal.lock().expect("fatal lock");
-                if fatal.is_none() {
-                    *fatal = Some(format!(
-                        "Kafka authentication failed ({reason}); check the SASL settings in KAFKA_PROPERTIES and KAFKA_SASL_PASSWORD(_FILE)"
-                    ));
-                }
+                self.set_fatal(format!(
+                    "Kafka authentication failed ({reason}); check the SASL settings in KAFKA_PROPERTIES and KAFKA_SASL_PASSWORD(_FILE)"
+                ));
             }
+            // librdkafka raised a fatal error (e.g. this group.instance.id was
+            // fenced by another member): the client is unusable from now on.
+            Some(Code::Fatal) => self.set_fatal(format!("fatal Kafka client error: {reason}")),
             _ => {}
         }
         warn!(error = %error, reason, "kafka client error");
@@ -291,47 +348,107 @@ impl ClientContext for Context {
 }
 
 impl Context {
-    /// Points partitions that have no committed offset at the first offset
-    /// whose timestamp is at or after `START_AT` (the end when none is).
-    fn resolve_start_time(&self, consumer: &Consumer_, tpl: &mut TopicPartitionList) {
-        let Some(start) = self.start_at else { return };
+    /// `START_AT` decides where a *new* group starts, once. A group is new
+    /// when no partition of the topic has a committed offset. Its assigned
+    /// partitions are then pointed at `START_AT` (`latest`: the high
+    /// watermark read now; a time: the first offset at or after it, else the
+    /// high watermark), and the returned positions are committed right after
+    /// the assignment, so the decision is durable: an owner that crashes
+    /// before its first delivery hands over a committed position, not a
+    /// second `START_AT`. In a group that has commits, a partition without
+    /// one (added to the topic, or never committed) starts at the earliest
+    /// offset (`auto.offset.reset`), and so does any partition whose offset
+    /// fell out of range: nothing is skipped. When the group state cannot be
+    /// read, the group is taken as established, for the same reason.
+    fn resolve_start(
+        &self,
+        consumer: &Consumer_,
+        tpl: &mut TopicPartitionList,
+    ) -> Option<TopicPartitionList> {
+        if self.start_at == StartAt::Earliest || tpl.count() == 0 {
+            return None;
+        }
         let timeout = Duration::from_secs(10);
-        let committed = match kafka_read::retrying("committed offsets", || {
-            consumer.committed_offsets(tpl.clone(), timeout)
-        }) {
-            Ok(c) => c,
+        match self.group_has_commits(consumer, timeout) {
+            Ok(false) => {}
+            Ok(true) => return None,
             Err(e) => {
-                warn!(error = %e, "cannot read committed offsets to apply START_AT; starting at the earliest offset");
-                return;
+                warn!(error = %e, "cannot tell whether the group has commits; not applying START_AT (partitions without a commit start at the earliest offset)");
+                return None;
             }
+        }
+        let mut starts = TopicPartitionList::new();
+        for elem in tpl.elements_for_topic(&self.topic) {
+            let partition = elem.partition();
+            let offset = match self.start_offset(consumer, partition, timeout) {
+                Ok(offset) => offset,
+                Err(e) => {
+                    warn!(partition, error = %e, "cannot resolve START_AT; this partition starts at the earliest offset");
+                    continue;
+                }
+            };
+            info!(partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
+            let _ = starts.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        for elem in starts.elements_for_topic(&self.topic) {
+            let _ = tpl.set_partition_offset(&self.topic, elem.partition(), elem.offset());
+        }
+        (starts.count() > 0).then_some(starts)
+    }
+
+    /// Whether any partition of the topic has a committed offset in this group.
+    fn group_has_commits(&self, consumer: &Consumer_, timeout: Duration) -> KafkaResult<bool> {
+        let metadata = kafka_read::retrying("topic metadata", || {
+            consumer.fetch_metadata(Some(&self.topic), timeout)
+        })?;
+        let mut all = TopicPartitionList::new();
+        for topic in metadata.topics().iter().filter(|t| t.name() == self.topic) {
+            for partition in topic.partitions() {
+                all.add_partition(&self.topic, partition.id());
+            }
+        }
+        let committed = kafka_read::retrying("committed offsets", || {
+            consumer.committed_offsets(all.clone(), timeout)
+        })?;
+        Ok(committed
+            .elements()
+            .iter()
+            .any(|e| matches!(e.offset(), Offset::Offset(_))))
+    }
+
+    /// Where `START_AT` points in one partition, as a concrete offset.
+    fn start_offset(
+        &self,
+        consumer: &Consumer_,
+        partition: i32,
+        timeout: Duration,
+    ) -> KafkaResult<i64> {
+        let high = || {
+            kafka_read::retrying("high watermark for START_AT", || {
+                consumer.fetch_watermarks(&self.topic, partition, timeout)
+            })
+            .map(|(_, high)| high)
+        };
+        let StartAt::Time(start) = self.start_at else {
+            return high();
         };
         let mut times = TopicPartitionList::new();
-        for elem in committed.elements_for_topic(&self.topic) {
-            if !matches!(elem.offset(), Offset::Offset(_)) {
-                let _ = times.add_partition_offset(
-                    &self.topic,
-                    elem.partition(),
-                    Offset::Offset(start.timestamp_millis()),
-                );
-            }
-        }
-        if times.count() == 0 {
-            return;
-        }
-        match kafka_read::retrying("offsets for START_AT", || {
+        let _ = times.add_partition_offset(
+            &self.topic,
+            partition,
+            Offset::Offset(start.timestamp_millis()),
+        );
+        let resolved = kafka_read::retrying("offsets for START_AT", || {
             consumer.offsets_for_times(times.clone(), timeout)
-        }) {
-            Ok(resolved) => {
-                for elem in resolved.elements_for_topic(&self.topic) {
-                    let offset = match elem.offset() {
-                        Offset::Offset(o) => Offset::Offset(o),
-                        _ => Offset::End,
-                    };
-                    let _ = tpl.set_partition_offset(&self.topic, elem.partition(), offset);
-                    info!(partition = elem.partition(), ?offset, start_at = %start, "no committed offset; starting at START_AT");
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot resolve START_AT; starting at the earliest offset"),
+        })?;
+        match resolved
+            .find_partition(&self.topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(offset)) => Ok(offset),
+            // No message at or after START_AT: the end as it is now, not
+            // "the end" resolved later, which would skip what arrives meanwhile.
+            _ => high(),
         }
     }
 }
@@ -352,17 +469,35 @@ impl ConsumerContext for Context {
         );
         match err {
             Err::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.resolve_start_time(consumer, tpl);
-                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                let starts = self.resolve_start(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
                 };
-                if let Err(e) = result {
-                    error!(error = %e, "assigning partitions failed");
+                match result {
+                    Ok(()) => {
+                        // librdkafka keeps a partition's pause flag across
+                        // unassign and assign: a partition this replica paused
+                        // before it moved away would come back paused, and its
+                        // new worker (which starts unpaused) would never see
+                        // a message. Every assigned partition starts fetching.
+                        if let Err(e) = consumer.resume(tpl) {
+                            error!(error = %e, "resuming newly assigned partitions failed");
+                        }
+                        if let Some(starts) = starts {
+                            self.commit_sync_tpl(consumer, &starts, "START_AT");
+                        }
+                        self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+                    }
+                    // No workers for partitions librdkafka does not consider
+                    // assigned: they would count in the buffer shares and
+                    // the gauges, and never receive a message.
+                    Err(e) => {
+                        error!(error = %e, "assigning partitions failed; no workers started for them")
+                    }
                 }
-                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+                self.health.set_joined(true);
             }
             Err::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
@@ -378,6 +513,7 @@ impl ConsumerContext for Context {
                     error!(error = %e, "unassigning after a rebalance error failed");
                 }
                 self.post_rebalance(consumer, &Rebalance::Error(error));
+                self.health.set_joined(false);
             }
         }
     }
@@ -386,6 +522,8 @@ impl ConsumerContext for Context {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let kind = if consumer.assignment_lost() {
+                    // Not a member until the next assignment.
+                    self.health.set_joined(false);
                     "lost"
                 } else {
                     "revoke"
@@ -401,12 +539,15 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &Consumer_, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.metrics.rebalances.with_label_values(&["assign"]).inc();
-            self.assign(tpl);
+    fn post_rebalance(&self, consumer: &Consumer_, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.assign(tpl);
+            }
+            Rebalance::Revoke(_) if !consumer.assignment_lost() => self.health.set_joined(true),
+            _ => {}
         }
-        self.health.set_joined(true);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -414,8 +555,14 @@ impl ConsumerContext for Context {
             Ok(()) => {
                 self.metrics.commits.with_label_values(&["ok"]).inc();
                 let now = unix_now();
+                // A commit of revoked partitions (the revocation's own) must
+                // not bring back series this replica no longer owns.
+                let workers = self.workers();
                 let mut lag = self.lag.lock().expect("lag lock");
                 for elem in offsets.elements_for_topic(&self.topic) {
+                    if !workers.contains_key(&elem.partition()) {
+                        continue;
+                    }
                     if let Offset::Offset(offset) = elem.offset() {
                         if lag.committed(elem.partition(), offset) {
                             let label = elem.partition().to_string();
@@ -448,23 +595,18 @@ pub fn create(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<Consumer_> {
-    let mut client = ClientConfig::new();
+    // The brokers and the connection settings every client shares (kafka_client.rs).
+    let connection = crate::kafka_client::Connection::from_config(config);
+    let mut client: ClientConfig = connection.client_config("patterns-connector");
     client
-        .set("bootstrap.servers", &config.kafka_hosts)
         .set("group.id", &config.kafka_consumer_group)
-        .set("client.id", "patterns-connector")
         // Cooperative rebalancing: adding a replica moves only the partitions it takes.
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // Where a group without a commit starts; START_AT=<time> is resolved
-        // per partition at assignment (see `Context::resolve_start_time`).
-        .set(
-            "auto.offset.reset",
-            if config.start_at == StartAt::Latest {
-                "latest"
-            } else {
-                "earliest"
-            },
-        )
+        // Where a partition without a commit, or with one out of range,
+        // starts: never past an event. START_AT applies to a new group only,
+        // resolved and committed at its first assignment
+        // (`Context::resolve_start`).
+        .set("auto.offset.reset", "earliest")
         // librdkafka's prefetch queue (all partitions together): small, since
         // the workers' own queues are the buffer. When it is full, fetching
         // resumes 10 ms after the loop takes messages again, not the default 1 s.
@@ -477,7 +619,9 @@ pub fn create(
             config.commit_interval.as_millis().to_string(),
         )
         .set_log_level(RDKafkaLogLevel::Warning);
-    for (key, value) in &config.kafka_properties {
+    // Then the user's own consumer settings (group membership, fetching),
+    // which win over the defaults above.
+    for (key, value) in connection.consumer_properties() {
         client.set(key, value);
     }
     // The guarantee: librdkafka stores nothing by itself; only offsets the
@@ -496,10 +640,7 @@ pub fn create(
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
         fatal: Mutex::new(None),
-        start_at: match config.start_at {
-            StartAt::Time(t) => Some(t),
-            _ => None,
-        },
+        start_at: config.start_at,
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
         anyhow::anyhow!(
@@ -534,8 +675,11 @@ pub fn run(
     let mut handover = Handover::default();
     while !shutdown.is_cancelled() {
         ctx.health.beat(SystemTime::now());
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            ctx.set_fatal(format!("fatal Kafka client error ({code:?}): {reason}"));
+        }
         if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
-            error!(%reason, "stopping");
+            error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
             fatal = Some(reason);
             break;
         }
@@ -573,6 +717,9 @@ pub fn run(
                     payload: m.payload().map(bytes::Bytes::copy_from_slice),
                 };
                 handover.push(ctx, m.partition(), message);
+            }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                ctx.set_fatal(format!("fatal Kafka consume error: {code}"));
             }
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
@@ -629,6 +776,19 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
         consumer.incremental_unassign(tpl)
     } else {
         consumer.unassign()
+    }
+}
+
+/// Whether to pause (`Some(true)`) or resume (`Some(false)`) a partition:
+/// pause when its worker holds or its buffer passes its share; resume only
+/// when neither holds and the buffer is below half the share (hysteresis).
+fn pause_change(paused: bool, holding: bool, buffered: usize, share: usize) -> Option<bool> {
+    if !paused && (holding || buffered > share) {
+        Some(true)
+    } else if paused && !holding && buffered < share / 2 {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -763,20 +923,19 @@ fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool {
 }
 
 /// Pauses a partition whose buffered bytes pass its share of
-/// `MAX_BUFFERED_BYTES`, and resumes it once it is below half of that.
+/// `MAX_BUFFERED_BYTES`, or whose worker holds (blocked by `DLQ_POLICY=block`,
+/// dead-letter writes failing); resumes it once it no longer holds and its
+/// buffer is below half its share.
 fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usize) {
     let ctx = consumer.context();
+    let dead_letters = &ctx.deps.deliverer.dead_letters;
     let mut workers = ctx.workers();
     let share = max_buffered_bytes / workers.len().max(1);
     for (partition, worker) in workers.iter_mut() {
         let buffered = worker.shared.buffered_bytes();
-        let change = if !worker.paused && buffered > share {
-            Some(true)
-        } else if worker.paused && buffered < share / 2 {
-            Some(false)
-        } else {
-            None
-        };
+        let holding =
+            worker.shared.blocked.load(Ordering::Relaxed) || dead_letters.is_failing(*partition);
+        let change = pause_change(worker.paused, holding, buffered, share);
         let Some(pause) = change else { continue };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, *partition);
@@ -788,9 +947,6 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
         match result {
             Ok(()) => {
                 worker.paused = pause;
-                if !pause {
-                    ctx.lag.lock().expect("lag lock").resumed(*partition);
-                }
                 let label = partition.to_string();
                 ctx.metrics
                     .partition_paused
@@ -800,12 +956,13 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
                     partition,
                     buffered,
                     share,
+                    holding,
                     paused = pause,
                     "partition {}",
-                    if pause {
-                        "paused: buffer full"
-                    } else {
-                        "resumed"
+                    match (pause, holding) {
+                        (true, true) => "paused: blocked, or its dead-letter writes fail",
+                        (true, false) => "paused: buffer full",
+                        (false, _) => "resumed",
                     }
                 );
             }
@@ -817,6 +974,20 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_pauses_when_full_or_holding_and_resumes_only_when_neither() {
+        assert_eq!(pause_change(false, false, 100, 1000), None);
+        assert_eq!(pause_change(false, false, 1001, 1000), Some(true));
+        assert_eq!(pause_change(false, true, 0, 1000), Some(true));
+        assert_eq!(
+            pause_change(true, true, 0, 1000),
+            None,
+            "blocked stays paused"
+        );
+        assert_eq!(pause_change(true, false, 700, 1000), None, "hysteresis");
+        assert_eq!(pause_change(true, false, 499, 1000), Some(false));
+    }
 
     #[test]
     fn a_share_must_hold_three_batches() {

@@ -8,16 +8,18 @@
 //! (acks=all, idempotent producer); a write that fails is retried, forever,
 //! like a webhook failure, and its partition waits.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::kafka_client::Connection;
 use crate::webhook::{pause, Cancelled};
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
@@ -62,50 +64,55 @@ pub struct DeadLetter {
     pub sent_event: bool,
 }
 
-/// librdkafka properties from `KAFKA_PROPERTIES` that the dead-letter producer
-/// and the originals reader need too (security and connection settings);
-/// consumer-only ones are left out.
-fn connection_property(key: &str) -> bool {
-    [
-        "security.",
-        "sasl.",
-        "ssl.",
-        "ssl_",
-        "client.",
-        "socket.",
-        "broker.",
-        "reconnect.",
-    ]
-    .iter()
-    .any(|prefix| key.starts_with(prefix))
-}
-
-/// A client next to the consumer (the dead-letter producer, the originals
-/// reader): the same brokers, and the connection and security properties of
-/// `KAFKA_PROPERTIES`.
-pub(crate) fn side_client(config: &Config, client_id: &str) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka_hosts)
-        .set("client.id", client_id);
-    for (key, value) in &config.kafka_properties {
-        if connection_property(key) {
-            client.set(key, value);
-        }
-    }
-    client
-}
-
 #[derive(Clone)]
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     source_topic: String,
+    /// Per source partition, the writes now retrying after a failure. While
+    /// a partition has one, its worker takes no more messages (each bad one
+    /// would add a write that cannot finish) and the consumer pauses it.
+    failing: Arc<Mutex<HashMap<i32, usize>>>,
+}
+
+/// Counts one failing write of a partition for as long as it lives, so a
+/// write that ends any way (acknowledged, cancelled, dropped) uncounts itself.
+struct FailingWrite {
+    failing: Arc<Mutex<HashMap<i32, usize>>>,
+    partition: i32,
+}
+
+impl FailingWrite {
+    fn new(failing: &Arc<Mutex<HashMap<i32, usize>>>, partition: i32) -> Self {
+        *lock(failing).entry(partition).or_default() += 1;
+        FailingWrite {
+            failing: failing.clone(),
+            partition,
+        }
+    }
+}
+
+impl Drop for FailingWrite {
+    fn drop(&mut self) {
+        let mut failing = lock(&self.failing);
+        if let Some(n) = failing.get_mut(&self.partition) {
+            *n -= 1;
+            if *n == 0 {
+                failing.remove(&self.partition);
+            }
+        }
+    }
+}
+
+fn lock(failing: &Mutex<HashMap<i32, usize>>) -> std::sync::MutexGuard<'_, HashMap<i32, usize>> {
+    failing
+        .lock()
+        .expect("no code panics while holding the failing-writes lock")
 }
 
 impl DeadLetters {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut client = side_client(config, "patterns-connector-dlq");
+        let mut client = Connection::from_config(config).client_config("patterns-connector-dlq");
         client
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -118,7 +125,13 @@ impl DeadLetters {
             producer,
             topic: config.dlq_topic.clone(),
             source_topic: config.kafka_topic.clone(),
+            failing: Arc::default(),
         })
+    }
+
+    /// True while a dead-letter write of `partition` keeps failing.
+    pub fn is_failing(&self, partition: i32) -> bool {
+        lock(&self.failing).contains_key(&partition)
     }
 
     pub fn topic(&self) -> &str {
@@ -133,6 +146,7 @@ impl DeadLetters {
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let mut attempt: u32 = 0;
+        let mut failing = None;
         loop {
             let headers = self.headers(letter);
             let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
@@ -155,6 +169,8 @@ impl DeadLetters {
                     return Ok(());
                 }
                 Err((e, _)) => {
+                    failing
+                        .get_or_insert_with(|| FailingWrite::new(&self.failing, letter.partition));
                     if crate::log_limit::worth_logging(attempt.into()) {
                         warn!(partition = letter.partition, offset = letter.offset, attempt = attempt + 1,
                             topic = %self.topic, error = %e,
@@ -258,14 +274,5 @@ mod tests {
         assert_eq!(truncate("abc", 10), "abc");
         assert_eq!(truncate("abcdef", 3), "abc");
         assert_eq!(truncate("aé", 2), "a");
-    }
-
-    #[test]
-    fn only_connection_and_security_properties_go_to_the_producer() {
-        assert!(connection_property("security.protocol"));
-        assert!(connection_property("sasl.password"));
-        assert!(connection_property("ssl.ca.location"));
-        assert!(!connection_property("fetch.max.bytes"));
-        assert!(!connection_property("auto.offset.reset"));
     }
 }

@@ -3,6 +3,7 @@
 //! process unhealthy even though it still answers HTTP.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The consumer loop polls at least every 100 ms; this much silence means it is stuck.
@@ -20,6 +21,41 @@ pub struct Health {
     shutting_down: AtomicBool,
     /// Partition workers whose loop stopped turning (see `partition::Shared`).
     stalled_workers: AtomicUsize,
+    /// Partitions in trouble, named, as the consumer loop last saw them.
+    partitions: Mutex<PartitionProblems>,
+}
+
+/// Partitions that need attention, each as `topic/partition` with a detail.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PartitionProblems {
+    /// Work and no progress for `stall::STALL_AFTER`, for no known reason:
+    /// unhealthy (a restart is the remedy).
+    pub stalled: Vec<String>,
+    /// Stopped by `DLQ_POLICY=block` until the operator acts: healthy (a
+    /// restart would stop at the same message), but said.
+    pub blocked: Vec<String>,
+    /// Dead-letter writes failing: healthy (a restart does not fix the topic
+    /// or its ACLs), but said.
+    pub dead_letter_failing: Vec<String>,
+}
+
+impl PartitionProblems {
+    fn notes(&self) -> String {
+        let mut notes = String::new();
+        if !self.blocked.is_empty() {
+            notes.push_str(&format!(
+                "; blocked by DLQ_POLICY=block: {}",
+                self.blocked.join(", ")
+            ));
+        }
+        if !self.dead_letter_failing.is_empty() {
+            notes.push_str(&format!(
+                "; dead-letter writes failing (not taking messages): {}",
+                self.dead_letter_failing.join(", ")
+            ));
+        }
+        notes
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -41,6 +77,14 @@ impl Health {
     pub fn set_stalled_workers(&self, n: usize) {
         self.stalled_workers.store(n, Ordering::Relaxed);
     }
+    pub fn set_partition_problems(&self, problems: PartitionProblems) {
+        *self.problems() = problems;
+    }
+    fn problems(&self) -> std::sync::MutexGuard<'_, PartitionProblems> {
+        self.partitions
+            .lock()
+            .expect("no code panics while holding the health lock")
+    }
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
@@ -53,6 +97,7 @@ impl Health {
         }
         let silent = Duration::from_millis(unix_ms(now).saturating_sub(beat));
         let stalled = self.stalled_workers.load(Ordering::Relaxed);
+        let problems = self.problems().clone();
         if silent > STALL_AFTER {
             Err(format!(
                 "the consumer loop has not made progress for {} s",
@@ -63,10 +108,18 @@ impl Health {
                 "{stalled} partition worker(s) have not made progress for {} s",
                 STALL_AFTER.as_secs()
             ))
+        } else if !problems.stalled.is_empty() {
+            Err(format!(
+                "stalled: partition(s) with lag that neither fetched nor delivered for {} s or more, for no known reason: {}{}",
+                crate::stall::STALL_AFTER.as_secs(),
+                problems.stalled.join(", "),
+                problems.notes()
+            ))
         } else {
             Ok(format!(
-                "ok: consumer loop active {} ms ago",
-                silent.as_millis()
+                "ok: consumer loop active {} ms ago{}",
+                silent.as_millis(),
+                problems.notes()
             ))
         }
     }
@@ -110,6 +163,29 @@ mod tests {
         h.set_stalled_workers(1);
         assert!(h.liveness(t0).unwrap_err().contains("partition worker"));
         h.set_stalled_workers(0);
+        assert!(h.liveness(t0).is_ok());
+    }
+
+    #[test]
+    fn a_stalled_partition_is_unhealthy_and_named_while_blocked_ones_are_only_reported() {
+        let h = Health::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.beat(t0);
+        h.set_partition_problems(PartitionProblems {
+            blocked: vec!["events/2 at offset 17".into()],
+            dead_letter_failing: vec!["events/4".into()],
+            ..Default::default()
+        });
+        let ok = h.liveness(t0).expect("blocked is not unhealthy");
+        assert!(ok.contains("events/2 at offset 17"), "{ok}");
+        assert!(ok.contains("dead-letter writes failing"), "{ok}");
+        h.set_partition_problems(PartitionProblems {
+            stalled: vec!["events/3 (45 s)".into()],
+            ..Default::default()
+        });
+        let err = h.liveness(t0).unwrap_err();
+        assert!(err.contains("events/3 (45 s)"), "{err}");
+        h.set_partition_problems(PartitionProblems::default());
         assert!(h.liveness(t0).is_ok());
     }
 

@@ -21,6 +21,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use crate::stall::{Activity, StallClock};
+
 /// What one statistics snapshot says about one partition.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub struct PartitionStats {
@@ -30,6 +32,9 @@ pub struct PartitionStats {
     pub lo_offset: i64,
     #[serde(default = "unknown")]
     pub committed_offset: i64,
+    /// librdkafka's fetch position: the next offset it will fetch.
+    #[serde(default = "unknown")]
+    pub next_offset: i64,
 }
 
 fn unknown() -> i64 {
@@ -112,9 +117,24 @@ struct PartitionLag {
     committed: Option<i64>,
     /// When the partition was last seen with nothing left to deliver (ms).
     caught_up_at_ms: Option<i64>,
-    /// A high watermark asked of the broker while the partition is paused
-    /// (librdkafka learns it from fetch responses, so it goes stale then).
+    /// The high watermark last asked of the broker (`watermark_probe.rs`):
+    /// librdkafka learns it from fetch responses, so its own goes stale
+    /// while a partition does not fetch (paused, or stuck).
     probed_high: Option<i64>,
+    stall: StallClock,
+}
+
+/// What the partition's worker reports, for the lag and stall views.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerView {
+    /// Kafka timestamp of the oldest taken but undelivered event.
+    pub oldest_pending_ts_ms: Option<i64>,
+    /// One past the last offset the worker took.
+    pub consumed_next: Option<i64>,
+    /// Deliveries and dead letters acknowledged so far.
+    pub completions: u64,
+    /// Waiting for a known reason (see [`crate::stall::Activity::waiting`]).
+    pub waiting: bool,
 }
 
 #[derive(Debug, Default)]
@@ -138,21 +158,48 @@ impl LagTracker {
         self.partitions.remove(&partition);
     }
 
-    /// Records a high watermark read from the broker for a paused partition.
+    /// Records a high watermark just read from the broker. It replaces the
+    /// previous probe (a recreated topic starts again from 0); librdkafka's
+    /// statistics still win when they are fresher and higher.
     pub fn probed_high(&mut self, partition: i32, high_watermark: i64) {
-        let p = self.partitions.entry(partition).or_default();
-        p.probed_high = Some(
-            p.probed_high
-                .map_or(high_watermark, |h| h.max(high_watermark)),
-        );
+        self.partitions.entry(partition).or_default().probed_high = Some(high_watermark);
     }
 
-    /// Forgets the probed high watermark: the partition fetches again, and
-    /// librdkafka's statistics are current.
-    pub fn resumed(&mut self, partition: i32) {
-        if let Some(p) = self.partitions.get_mut(&partition) {
-            p.probed_high = None;
-        }
+    /// The lag of `partition` now, and how long it has been stalled if it is
+    /// (`stall.rs`): it has work, is not waiting for a known reason, and
+    /// neither takes nor delivers anything.
+    pub fn observe_worker(
+        &mut self,
+        partition: i32,
+        stats: &PartitionStats,
+        worker: &WorkerView,
+        now_ms: i64,
+    ) -> (LagView, Option<std::time::Duration>) {
+        let view = self.observe(
+            partition,
+            stats,
+            worker.oldest_pending_ts_ms,
+            worker.consumed_next,
+            now_ms,
+        );
+        let base = view
+            .committed
+            .unwrap_or(stats.lo_offset)
+            .max(stats.lo_offset.max(0));
+        // Where this replica has read up to: what the worker took, or what
+        // librdkafka fetched (past transaction markers, which no worker sees).
+        let position = worker
+            .consumed_next
+            .unwrap_or(base)
+            .max(stats.next_offset)
+            .max(base);
+        let activity = Activity {
+            has_work: view.high_watermark > position || worker.oldest_pending_ts_ms.is_some(),
+            progress: worker.consumed_next.unwrap_or(-1) + worker.completions as i64,
+            waiting: worker.waiting,
+        };
+        let p = self.partitions.entry(partition).or_default();
+        (view, p.stall.observe(activity, now_ms))
     }
 
     pub fn observe(
@@ -207,6 +254,7 @@ mod tests {
             hi_offset: hi,
             lo_offset: lo,
             committed_offset: committed,
+            next_offset: -1,
         }
     }
 
@@ -312,25 +360,71 @@ mod tests {
         // The unconsumed messages age while the partition waits.
         let later = t.observe(0, &stats(120, 0, 100), None, Some(120), 7_000);
         assert_eq!(later.lag_seconds, 7.0);
-        // An older probe never lowers it; fresher statistics win.
-        t.probed_high(0, 300);
+        // Fresher statistics win.
         assert_eq!(
             t.observe(0, &stats(600, 0, 100), None, Some(120), 0)
                 .high_watermark,
             600
         );
+        // A new probe replaces the last one (the topic was recreated).
+        t.probed_high(0, 30);
         assert_eq!(
-            t.observe(0, &stats(120, 0, 100), None, Some(120), 0)
+            t.observe(0, &stats(20, 0, 10), None, Some(20), 0)
                 .high_watermark,
-            500
+            30
         );
-        // Resumed: statistics alone again.
-        t.resumed(0);
-        assert_eq!(
-            t.observe(0, &stats(120, 0, 100), None, Some(120), 0)
-                .high_watermark,
-            120
-        );
+    }
+
+    fn worker(consumed_next: Option<i64>, completions: u64, waiting: bool) -> WorkerView {
+        WorkerView {
+            oldest_pending_ts_ms: None,
+            consumed_next,
+            completions,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn a_partition_that_stops_fetching_with_unread_messages_is_stalled_after_30_s() {
+        let mut t = LagTracker::default();
+        t.committed(0, 100);
+        // Paused inside librdkafka without the connector knowing: the
+        // statistics froze at 120, the probe says 500, nothing moves.
+        t.probed_high(0, 500);
+        let mut s = stats(120, 0, 100);
+        s.next_offset = 120;
+        let w = worker(Some(120), 7, false);
+        assert_eq!(t.observe_worker(0, &s, &w, 0).1, None);
+        assert_eq!(t.observe_worker(0, &s, &w, 29_000).1, None);
+        let (view, stalled) = t.observe_worker(0, &s, &w, 31_000);
+        assert_eq!(view.lag_messages, 400);
+        assert_eq!(stalled, Some(std::time::Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn a_partition_paused_or_delivering_or_read_to_the_end_is_not_stalled() {
+        let mut t = LagTracker::default();
+        t.committed(0, 100);
+        t.probed_high(0, 500);
+        let s = stats(120, 0, 100);
+        for now in [0, 40_000, 80_000] {
+            assert_eq!(
+                t.observe_worker(0, &s, &worker(Some(120), 7, true), now).1,
+                None
+            );
+        }
+        // Everything fetched (the last offset is a transaction marker no
+        // worker sees): nothing to do, however long it stays so.
+        let mut t = LagTracker::default();
+        t.committed(1, 99);
+        let mut s = stats(100, 0, 99);
+        s.next_offset = 100;
+        for now in [0, 40_000, 80_000] {
+            assert_eq!(
+                t.observe_worker(1, &s, &worker(Some(99), 3, false), now).1,
+                None
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub const EVENTS_DEAD_LETTERED: &str = "patterns_connector_events_dead_lettered_
 pub const BISECTION_REQUESTS: &str = "patterns_connector_bisection_requests_total";
 pub const TOPIC_PARTITIONS: &str = "patterns_connector_topic_partitions";
 pub const STALLED_WORKERS: &str = "patterns_connector_stalled_workers";
+pub const PARTITION_STALLED: &str = "patterns_connector_partition_stalled";
+pub const PARTITION_BLOCKED: &str = "patterns_connector_partition_blocked";
+pub const PARTITION_DEAD_LETTER_FAILING: &str = "patterns_connector_partition_dead_letter_failing";
+pub const FATAL_ERRORS: &str = "patterns_connector_kafka_fatal_errors_total";
 
 /// Every metric name the connector exports (histograms add `_bucket`, `_sum`, `_count`).
 pub const ALL: &[&str] = &[
@@ -71,6 +75,10 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     TOPIC_PARTITIONS,
     STALLED_WORKERS,
+    PARTITION_STALLED,
+    PARTITION_BLOCKED,
+    PARTITION_DEAD_LETTER_FAILING,
+    FATAL_ERRORS,
     EVENTS_DEAD_LETTERED,
     BISECTION_REQUESTS,
 ];
@@ -106,6 +114,10 @@ pub struct Metrics {
     pub partition_last_commit: prometheus::GaugeVec,
     pub topic_partitions: IntGauge,
     pub stalled_workers: IntGauge,
+    pub partition_stalled: IntGaugeVec,
+    pub partition_blocked: IntGaugeVec,
+    pub partition_dead_letter_failing: IntGaugeVec,
+    pub fatal_errors: IntCounter,
     pub events_dead_lettered: IntCounterVec,
     pub bisection_requests: IntCounter,
 }
@@ -182,6 +194,10 @@ impl Metrics {
             partition_last_commit: float_partition_gauge(PARTITION_LAST_COMMIT, "Unix time of the last successful commit that moved the partition's offset (or of its assignment to this replica)."),
             topic_partitions: gauge(TOPIC_PARTITIONS, "Partitions of the consumed topic, from the client's metadata."),
             stalled_workers: gauge(STALLED_WORKERS, "Partition workers whose loop has not run for 30 s (deadlocked or starved)."),
+            partition_stalled: partition_gauge(PARTITION_STALLED, "1 while the partition has lag but has neither fetched nor delivered for 30 s, for no known reason (not waiting on the webhook, not paused, not blocked): /healthz fails."),
+            partition_blocked: partition_gauge(PARTITION_BLOCKED, "1 while DLQ_POLICY=block holds the partition at a message it cannot deliver; it resumes only after the operator acts."),
+            partition_dead_letter_failing: partition_gauge(PARTITION_DEAD_LETTER_FAILING, "1 while writes to the dead-letter topic for this partition fail; the partition takes no more messages meanwhile."),
+            fatal_errors: counter(FATAL_ERRORS, "Fatal Kafka client errors (e.g. a fenced group.instance.id); the process exits on one."),
             events_dead_lettered: counter_vec(EVENTS_DEAD_LETTERED, "Messages written to the dead-letter topic, by reason (a decode reason, too_large, webhook_<status>).", &["reason"]),
             bisection_requests: counter(BISECTION_REQUESTS, "Extra webhook requests spent splitting rejected batches."),
             registry,
@@ -200,6 +216,11 @@ impl Metrics {
         let _ = self.partition_no_commit.remove_label_values(&labels);
         let _ = self.partition_paused.remove_label_values(&labels);
         let _ = self.partition_last_commit.remove_label_values(&labels);
+        let _ = self.partition_stalled.remove_label_values(&labels);
+        let _ = self.partition_blocked.remove_label_values(&labels);
+        let _ = self
+            .partition_dead_letter_failing
+            .remove_label_values(&labels);
     }
 
     /// The Prometheus text exposition of every metric.

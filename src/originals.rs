@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::dlq::{kafka_retry_delay, side_client};
+use crate::dlq::kafka_retry_delay;
+use crate::kafka_client::Connection;
 use crate::webhook::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
@@ -51,7 +52,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Originals {
     pub fn new(config: &Config) -> Self {
-        let mut client = side_client(config, "patterns-connector-originals");
+        let mut client =
+            Connection::from_config(config).client_config("patterns-connector-originals");
         client
             // Required by librdkafka for a consumer; nothing is ever committed.
             .set(

@@ -10,7 +10,7 @@
 //! is abandoned uncommitted, so the partition's next owner redelivers it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -74,6 +74,16 @@ pub struct Shared {
     /// Unix ms of the worker loop's last turn. The loop turns at least every
     /// second, even while a delivery waits, unless it is deadlocked or starved.
     pub heartbeat_ms: AtomicI64,
+    /// Counts batches delivered and dead letters acknowledged: it moves
+    /// whenever the partition makes progress (see `stall.rs`).
+    pub completions: AtomicU64,
+    /// True while a batch is being delivered (or retried) or a dead letter
+    /// written: the partition is waiting on the webhook or Kafka, not stalled.
+    pub waiting: AtomicBool,
+    /// Set under `DLQ_POLICY=block` once a message could not be delivered:
+    /// the worker takes no more messages and the consumer keeps the
+    /// partition paused until the operator acts.
+    pub blocked: AtomicBool,
 }
 
 impl Default for Shared {
@@ -84,6 +94,9 @@ impl Default for Shared {
             oldest_pending_ts_ms: AtomicI64::new(i64::MIN),
             heartbeat_ms: AtomicI64::new(Utc::now().timestamp_millis()),
             consumed_next: AtomicI64::new(i64::MIN),
+            completions: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         }
     }
 }
@@ -291,11 +304,19 @@ impl Worker {
                     drain_deadline = Some(deadline.unwrap_or_else(|_| Instant::now()));
                     self.seal();
                 }
-                chunk = messages.recv(), if drain_deadline.is_none() => match chunk {
+                chunk = messages.recv(), if drain_deadline.is_none() && !self.holding() => match chunk {
                     Some(chunk) => {
-                        for message in chunk {
+                        let mut chunk = chunk.into_iter();
+                        for message in chunk.by_ref() {
                             self.accept(message);
+                            if self.blocked {
+                                break;
+                            }
                         }
+                        // Nothing after a blocking message is taken; it stays
+                        // uncommitted and is read again after a restart.
+                        let untaken: usize = chunk.map(|m| m.size()).sum();
+                        self.shared.queued_bytes.fetch_sub(untaken, Ordering::Relaxed);
                     }
                     None => {
                         drain_deadline = Some(Instant::now() + self.deps.config.shutdown_timeout);
@@ -314,6 +335,13 @@ impl Worker {
         self.shared.queued_bytes.store(0, Ordering::Relaxed);
         debug!(partition = self.partition, safe_offset = ?self.frontier.safe_offset(), "partition worker stopped");
         self.frontier.safe_offset()
+    }
+
+    /// True while the worker must take no more messages: the partition is
+    /// blocked by `DLQ_POLICY=block`, or its dead-letter writes are failing
+    /// (each further bad message would add one more pending write).
+    fn holding(&self) -> bool {
+        self.blocked || self.deps.deliverer.dead_letters.is_failing(self.partition)
     }
 
     /// Decodes, filters and batches one message.
@@ -422,6 +450,7 @@ impl Worker {
                     "DLQ_POLICY=block: the partition stops here; fix or skip the message, or switch to DLQ_POLICY=dlq");
             }
             self.blocked = true;
+            self.shared.blocked.store(true, Ordering::Relaxed);
             return;
         }
         let letter = DeadLetter {
@@ -456,6 +485,7 @@ impl Worker {
         match written {
             Ok((unit, size, Ok(()))) => {
                 self.dead_letter_bytes -= size;
+                self.shared.completions.fetch_add(1, Ordering::Relaxed);
                 self.frontier.complete(unit);
                 self.report_progress();
             }
@@ -537,6 +567,7 @@ impl Worker {
                     let age_ms = Utc::now().timestamp_millis() - ts;
                     m.end_to_end_latency.observe(age_ms.max(0) as f64 / 1000.0);
                 }
+                self.shared.completions.fetch_add(1, Ordering::Relaxed);
                 self.frontier.complete(in_flight.unit);
                 self.report_progress();
             }
@@ -574,6 +605,10 @@ impl Worker {
             + self.in_flight.as_ref().map_or(0, |f| f.held_bytes)
             + self.dead_letter_bytes;
         self.shared.batch_bytes.store(held, Ordering::Relaxed);
+        self.shared.waiting.store(
+            self.in_flight.is_some() || !self.dead_letters.is_empty(),
+            Ordering::Relaxed,
+        );
         self.shared.oldest_pending_ts_ms.store(
             self.frontier.oldest_pending_ts_ms().unwrap_or(i64::MIN),
             Ordering::Relaxed,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers as _, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,6 +25,7 @@ use crate::config::{Config, InputFormat};
 use crate::decode::decode;
 use crate::dlq::header;
 use crate::filter::Filter;
+use crate::kafka_client::Connection;
 use crate::kafka_read;
 use crate::webhook::{Sent, Webhook};
 
@@ -45,14 +46,14 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Summary> {
     let topic = config.dlq_topic.as_str();
-    let mut client = ClientConfig::new();
+    let connection = Connection::from_config(config);
+    let mut client = connection.client_config("patterns-connector-replay");
     client
-        .set("bootstrap.servers", &config.kafka_hosts)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    for (key, value) in &config.kafka_properties {
+    for (key, value) in connection.consumer_properties() {
         client.set(key, value);
     }
     let consumer: StreamConsumer = client

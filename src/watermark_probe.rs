@@ -1,30 +1,35 @@
-//! High watermarks of paused partitions, asked of the broker.
+//! High watermarks of every assigned partition, asked of the broker.
 //!
 //! librdkafka learns a partition's high watermark from its fetch responses.
-//! A partition paused by backpressure (a slow or failing webhook) is not
-//! fetched, so its statistics keep the watermark of the moment it paused,
-//! and lag in messages would read low exactly when it matters. A thread
-//! next to the consumer asks the broker (ListOffsets) for the paused
-//! partitions' high watermarks every `INTERVAL` and hands them to the lag
-//! tracker (`lag.rs`), which counts the higher of the two.
+//! A partition that does not fetch (paused by backpressure during a webhook
+//! outage, blocked, not fetched yet, or stuck) keeps the watermark of the
+//! moment it stopped, and lag in messages would read low exactly when it
+//! matters. A thread next to the consumer asks the broker for the high
+//! watermarks of all assigned partitions every `INTERVAL`, in one ListOffsets
+//! request per broker, and hands them to the lag tracker (`lag.rs`), which
+//! counts the higher of the probe and the statistics. So the gauge is never
+//! more than `INTERVAL` (plus a statistics interval) behind the broker,
+//! whatever the partition's state.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::consumer::Context;
-use crate::dlq::side_client;
+use crate::kafka_client::Connection;
 
-/// How often paused partitions are asked about.
-pub const INTERVAL: Duration = Duration::from_secs(5);
+/// How often the assigned partitions' high watermarks are read.
+pub const INTERVAL: Duration = Duration::from_secs(3);
 
 /// Starts the probe for the consumer whose context this is. It stops by
 /// itself when the consumer (and so its context) is dropped.
 pub fn spawn(config: &Config, context: &Arc<Context>) -> anyhow::Result<()> {
-    let client: BaseConsumer = side_client(config, "patterns-connector-watermarks")
+    let client: BaseConsumer = Connection::from_config(config)
+        .client_config("patterns-connector-watermarks")
         .create()
         .map_err(|e| anyhow::anyhow!("cannot create the watermark client: {e}"))?;
     let context = Arc::downgrade(context);
@@ -50,22 +55,38 @@ fn run(client: &BaseConsumer, context: &Weak<Context>) {
         }
         waited = Duration::ZERO;
         let Some(ctx) = context.upgrade() else { return };
-        let (topic, paused) = (ctx.topic().to_owned(), ctx.paused_partitions());
-        // Do not keep the consumer alive across the blocking calls.
+        let (topic, assigned) = (ctx.topic().to_owned(), ctx.assigned_partitions());
+        // Do not keep the consumer alive across the blocking call.
         drop(ctx);
-        for partition in paused {
-            match client.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
-                Ok((_, high)) => match context.upgrade() {
-                    Some(ctx) => ctx.probed_high_watermark(partition, high),
-                    None => return,
-                },
-                Err(e) => {
-                    if crate::log_limit::worth_logging(failures) {
-                        warn!(partition, error = %e, failures = failures + 1,
-                            "cannot read a paused partition's high watermark; its lag in messages may read low");
+        if assigned.is_empty() {
+            continue;
+        }
+        let mut latest = TopicPartitionList::new();
+        for partition in &assigned {
+            // -1 as a ListOffsets timestamp asks for the latest offset: the high watermark.
+            let _ = latest.add_partition_offset(&topic, *partition, Offset::End);
+        }
+        match client.offsets_for_times(latest, Duration::from_secs(5)) {
+            Ok(resolved) => {
+                let Some(ctx) = context.upgrade() else { return };
+                for elem in resolved.elements_for_topic(&topic) {
+                    match (elem.error(), elem.offset()) {
+                        (Ok(()), Offset::Offset(high)) => {
+                            ctx.probed_high_watermark(elem.partition(), high)
+                        }
+                        _ => {
+                            debug!(partition = elem.partition(), offset = ?elem.offset(), "no high watermark in the answer")
+                        }
                     }
-                    failures += 1;
                 }
+                failures = 0;
+            }
+            Err(e) => {
+                if crate::log_limit::worth_logging(failures) {
+                    warn!(error = %e, failures = failures + 1,
+                        "cannot read the assigned partitions' high watermarks; lag in messages may read low for partitions that do not fetch");
+                }
+                failures += 1;
             }
         }
         debug!(topic, "paused partitions' watermarks probed");

@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -73,6 +75,40 @@ async fn produce_over_sasl(
             .map_err(|(e, _)| e)
             .expect("produced over SASL");
     }
+}
+
+/// The `dlq.reason` and `dlq.payload` headers of every record of `topic`,
+/// read over SASL until `expected` are read or `timeout` passes.
+fn dead_letters_over_sasl(
+    hosts: &str,
+    password: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<(String, String)> {
+    let consumer: BaseConsumer = client(hosts, password)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((header(&m, "dlq.reason"), header(&m, "dlq.payload")));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Starts a connector (in a new group) on `hosts` with these Kafka properties.
@@ -285,6 +321,66 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
         },
     )
     .await;
+    connector.signal("TERM");
+    assert!(connector.wait(Duration::from_secs(30)).await.success());
+    assert!(!connector.logs().contains(&password));
+}
+
+/// Defect 5: the side clients once got only some prefixes of
+/// `KAFKA_PROPERTIES` (`ssl.`, `sasl.`, ...), so a connection setting outside
+/// them reached the consumer alone: the connector consumed while every
+/// dead-letter write and every read-back failed, forever. Here TLS works only
+/// with `enable.ssl.certificate.verification=false` (no CA is given), a key the
+/// old list dropped; the dead-letter producer and the originals reader must
+/// connect with it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kafka_client_connects_with_the_consumers_connection_settings() {
+    let (hosts, password) = sasl_broker();
+    let tls_hosts = std::env::var("KAFKA_SASL_TLS_HOSTS")
+        .expect("KAFKA_SASL_TLS_HOSTS names no SASL_SSL listener: run the suite with scripts/test");
+    let (topic, dlq) = (unique("conn"), unique("dlq"));
+    create_topics(&hosts, &password, &[&topic, &dlq]).await;
+    // One event the webhook refuses (read back by the originals reader) and
+    // one message that is not JSON (written by the dead-letter producer).
+    let events = SomeMarked::new(run_id(), 12, |n| n == 4);
+    produce_over_sasl(&hosts, &password, &topic, &events, true).await;
+
+    let receiver = Receiver::start().await;
+    receiver.reject_marked();
+    let unverified =
+        "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector,\
+                      enable.ssl.certificate.verification=false";
+    let mut connector = connector_on(
+        &tls_hosts,
+        unverified,
+        &topic,
+        &receiver,
+        &[
+            ("KAFKA_SASL_PASSWORD", password.as_str()),
+            ("DLQ_TOPIC", dlq.as_str()),
+        ],
+    );
+    eventually(
+        Duration::from_secs(90),
+        "all accepted events delivered over TLS",
+        || receiver.delivered_uuids() == events.accepted(),
+    )
+    .await;
+    let (hosts2, password2, dlq2) = (hosts.clone(), password.clone(), dlq.clone());
+    let letters = tokio::task::spawn_blocking(move || {
+        dead_letters_over_sasl(&hosts2, &password2, &dlq2, 2, Duration::from_secs(60))
+    })
+    .await
+    .expect("reader");
+    assert_eq!(
+        letters,
+        vec![
+            ("not_json".to_owned(), "original".to_owned()),
+            ("webhook_400".to_owned(), "original".to_owned()),
+        ],
+        "both dead letters written, the refused one's original read back; log:\n{}",
+        connector.logs()
+    );
     connector.signal("TERM");
     assert!(connector.wait(Duration::from_secs(30)).await.success());
     assert!(!connector.logs().contains(&password));
