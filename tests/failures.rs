@@ -533,12 +533,44 @@ async fn dlq_policy_block_stops_the_partition_at_the_bad_message() {
         committed(&group, &topic, 1) == vec![Some(1)]
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // More events arrive behind the bad message: none is taken or sent.
+    produce_keyed(
+        &topic,
+        0,
+        &[{
+            let (k, v, _) = good(run, 2);
+            (k, v)
+        }],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         committed(&group, &topic, 1),
         vec![Some(1)],
         "the partition must stop at the bad message"
     );
+    let sent: Vec<String> = receiver.delivered_uuids().into_iter().collect();
+    assert_eq!(
+        sent,
+        vec![good(run, 0).2],
+        "nothing after the blocking message may be sent"
+    );
+    let text = connector
+        .metrics_until(WAIT, "the partition reported blocked", |t| {
+            metric_values(t, "patterns_connector_partition_blocked")
+                .iter()
+                .any(|(_, v)| *v == 1.0)
+        })
+        .await;
+    let paused = metric_values(&text, "patterns_connector_partition_paused");
+    assert!(
+        paused.iter().all(|(_, v)| *v == 1.0),
+        "a blocked partition stops fetching: {paused:?}"
+    );
+    let (status, body) = connector.get_blocking("/healthz").expect("healthz answers");
+    assert_eq!(status, 200, "blocked is reported, not unhealthy: {body}");
+    assert!(body.contains("blocked by DLQ_POLICY=block"), "{body}");
+    assert!(body.contains(&format!("{topic}/0")), "{body}");
     assert!(connector.logs().contains("DLQ_POLICY=block"));
 }
 

@@ -87,3 +87,234 @@ async fn partitions_paused_during_an_outage_fetch_again_after_moving_away_and_ba
     })
     .await;
 }
+
+/// `START_AT=latest` decides a new group's start once, durably: an owner
+/// that dies before its first delivery hands over a committed position, so
+/// the next owner does not jump to the end again past what arrived meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_at_latest_skips_nothing_when_the_first_owner_dies_before_delivering() {
+    let (topic, group) = (unique("latestcrash"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(503));
+    let old = produce(&topic, run_id(), 0..10).await;
+    let env = [
+        ("START_AT", "latest"),
+        ("KAFKA_PROPERTIES", GROUP_PROPERTIES),
+    ];
+    let mut first = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first owner has both partitions", || {
+        assigned(&first) == Some(2)
+    })
+    .await;
+    let new = produce(&topic, run_id(), 0..20).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.signal("KILL");
+    first.wait(WAIT).await;
+
+    receiver.set_default(Reply::ok());
+    let _second = Connector::start(&topic, &group, &receiver.url(), &env);
+    let want: HashSet<String> = new.iter().map(|p| p.sample.uuid.clone()).collect();
+    eventually(
+        WAIT,
+        "every event produced after the group started delivered",
+        || receiver.delivered_uuids().is_superset(&want),
+    )
+    .await;
+    let delivered = receiver.delivered_uuids();
+    assert!(
+        old.iter().all(|p| !delivered.contains(&p.sample.uuid)),
+        "events from before START_AT=latest were delivered"
+    );
+}
+
+/// In a group that has commits, a partition without one (here: added to the
+/// topic while running) starts at its earliest offset, whatever START_AT says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_added_while_running_is_read_from_its_start_even_with_start_at_latest() {
+    use rdkafka::admin::{AdminOptions, NewPartitions};
+    let (topic, group) = (unique("grown"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    let env = [
+        ("START_AT", "latest"),
+        // Discover the new partition within a second or two.
+        (
+            "KAFKA_PROPERTIES",
+            "topic.metadata.refresh.interval.ms=1000",
+        ),
+    ];
+    let connector = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "both partitions assigned", || {
+        assigned(&connector) == Some(2)
+    })
+    .await;
+    let first = produce(&topic, run_id(), 0..10).await;
+    eventually(WAIT, "the first events delivered", || {
+        receiver.delivered_uuids().len() >= first.len()
+    })
+    .await;
+    admin()
+        .create_partitions(
+            &[NewPartitions::new(&topic, 3)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_partitions")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("partition added");
+        });
+    // Produced before the connector notices the new partition.
+    let run = run_id();
+    let records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..10)
+        .map(|n| {
+            let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+            (Some(s.key.into_bytes()), Some(s.value))
+        })
+        .collect();
+    produce_keyed(&topic, 2, &records).await;
+    let want: HashSet<String> = (0..10)
+        .map(|n| patterns_connector::sample::captured(run, n, "x").uuid)
+        .collect();
+    eventually(WAIT, "the new partition's events delivered", || {
+        receiver.delivered_uuids().is_superset(&want)
+    })
+    .await;
+    eventually(WAIT, "the new partition committed to its end", || {
+        committed(&group, &topic, 3)[2] == Some(10)
+    })
+    .await;
+}
+
+/// A dead-letter topic that refuses writes: the partition takes no more
+/// messages while it lasts (bounded), says so in /healthz and a gauge, and
+/// moves on once the topic accepts writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_dead_letter_writes_stop_the_partition_until_the_topic_accepts_them() {
+    use rdkafka::admin::{
+        AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    let (topic, group, dlq) = (unique("dlqfail"), unique("g"), unique("dlq"));
+    create_topic(&topic, 1).await;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // Every dead letter is larger than this topic accepts.
+    admin()
+        .create_topics(
+            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "64")],
+            &options,
+        )
+        .await
+        .expect("create_topics")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("dlq created");
+        });
+    let receiver = Receiver::start().await;
+    let run = run_id();
+    let good = |n: u64| {
+        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        ((Some(s.key.into_bytes()), Some(s.value)), s.uuid)
+    };
+    let (first, first_uuid) = good(0);
+    produce_keyed(
+        &topic,
+        0,
+        &[first, (None, Some(b"not json at all".to_vec()))],
+    )
+    .await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[("DLQ_TOPIC", dlq.as_str())],
+    );
+    eventually(WAIT, "a dead-letter write failed", || {
+        connector
+            .logs()
+            .contains("writing to the dead-letter topic failed")
+    })
+    .await;
+
+    // More bad and good messages arrive: none is taken while writes fail.
+    let later: Vec<_> = (1..=20).map(good).collect();
+    let mut records: Vec<_> = later.iter().map(|(r, _)| r.clone()).collect();
+    records.insert(5, (None, Some(b"also not json".to_vec())));
+    produce_keyed(&topic, 0, &records).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let delivered = receiver.delivered_uuids();
+    assert_eq!(
+        delivered,
+        HashSet::from([first_uuid.clone()]),
+        "nothing after the failing dead letter may be taken"
+    );
+    assert_eq!(committed(&group, &topic, 1), vec![Some(1)]);
+    connector
+        .metrics_until(WAIT, "dead-letter writes reported failing", |t| {
+            metric_values(t, "patterns_connector_partition_dead_letter_failing")
+                .iter()
+                .any(|(_, v)| *v == 1.0)
+        })
+        .await;
+    let (status, body) = connector.get_blocking("/healthz").expect("healthz answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("dead-letter writes failing"), "{body}");
+
+    // The operator fixes the topic: the letters go through and the partition moves on.
+    admin()
+        .alter_configs(
+            &[
+                AlterConfig::new(ResourceSpecifier::Topic(&dlq))
+                    .set("max.message.bytes", "1048576"),
+            ],
+            &options,
+        )
+        .await
+        .expect("alter_configs");
+    let want: HashSet<String> = later.iter().map(|(_, u)| u.clone()).collect();
+    eventually(
+        WAIT,
+        "everything delivered once the topic accepts writes",
+        || receiver.delivered_uuids().is_superset(&want),
+    )
+    .await;
+    eventually(WAIT, "committed past both dead letters", || {
+        committed(&group, &topic, 1) == vec![Some(23)]
+    })
+    .await;
+    assert_eq!(read_topic(&dlq, 2, WAIT).len(), 2);
+    connector
+        .metrics_until(WAIT, "the failing gauge back to 0", |t| {
+            let v = metric_values(t, "patterns_connector_partition_dead_letter_failing");
+            !v.is_empty() && v.iter().all(|(_, v)| *v == 0.0)
+        })
+        .await;
+}
+
+/// A fatal client state (here: another member took this one's
+/// group.instance.id) ends the process with a clear error and a non-zero
+/// exit, so the orchestrator restarts it, instead of a live-looking replica
+/// that consumes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_static_member_exits_non_zero_with_a_clear_error() {
+    let (topic, group) = (unique("fenced"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    let instance = unique("instance");
+    let properties = format!("group.instance.id={instance},{GROUP_PROPERTIES}");
+    let env = [("KAFKA_PROPERTIES", properties.as_str())];
+    let mut first = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first member has both partitions", || {
+        assigned(&first) == Some(2)
+    })
+    .await;
+    let _second = Connector::start(&topic, &group, &receiver.url(), &env);
+    let status = first.wait(Duration::from_secs(60)).await;
+    assert!(!status.success(), "a fenced member must exit non-zero");
+    let logs = first.logs();
+    assert!(
+        logs.contains("fatal Kafka"),
+        "the reason is logged: {}",
+        &logs[logs.len().saturating_sub(3000)..]
+    );
+}

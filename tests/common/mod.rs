@@ -709,15 +709,26 @@ impl Connector {
 
     /// The /metrics text, fetched without an async runtime (for `eventually`).
     pub fn metrics_blocking(&self) -> String {
+        self.get_blocking("/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// GETs `path` from the connector's HTTP server without an async
+    /// runtime: the status and the body, or None while it does not answer.
+    pub fn get_blocking(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(self.http) else {
-            return String::new();
-        };
+        let mut stream = std::net::TcpStream::connect(self.http).ok()?;
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
         let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text
+        stream.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        Some((status, body))
     }
 
     /// The /metrics text, or "" while the server is not up.
