@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
 use crate::health::{Health, PartitionProblems};
+use crate::kafka_client::KafkaLogs;
 use crate::kafka_read;
 use crate::lag::{self, LagTracker, WorkerView};
 use crate::log_limit;
@@ -52,6 +53,8 @@ pub struct Context {
     lag: Mutex<LagTracker>,
     /// Failed commits so far, to log repeats less often.
     commit_failures: AtomicU64,
+    /// librdkafka's log and error lines, rate-limited.
+    logs: KafkaLogs,
     /// Set by an error the connector cannot recover from (bad credentials).
     fatal: Mutex<Option<String>>,
     /// Where a new group starts (see `Context::resolve_start`).
@@ -343,7 +346,11 @@ impl ClientContext for Context {
             Some(Code::Fatal) => self.set_fatal(format!("fatal Kafka client error: {reason}")),
             _ => {}
         }
-        warn!(error = %error, reason, "kafka client error");
+        self.logs.error("consumer", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log("consumer", level, fac, log_message);
     }
 }
 
@@ -639,6 +646,7 @@ pub fn create(
         next_generation: AtomicU64::new(0),
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
+        logs: KafkaLogs::default(),
         fatal: Mutex::new(None),
         start_at: config.start_at,
     };
@@ -669,7 +677,6 @@ pub fn run(
     let ctx = consumer.context();
     let topic = ctx.topic.clone();
     let mut last_gauges = Instant::now();
-    let mut consume_errors_logged: u64 = 0;
     let mut fatal = None;
     let mut pacing_since: Option<Instant> = None;
     let mut handover = Handover::default();
@@ -723,10 +730,7 @@ pub fn run(
             }
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
-                if log_limit::worth_logging(consume_errors_logged) {
-                    warn!(error = %e, count = consume_errors_logged + 1, "kafka consume error");
-                }
-                consume_errors_logged += 1;
+                ctx.logs.error("consumer poll", &e, "");
             }
             None => {}
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::kafka_client::Connection;
+use crate::kafka_client::{Connection, SideContext};
 use crate::webhook::{pause, Cancelled};
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
@@ -66,7 +66,7 @@ pub struct DeadLetter {
 
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<SideContext>,
     topic: String,
     source_topic: String,
     /// Per source partition, the writes now retrying after a failure. While
@@ -118,9 +118,13 @@ impl DeadLetters {
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000");
-        let producer = client.create().map_err(|e| {
-            anyhow::anyhow!("cannot create the dead-letter producer (check KAFKA_PROPERTIES): {e}")
-        })?;
+        let producer = client
+            .create_with_context(SideContext::new("dead-letter producer"))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the dead-letter producer (check KAFKA_PROPERTIES): {e}"
+                )
+            })?;
         Ok(DeadLetters {
             producer,
             topic: config.dlq_topic.clone(),

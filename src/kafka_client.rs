@@ -15,7 +15,16 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use std::time::Instant;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
+use tracing::{debug, error, info, warn};
+
+use crate::log_limit::RateLimit;
 
 use crate::config::{is_secret_key, Config};
 
@@ -156,6 +165,79 @@ impl fmt::Debug for Connection {
             .finish()
     }
 }
+
+/// librdkafka's log and error callbacks, rate-limited: while Kafka is
+/// unreachable every client reports every reconnect (about 27 lines a second
+/// in all), so the first line of each kind is logged (naming the broker and
+/// the cause), then one reminder per `log_limit::REMINDER_INTERVAL` with how
+/// many were left out.
+#[derive(Debug, Default)]
+pub struct KafkaLogs {
+    limit: RateLimit,
+}
+
+impl KafkaLogs {
+    /// Logs an error reported by librdkafka's error callback.
+    pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
+        let key = format!("error:{:?}", error.rdkafka_error_code());
+        if let Some(suppressed) = self.limit.check(&key, Instant::now()) {
+            warn!(client, error = %error, reason, suppressed,
+                "kafka client error (repeats of this kind are logged at most every 30 s, with the count left out)");
+        }
+    }
+
+    /// Logs a line of librdkafka's own log.
+    pub fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel::*;
+        // Debug lines (only with `debug=` set) are asked for: never limited.
+        let limited = !matches!(level, Debug);
+        let suppressed = if limited {
+            match self.limit.check(&format!("log:{facility}"), Instant::now()) {
+                Some(n) => n,
+                None => return,
+            }
+        } else {
+            0
+        };
+        match level {
+            Emerg | Alert | Critical | Error => {
+                error!(client, facility, suppressed, "librdkafka: {message}")
+            }
+            Warning => warn!(client, facility, suppressed, "librdkafka: {message}"),
+            Notice | Info => info!(client, facility, suppressed, "librdkafka: {message}"),
+            Debug => debug!(client, facility, "librdkafka: {message}"),
+        }
+    }
+}
+
+/// The context of the clients next to the consumer (dead-letter producer,
+/// originals reader, watermark probe, `replay-dlq`): their logs rate-limited.
+#[derive(Debug)]
+pub struct SideContext {
+    client: &'static str,
+    logs: KafkaLogs,
+}
+
+impl SideContext {
+    pub fn new(client: &'static str) -> Self {
+        SideContext {
+            client,
+            logs: KafkaLogs::default(),
+        }
+    }
+}
+
+impl ClientContext for SideContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(self.client, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(self.client, &error, reason);
+    }
+}
+
+impl ConsumerContext for SideContext {}
 
 #[cfg(test)]
 mod tests {

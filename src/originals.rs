@@ -22,7 +22,7 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::dlq::kafka_retry_delay;
-use crate::kafka_client::Connection;
+use crate::kafka_client::{Connection, SideContext};
 use crate::webhook::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
@@ -44,7 +44,7 @@ pub enum Found {
 pub struct Originals {
     client: ClientConfig,
     topic: String,
-    consumer: Arc<Mutex<Option<BaseConsumer>>>,
+    consumer: Arc<Mutex<Option<BaseConsumer<SideContext>>>>,
 }
 
 /// How long one attempt may take before it is retried.
@@ -110,9 +110,9 @@ impl Originals {
     ) -> Result<BTreeMap<i64, Found>, String> {
         let mut guard = self.consumer.lock().map_err(|_| "reader lock poisoned")?;
         if guard.is_none() {
-            let consumer: BaseConsumer = self
+            let consumer: BaseConsumer<SideContext> = self
                 .client
-                .create()
+                .create_with_context(SideContext::new("originals reader"))
                 .map_err(|e| format!("cannot create the reader: {e}"))?;
             *guard = Some(consumer);
         }
@@ -123,7 +123,11 @@ impl Originals {
         result
     }
 
-    fn low_watermark(&self, consumer: &BaseConsumer, partition: i32) -> Result<i64, String> {
+    fn low_watermark(
+        &self,
+        consumer: &BaseConsumer<SideContext>,
+        partition: i32,
+    ) -> Result<i64, String> {
         consumer
             .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
             .map(|(low, _)| low)
@@ -132,7 +136,7 @@ impl Originals {
 
     fn read_with(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<SideContext>,
         partition: i32,
         offsets: &[i64],
         cancel: &CancellationToken,

@@ -25,7 +25,7 @@ use crate::config::{Config, InputFormat};
 use crate::decode::decode;
 use crate::dlq::header;
 use crate::filter::Filter;
-use crate::kafka_client::Connection;
+use crate::kafka_client::{Connection, SideContext};
 use crate::kafka_read;
 use crate::webhook::{Sent, Webhook};
 
@@ -56,8 +56,8 @@ pub async fn run(
     for (key, value) in connection.consumer_properties() {
         client.set(key, value);
     }
-    let consumer: StreamConsumer = client
-        .create()
+    let consumer: StreamConsumer<SideContext> = client
+        .create_with_context(SideContext::new("replay consumer"))
         .map_err(|e| anyhow::anyhow!("cannot create the replay consumer: {e}"))?;
 
     // Where to start and where to stop, per partition.

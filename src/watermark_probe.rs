@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::consumer::Context;
-use crate::kafka_client::Connection;
+use crate::kafka_client::{Connection, SideContext};
 
 /// How often the assigned partitions' high watermarks are read.
 pub const INTERVAL: Duration = Duration::from_secs(3);
@@ -28,9 +28,9 @@ pub const INTERVAL: Duration = Duration::from_secs(3);
 /// Starts the probe for the consumer whose context this is. It stops by
 /// itself when the consumer (and so its context) is dropped.
 pub fn spawn(config: &Config, context: &Arc<Context>) -> anyhow::Result<()> {
-    let client: BaseConsumer = Connection::from_config(config)
+    let client: BaseConsumer<SideContext> = Connection::from_config(config)
         .client_config("patterns-connector-watermarks")
-        .create()
+        .create_with_context(SideContext::new("watermark probe"))
         .map_err(|e| anyhow::anyhow!("cannot create the watermark client: {e}"))?;
     let context = Arc::downgrade(context);
     std::thread::Builder::new()
@@ -39,7 +39,7 @@ pub fn spawn(config: &Config, context: &Arc<Context>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(client: &BaseConsumer, context: &Weak<Context>) {
+fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
     let step = Duration::from_millis(250);
     let mut waited = Duration::ZERO;
     let mut failures: u64 = 0;

@@ -167,7 +167,7 @@ async fn a_partition_added_while_running_is_read_from_its_start_even_with_start_
         });
     // Produced before the connector notices the new partition.
     let run = run_id();
-    let records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..10)
+    let records: Vec<RawRecord> = (0..10)
         .map(|n| {
             let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
             (Some(s.key.into_bytes()), Some(s.value))
@@ -316,5 +316,39 @@ async fn a_fenced_static_member_exits_non_zero_with_a_clear_error() {
         logs.contains("fatal Kafka"),
         "the reason is logged: {}",
         &logs[logs.len().saturating_sub(3000)..]
+    );
+}
+
+/// With Kafka unreachable, one line names the broker and the cause, then
+/// reminders are rate-limited (it was about 27 lines a second).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_kafka_is_reported_once_then_reminded_not_flooded() {
+    let nobody = free_port();
+    let receiver = Receiver::start().await;
+    let connector = Connector::start(
+        &unique("nokafka"),
+        &unique("g"),
+        &receiver.url(),
+        &[
+            ("KAFKA_HOSTS", nobody.to_string().as_str()),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let logs = connector.logs();
+    let noisy: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(
+        noisy
+            .iter()
+            .any(|l| l.contains(&nobody.to_string()) && l.contains("refused")),
+        "the broker and the cause are named:\n{logs}"
+    );
+    assert!(
+        noisy.len() <= 12,
+        "{} warning or error lines in 12 s:\n{logs}",
+        noisy.len()
     );
 }
