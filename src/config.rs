@@ -455,9 +455,10 @@ fn check_poll_interval(
     properties: &BTreeMap<String, String>,
     shutdown_timeout: Duration,
 ) -> Result<(), ConfigError> {
-    let Some(raw) = properties.get("max.poll.interval.ms") else {
-        return Ok(());
-    };
+    // librdkafka's default applies when it is not set: check that too.
+    let raw = properties
+        .get("max.poll.interval.ms")
+        .map_or("300000", String::as_str);
     let interval: u64 = raw.trim().parse().map_err(|_| {
         bad(
             "KAFKA_PROPERTIES",
@@ -1289,6 +1290,10 @@ mod tests {
         assert!(cli(&["--kafka-properties", "max.poll.interval.ms=soon"])
             .unwrap_err()
             .contains("number of milliseconds"));
+        // Unset, librdkafka's 300 s applies, and is checked too.
+        assert!(cli(&["--shutdown-timeout-ms", "290000"]).is_ok());
+        let err = cli(&["--shutdown-timeout-ms", "290001"]).unwrap_err();
+        assert!(err.contains("max.poll.interval.ms=300000"), "{err}");
     }
 
     #[test]

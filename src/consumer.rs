@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::client::ClientContext;
@@ -48,6 +48,10 @@ pub struct Context {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     drain_timeout: Duration,
+    /// When SIGTERM arrived plus `SHUTDOWN_TIMEOUT_MS`: the one deadline of the
+    /// whole shutdown, a revocation drain in progress included, so that the
+    /// process exits within the orchestrator's grace period.
+    shutdown_deadline: Arc<OnceLock<tokio::time::Instant>>,
     workers: Mutex<HashMap<i32, partition::Handle>>,
     next_generation: AtomicU64,
     lag: Mutex<LagTracker>,
@@ -187,7 +191,11 @@ impl Context {
         workers: Vec<(i32, partition::Handle)>,
         timeout: Duration,
     ) -> Vec<(i32, i64)> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = drain_deadline(
+            tokio::time::Instant::now(),
+            timeout,
+            self.shutdown_deadline.get().copied(),
+        );
         let stops: Vec<_> = workers
             .into_iter()
             .map(|(p, h)| {
@@ -642,6 +650,7 @@ pub fn create(
         metrics,
         health,
         drain_timeout: config.shutdown_timeout,
+        shutdown_deadline: Arc::default(),
         workers: Mutex::new(HashMap::new()),
         next_generation: AtomicU64::new(0),
         lag: Mutex::new(LagTracker::default()),
@@ -676,6 +685,13 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let ctx = consumer.context();
     let topic = ctx.topic.clone();
+    {
+        let (deadline, shutdown) = (ctx.shutdown_deadline.clone(), shutdown.clone());
+        ctx.runtime.spawn(async move {
+            shutdown.cancelled().await;
+            let _ = deadline.set(tokio::time::Instant::now() + shutdown_timeout);
+        });
+    }
     let mut last_gauges = Instant::now();
     let mut fatal = None;
     let mut pacing_since: Option<Instant> = None;
@@ -781,6 +797,17 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
     } else {
         consumer.unassign()
     }
+}
+
+/// When a drain that starts at `now` must end: after `timeout`, but never
+/// after the shutdown's deadline once SIGTERM has set one.
+fn drain_deadline(
+    now: tokio::time::Instant,
+    timeout: Duration,
+    shutdown: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let own = now + timeout;
+    shutdown.map_or(own, |s| own.min(s))
 }
 
 /// Whether to pause (`Some(true)`) or resume (`Some(false)`) a partition:
@@ -978,6 +1005,25 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drain_ends_by_its_timeout_or_the_shutdown_deadline_whichever_is_first() {
+        let t0 = tokio::time::Instant::now();
+        let timeout = Duration::from_secs(20);
+        assert_eq!(drain_deadline(t0, timeout, None), t0 + timeout);
+        // SIGTERM came 15 s into a revocation drain: the shutdown's drain
+        // that follows ends 20 s after SIGTERM, not 20 s after it starts.
+        let sigterm_deadline = t0 + Duration::from_secs(35);
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(
+            drain_deadline(later, timeout, Some(sigterm_deadline)),
+            sigterm_deadline
+        );
+        assert_eq!(
+            drain_deadline(t0, timeout, Some(sigterm_deadline)),
+            t0 + timeout
+        );
+    }
 
     #[test]
     fn a_partition_pauses_when_full_or_holding_and_resumes_only_when_neither() {

@@ -352,3 +352,84 @@ async fn an_unreachable_kafka_is_reported_once_then_reminded_not_flooded() {
         noisy.len()
     );
 }
+
+/// SIGTERM during a revocation drain: the whole shutdown keeps one deadline
+/// (SIGTERM + SHUTDOWN_TIMEOUT_MS), not one per drain, so the process exits
+/// within the orchestrator's grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_revocation_drain_exits_within_one_shutdown_timeout() {
+    let (topic, group) = (unique("drainterm"), unique("g"));
+    create_topic(&topic, 4).await;
+    let receiver = Receiver::start().await;
+    // Every request hangs far longer than any deadline below.
+    receiver.set_default(Reply::ok().delayed(Duration::from_secs(60)));
+    let env = [
+        ("KAFKA_PROPERTIES", GROUP_PROPERTIES),
+        ("SHUTDOWN_TIMEOUT_MS", "8000"),
+        ("WEBHOOK_TIMEOUT_MS", "120000"),
+    ];
+    let mut first = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first replica owns all 4", || {
+        assigned(&first) == Some(4)
+    })
+    .await;
+    produce(&topic, run_id(), 0..40).await;
+    eventually(WAIT, "a batch in flight on every partition", || {
+        receiver.started() >= 4
+    })
+    .await;
+    // A second replica joins: the first drains its revoked partitions,
+    // which cannot finish, for up to SHUTDOWN_TIMEOUT_MS.
+    let _second = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the revocation drain began", || {
+        first.logs().contains("draining in-flight batches")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sigterm = std::time::Instant::now();
+    first.signal("TERM");
+    first.wait(WAIT).await;
+    let took = sigterm.elapsed();
+    println!("exited {took:?} after SIGTERM (SHUTDOWN_TIMEOUT_MS 8 s)");
+    assert!(
+        took < Duration::from_secs(11),
+        "exited {took:?} after SIGTERM; SHUTDOWN_TIMEOUT_MS is 8 s"
+    );
+}
+
+/// After a rebalance, a replica reports only the partitions it owns: the
+/// commit of the revoked ones must not bring their series back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_reports_only_the_partitions_it_owns_after_a_rebalance() {
+    let (topic, group) = (unique("owned"), unique("g"));
+    create_topic(&topic, 4).await;
+    let receiver = Receiver::start().await;
+    let env = [("KAFKA_PROPERTIES", GROUP_PROPERTIES)];
+    let first = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first replica owns all 4", || {
+        assigned(&first) == Some(4)
+    })
+    .await;
+    produce(&topic, run_id(), 0..200).await;
+    eventually(WAIT, "everything delivered", || {
+        receiver.delivered_uuids().len() >= 200
+    })
+    .await;
+    let second = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "two partitions each", || {
+        assigned(&first) == Some(2) && assigned(&second) == Some(2)
+    })
+    .await;
+    produce(&topic, run_id(), 0..200).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let text = first.metrics().await;
+    for name in [
+        "patterns_connector_partition_last_commit_timestamp_seconds",
+        "patterns_connector_partition_lag_messages",
+        "patterns_connector_partition_committed_offset",
+        "patterns_connector_partition_stalled",
+    ] {
+        let series = metric_values(&text, name);
+        assert_eq!(series.len(), 2, "{name}: {series:?}");
+    }
+}
