@@ -41,16 +41,29 @@
 //! request body, and the rare event the webhook refuses is read back from
 //! Kafka by offset for the dead-letter topic.
 //!
-//! Next to the consumer run three side clients, built alike (`dlq::side_client`,
-//! so security settings apply to all): the dead-letter producer (`dlq.rs`), the
-//! reader of refused events' originals (`originals.rs`), and a probe that reads
-//! paused partitions' high watermarks for the lag gauges (`watermark_probe.rs`,
+//! Next to the consumer run three side clients, all built from one
+//! connection configuration (`kafka_client.rs`, so every security and
+//! connection setting applies to all, and their librdkafka logs are
+//! rate-limited): the dead-letter producer (`dlq.rs`), the reader of refused
+//! events' originals (`originals.rs`), and a probe that reads every assigned
+//! partition's high watermark for the lag gauges (`watermark_probe.rs`,
 //! `lag.rs`). One-off reads of group state retry the broker's transient
 //! answers (`kafka_read.rs`).
 //!
+//! A partition that waits does so for a reason the operator can see: a
+//! delivery in flight (the webhook), paused for backpressure, blocked by
+//! `DLQ_POLICY=block`, dead-letter writes failing. One that has work and
+//! moves for none of these is *stalled* (`stall.rs`): `/healthz` fails and
+//! names it. A fatal Kafka client error ends the process non-zero.
+//!
+//! `START_AT` decides a new group's start once, and commits it at the first
+//! assignment; afterwards partitions without a commit start at the earliest
+//! offset, so nothing is skipped.
+//!
 //! Shutdown (SIGTERM/SIGINT) and revocation: stop taking messages, let the
 //! batch in flight finish within `SHUTDOWN_TIMEOUT_MS`, commit what was
-//! delivered, leave the group.
+//! delivered, leave the group. A shutdown has one deadline, SIGTERM plus
+//! `SHUTDOWN_TIMEOUT_MS`, even when it arrives during a revocation drain.
 
 pub mod batch;
 pub mod bisect;
