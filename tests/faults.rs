@@ -63,6 +63,37 @@ async fn partitions_paused_during_an_outage_fetch_again_after_moving_away_and_ba
     assert!(b.wait(WAIT).await.success(), "{}", b.logs());
     eventually(WAIT, "A owns all 4 again", || assigned(&a) == Some(4)).await;
 
+    // More events during the outage: the gauges follow the broker's view
+    // even though no partition fetches.
+    let mut produced = produced;
+    produced.extend(produce(&topic, run_id(), 0..400).await);
+    let broker_high = high_watermarks(&topic, 4);
+    let text = a
+        .metrics_until(
+            Duration::from_secs(20),
+            "high watermark gauges equal the broker's",
+            |t| {
+                let gauges = metric_values(t, "patterns_connector_partition_high_watermark_offset");
+                gauges.len() == 4
+                    && (0..4).all(|p| {
+                        gauges.iter().any(|(labels, v)| {
+                            labels.contains(&format!("partition=\"{p}\""))
+                                && *v as i64 == broker_high[p as usize]
+                        })
+                    })
+            },
+        )
+        .await;
+    let committed_now = committed(&group, &topic, 4);
+    let broker_lag: i64 = (0..4)
+        .map(|p| broker_high[p] - committed_now[p].unwrap_or(0))
+        .sum();
+    let gauge_lag = gauge_sum(&text, "patterns_connector_partition_lag_messages") as i64;
+    assert_eq!(
+        gauge_lag, broker_lag,
+        "lag in messages agrees with the broker"
+    );
+
     // The webhook recovers: every event arrives, and the lag returns to 0.
     receiver.set_default(Reply::ok());
     let want: HashSet<String> = produced.iter().map(|p| p.sample.uuid.clone()).collect();
