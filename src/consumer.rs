@@ -418,9 +418,19 @@ impl Context {
         })?;
         let mut all = TopicPartitionList::new();
         for topic in metadata.topics().iter().filter(|t| t.name() == self.topic) {
+            if let Some(e) = topic.error() {
+                return Err(KafkaError::MetadataFetch(e.into()));
+            }
             for partition in topic.partitions() {
                 all.add_partition(&self.topic, partition.id());
             }
+        }
+        // An empty list would read as "no commits" and make an established
+        // group start again at START_AT, past undelivered events.
+        if all.count() == 0 {
+            return Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
         }
         let committed = kafka_read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
@@ -508,9 +518,11 @@ impl ConsumerContext for Context {
                     // No workers for partitions librdkafka does not consider
                     // assigned: they would count in the buffer shares and
                     // the gauges, and never receive a message.
-                    Err(e) => {
-                        error!(error = %e, "assigning partitions failed; no workers started for them")
-                    }
+                    // The group counts them as this member's while nothing
+                    // reads them: end the process so they move elsewhere.
+                    Err(e) => self.set_fatal(format!(
+                        "assigning partitions failed ({e}); no workers started for them"
+                    )),
                 }
                 self.health.set_joined(true);
             }
@@ -767,6 +779,7 @@ pub fn run(
                 )
             });
             ctx.metrics.buffered_bytes.set(total as i64);
+            commit_behind(&consumer, &topic);
             ctx.metrics.stalled_workers.set(stalled as i64);
             ctx.health.set_stalled_workers(stalled);
         }
@@ -856,13 +869,26 @@ fn store_progress(
                 .get(&p.partition)
                 .is_some_and(|w| w.generation == p.generation)
             {
-                let entry = latest.entry(p.partition).or_insert(p.next_offset);
-                *entry = (*entry).max(p.next_offset);
+                // The last report wins: a worker's reports only go up, except
+                // after its partition's log started again (`Frontier::rewind`).
+                latest.insert(p.partition, p.next_offset);
             }
         }
     }
     if latest.is_empty() {
         return;
+    }
+    // Offsets below the last commit (the partition's log started again):
+    // auto-commit only commits offsets past the committed one, so these are
+    // committed explicitly.
+    let mut rewound = TopicPartitionList::new();
+    {
+        let mut lag = ctx.lag.lock().expect("lag lock");
+        for (partition, offset) in &latest {
+            if lag.stored(*partition, *offset) {
+                let _ = rewound.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
     }
     let mut tpl = TopicPartitionList::new();
     for (partition, offset) in &latest {
@@ -872,6 +898,32 @@ fn store_progress(
         // Happens when a partition was revoked in between; its worker's final
         // offset was committed by the revocation itself.
         warn!(error = %e, "storing delivered offsets failed");
+    }
+    if rewound.count() > 0 {
+        if let Err(e) = consumer.commit(&rewound, CommitMode::Async) {
+            warn!(error = %e, "committing offsets below the last commit failed; retried at the next report");
+        }
+    }
+}
+
+/// Commits explicitly the stored offsets of partitions whose committed offset
+/// is above them (their log started again; see `LagTracker::stored`).
+fn commit_behind(consumer: &Consumer_, topic: &str) {
+    let behind = consumer
+        .context()
+        .lag
+        .lock()
+        .expect("lag lock")
+        .commits_behind();
+    if behind.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in behind {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(error = %e, "committing offsets below the last commit failed; retried shortly");
     }
 }
 

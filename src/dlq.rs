@@ -117,7 +117,14 @@ impl DeadLetters {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // A dead letter is a message Kafka already took, or an event up
+            // to BATCH_MAX_BYTES, plus headers: librdkafka's own 1 MB limit
+            // must not refuse it (the topic's max.message.bytes still applies).
+            .set(
+                "message.max.bytes",
+                dead_letter_max_bytes(config.batch.max_bytes).to_string(),
+            );
         let producer = client
             .create_with_context(SideContext::new("dead-letter producer"))
             .map_err(|e| {
@@ -243,6 +250,15 @@ impl DeadLetters {
     }
 }
 
+/// The producer's message size limit for dead letters: twice the largest
+/// batch plus room for headers, at least librdkafka's default, at most its cap.
+fn dead_letter_max_bytes(batch_max_bytes: usize) -> usize {
+    batch_max_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .clamp(1_000_000, 1_000_000_000)
+}
+
 /// How long to wait before retrying a failed Kafka write or read: 200 ms,
 /// doubling per attempt up to about 25 s.
 pub(crate) fn kafka_retry_delay(attempt: u32) -> Duration {
@@ -271,6 +287,13 @@ mod tests {
         assert_eq!(kafka_retry_delay(1), Duration::from_millis(400));
         assert_eq!(kafka_retry_delay(7), Duration::from_millis(25_600));
         assert_eq!(kafka_retry_delay(u32::MAX), Duration::from_millis(25_600));
+    }
+
+    #[test]
+    fn the_producer_takes_dead_letters_as_large_as_a_batch() {
+        assert_eq!(dead_letter_max_bytes(65_536), 1_000_000);
+        assert!(dead_letter_max_bytes(1 << 20) > (1 << 20) + 1024);
+        assert_eq!(dead_letter_max_bytes(usize::MAX), 1_000_000_000);
     }
 
     #[test]

@@ -35,6 +35,42 @@ pub struct PartitionStats {
     /// librdkafka's fetch position: the next offset it will fetch.
     #[serde(default = "unknown")]
     pub next_offset: i64,
+    /// The last stable offset: under `isolation.level=read_committed`
+    /// (librdkafka's default) fetching stops there while a transaction is open.
+    #[serde(default = "unknown")]
+    pub ls_offset: i64,
+    /// The partition's leader broker; -1 while it has none.
+    #[serde(default)]
+    pub leader: i32,
+    #[serde(default)]
+    pub fetch_state: FetchState,
+}
+
+/// librdkafka's fetch state of a partition, as far as stalls care.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FetchState {
+    Active,
+    /// Looking up or waiting for the start offset (committed offset,
+    /// offset reset) or validating the leader epoch: Kafka's side.
+    OffsetQuery,
+    OffsetWait,
+    ValidateEpochWait,
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+impl PartitionStats {
+    /// Waiting on Kafka rather than on the connector: no leader, or the
+    /// start position still being looked up.
+    fn waits_on_kafka(&self) -> bool {
+        self.leader < 0
+            || matches!(
+                self.fetch_state,
+                FetchState::OffsetQuery | FetchState::OffsetWait | FetchState::ValidateEpochWait
+            )
+    }
 }
 
 fn unknown() -> i64 {
@@ -121,6 +157,10 @@ struct PartitionLag {
     /// librdkafka learns it from fetch responses, so its own goes stale
     /// while a partition does not fetch (paused, or stuck).
     probed_high: Option<i64>,
+    /// The committed offset in the last statistics.
+    stats_committed: Option<i64>,
+    /// The last offset stored for commit (see [`LagTracker::stored`]).
+    stored: Option<i64>,
     stall: StallClock,
 }
 
@@ -153,6 +193,37 @@ impl LagTracker {
         true
     }
 
+    /// Records the offset stored for commit. Returns true when it is below
+    /// the committed offset: the partition's log started again (topic
+    /// recreated or truncated; `Frontier::rewind`). librdkafka's auto-commit
+    /// only commits offsets past the committed one, so the caller commits it
+    /// explicitly, and the old commit is forgotten so it does not hide the
+    /// new lag (commits only move forward otherwise).
+    pub fn stored(&mut self, partition: i32, next_offset: i64) -> bool {
+        let p = self.partitions.entry(partition).or_default();
+        p.stored = Some(next_offset);
+        let known = p.committed.max(p.stats_committed);
+        if known.is_some_and(|c| c > next_offset) {
+            p.committed = None;
+            p.stats_committed = None;
+            return true;
+        }
+        false
+    }
+
+    /// Partitions whose committed offset (per the statistics) is above the
+    /// offset last stored: an explicit commit of the stored one is due (the
+    /// statistics may only show the old commit after the report came).
+    pub fn commits_behind(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(partition, p)| match (p.stored, p.stats_committed) {
+                (Some(stored), Some(committed)) if committed > stored => Some((*partition, stored)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Drops what is known of a partition this replica no longer owns.
     pub fn forget(&mut self, partition: i32) {
         self.partitions.remove(&partition);
@@ -175,30 +246,41 @@ impl LagTracker {
         worker: &WorkerView,
         now_ms: i64,
     ) -> (LagView, Option<std::time::Duration>) {
+        // Where this replica has read up to: what the worker took, or what
+        // librdkafka fetched (past transaction markers, which no worker sees).
+        let read_to = match (worker.consumed_next, stats.next_offset) {
+            (Some(c), n) if n >= 0 => Some(c.max(n)),
+            (c, n) if n >= 0 => c.or(Some(n)),
+            (c, _) => c,
+        };
         let view = self.observe(
             partition,
             stats,
             worker.oldest_pending_ts_ms,
-            worker.consumed_next,
+            read_to,
             now_ms,
         );
         let base = view
             .committed
             .unwrap_or(stats.lo_offset)
             .max(stats.lo_offset.max(0));
-        // Where this replica has read up to: what the worker took, or what
-        // librdkafka fetched (past transaction markers, which no worker sees).
-        let position = worker
-            .consumed_next
-            .unwrap_or(base)
-            .max(stats.next_offset)
-            .max(base);
-        let activity = Activity {
-            has_work: view.high_watermark > position || worker.oldest_pending_ts_ms.is_some(),
-            progress: worker.consumed_next.unwrap_or(-1) + worker.completions as i64,
-            waiting: worker.waiting,
-        };
+        let position = read_to.unwrap_or(base).max(base);
         let p = self.partitions.entry(partition).or_default();
+        // What can be read: up to the last stable offset when librdkafka
+        // reports one (an open transaction is not work the connector can
+        // do), else the high watermark. The probe reads the same bound (its
+        // client shares `isolation.level`), and stays fresh while the
+        // statistics freeze.
+        let readable = if stats.ls_offset >= 0 {
+            stats.ls_offset.max(p.probed_high.unwrap_or(0))
+        } else {
+            view.high_watermark
+        };
+        let activity = Activity {
+            has_work: readable > position || worker.oldest_pending_ts_ms.is_some(),
+            progress: worker.consumed_next.unwrap_or(-1) + worker.completions as i64,
+            waiting: worker.waiting || stats.waits_on_kafka(),
+        };
         (view, p.stall.observe(activity, now_ms))
     }
 
@@ -212,6 +294,7 @@ impl LagTracker {
     ) -> LagView {
         let p = self.partitions.entry(partition).or_default();
         let from_stats = (stats.committed_offset >= 0).then_some(stats.committed_offset);
+        p.stats_committed = from_stats;
         let committed = match (p.committed, from_stats) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -255,6 +338,9 @@ mod tests {
             lo_offset: lo,
             committed_offset: committed,
             next_offset: -1,
+            ls_offset: -1,
+            leader: 0,
+            fetch_state: FetchState::Other,
         }
     }
 
@@ -420,11 +506,64 @@ mod tests {
         let mut s = stats(100, 0, 99);
         s.next_offset = 100;
         for now in [0, 40_000, 80_000] {
+            let (view, stalled) = t.observe_worker(1, &s, &worker(Some(99), 3, false), now);
+            assert_eq!(stalled, None);
+            assert_eq!(view.lag_seconds, 0.0, "read to the end, nothing waits");
+        }
+    }
+
+    #[test]
+    fn an_open_transaction_or_kafka_looking_up_the_start_or_no_leader_is_not_a_stall() {
+        // read_committed: fetching stops at the last stable offset (100)
+        // while a transaction keeps the high watermark at 200.
+        let mut t = LagTracker::default();
+        t.committed(0, 100);
+        let mut s = stats(200, 0, 100);
+        s.ls_offset = 100;
+        s.next_offset = 100;
+        for now in [0, 40_000, 80_000] {
             assert_eq!(
-                t.observe_worker(1, &s, &worker(Some(99), 3, false), now).1,
+                t.observe_worker(0, &s, &worker(Some(100), 3, false), now).1,
                 None
             );
         }
+        // Kafka's side: the start offset is being looked up, or no leader.
+        for (fetch_state, leader) in [
+            (FetchState::OffsetQuery, 0),
+            (FetchState::OffsetWait, 0),
+            (FetchState::Active, -1),
+        ] {
+            let mut t = LagTracker::default();
+            let mut s = stats(500, 0, -1001);
+            s.fetch_state = fetch_state;
+            s.leader = leader;
+            for now in [0, 40_000, 80_000] {
+                assert_eq!(
+                    t.observe_worker(0, &s, &worker(None, 0, false), now).1,
+                    None,
+                    "{fetch_state:?} {leader}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_offset_stored_below_the_commit_is_committed_explicitly_and_the_old_commit_forgotten() {
+        let mut t = LagTracker::default();
+        t.committed(0, 50);
+        assert!(!t.stored(0, 60), "forward: auto-commit takes it");
+        // The topic was recreated: offsets start again at 0.
+        assert!(t.stored(0, 10));
+        let v = t.observe(0, &stats(10, 0, -1001), None, Some(10), 0);
+        assert_eq!((v.committed, v.lag_messages), (None, 10));
+        // A partition assigned again after the recreation: the statistics
+        // still show the old commit until the explicit one lands.
+        let mut t = LagTracker::default();
+        assert!(!t.stored(1, 10));
+        t.observe(1, &stats(10, 0, 50), None, Some(10), 0);
+        assert_eq!(t.commits_behind(), vec![(1, 10)]);
+        t.observe(1, &stats(10, 0, 10), None, Some(10), 0);
+        assert_eq!(t.commits_behind(), vec![]);
     }
 
     #[test]

@@ -87,6 +87,15 @@ impl Frontier {
         Some(next)
     }
 
+    /// Forgets every unit and the safe offset: the partition's log started
+    /// again below what was read (the topic was deleted and created again,
+    /// or truncated), so the old offsets mean nothing for it any more. Unit
+    /// ids keep counting, so a late completion of an old unit matches nothing.
+    pub fn rewind(&mut self) {
+        self.units.clear();
+        self.safe = None;
+    }
+
     /// The last offset `advance` returned.
     pub fn safe_offset(&self) -> Option<i64> {
         self.safe
@@ -109,6 +118,23 @@ impl Frontier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_rewind_lower_offsets_are_reported_and_old_units_complete_nothing() {
+        let mut f = Frontier::default();
+        let old = f.open(40, None);
+        f.skip(49);
+        f.complete(old);
+        assert_eq!(f.advance(), Some(50));
+        let in_flight = f.open(50, None);
+        f.rewind();
+        let new = f.open(0, None);
+        f.extend(new, 9);
+        f.complete(in_flight);
+        assert_eq!(f.advance(), None, "an old unit's completion moves nothing");
+        f.complete(new);
+        assert_eq!(f.advance(), Some(10), "lower than before the rewind");
+    }
 
     #[test]
     fn nothing_is_safe_before_anything_is_done() {

@@ -349,6 +349,20 @@ impl Worker {
         self.shared
             .queued_bytes
             .fetch_sub(message.size(), Ordering::Relaxed);
+        let expected = self.shared.consumed_next.load(Ordering::Relaxed);
+        if expected != i64::MIN && message.offset < expected {
+            // librdkafka reset the position below what was read: the log
+            // started again (topic deleted and created anew, or truncated).
+            // The frontier starts again too, or it would hold every new
+            // offset back behind the old ones and nothing would be committed.
+            warn!(
+                partition = self.partition,
+                offset = message.offset,
+                expected,
+                "offsets went backwards (topic recreated or truncated); tracking the partition from here"
+            );
+            self.frontier.rewind();
+        }
         self.shared
             .consumed_next
             .store(message.offset + 1, Ordering::Relaxed);
@@ -605,8 +619,12 @@ impl Worker {
             + self.in_flight.as_ref().map_or(0, |f| f.held_bytes)
             + self.dead_letter_bytes;
         self.shared.batch_bytes.store(held, Ordering::Relaxed);
+        // An open batch waits for its linger (BATCH_LINGER_MS may be longer
+        // than the stall limit): waiting too, not stalled.
         self.shared.waiting.store(
-            self.in_flight.is_some() || !self.dead_letters.is_empty(),
+            self.in_flight.is_some()
+                || !self.dead_letters.is_empty()
+                || self.batcher.open_unit().is_some(),
             Ordering::Relaxed,
         );
         self.shared.oldest_pending_ts_ms.store(

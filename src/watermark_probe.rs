@@ -46,6 +46,9 @@ fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
     loop {
         std::thread::sleep(step);
         waited += step;
+        // Serves the client's log and error callbacks (it has no group, so
+        // nothing else polls its queue).
+        let _ = client.poll(Duration::ZERO);
         if waited < INTERVAL {
             // Only check that the consumer still exists.
             if context.strong_count() == 0 {

@@ -464,3 +464,75 @@ async fn a_replica_reports_only_the_partitions_it_owns_after_a_rebalance() {
         assert_eq!(series.len(), 2, "{name}: {series:?}");
     }
 }
+
+/// A topic deleted and created again under the same name while the
+/// connector reads it: its offsets start again from 0, and the new events
+/// are delivered and committed (progress is not held back by the old
+/// offsets), with lag back to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_deleted_and_recreated_is_delivered_and_committed_again() {
+    use rdkafka::admin::AdminOptions;
+    let (topic, group) = (unique("recreated"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[(
+            "KAFKA_PROPERTIES",
+            "topic.metadata.refresh.interval.ms=1000",
+        )],
+    );
+    let before = produce(&topic, run_id(), 0..50).await;
+    eventually(WAIT, "the first events committed", || {
+        committed(&group, &topic, 1) == vec![Some(50)]
+    })
+    .await;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    admin()
+        .delete_topics(&[topic.as_str()], &options)
+        .await
+        .expect("delete_topics");
+    // Deletion finishes in the background; create until the name is free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let created = admin()
+            .create_topics(
+                &[rdkafka::admin::NewTopic::new(
+                    &topic,
+                    1,
+                    rdkafka::admin::TopicReplication::Fixed(1),
+                )],
+                &options,
+            )
+            .await
+            .expect("create_topics");
+        if created.iter().all(|r| r.is_ok()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cannot recreate: {created:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = produce(&topic, run_id(), 0..10).await;
+    let want: HashSet<String> = after.iter().map(|p| p.sample.uuid.clone()).collect();
+    eventually(WAIT, "the new topic's events delivered", || {
+        receiver.delivered_uuids().is_superset(&want)
+    })
+    .await;
+    eventually(WAIT, "the new topic committed to its end", || {
+        committed(&group, &topic, 1) == vec![Some(10)]
+    })
+    .await;
+    connector
+        .metrics_until(WAIT, "lag 0 on the recreated topic", |t| {
+            let lag = metric_values(t, "patterns_connector_partition_lag_messages");
+            let high = metric_values(t, "patterns_connector_partition_high_watermark_offset");
+            lag.len() == 1 && lag[0].1 == 0.0 && high.len() == 1 && high[0].1 == 10.0
+        })
+        .await;
+    assert_eq!(before.len(), 50);
+}
