@@ -384,17 +384,21 @@ impl Context {
             return None;
         }
         let timeout = Duration::from_secs(10);
-        match self.group_has_commits(consumer, timeout) {
-            Ok(false) => {}
-            Ok(true) => return None,
+        let committed = match self.group_commits(consumer, timeout) {
+            Ok(GroupCommits::Established) => return None,
+            Ok(GroupCommits::New { committed }) => committed,
             Err(e) => {
                 warn!(error = %e, "cannot tell whether the group has commits; not applying START_AT (partitions without a commit start at the earliest offset)");
                 return None;
             }
-        }
+        };
         let mut starts = TopicPartitionList::new();
         for elem in tpl.elements_for_topic(&self.topic) {
             let partition = elem.partition();
+            // Another replica of the new group already fixed its start.
+            if committed.contains(&partition) {
+                continue;
+            }
             let offset = match self.start_offset(consumer, partition, timeout) {
                 Ok(offset) => offset,
                 Err(e) => {
@@ -404,6 +408,9 @@ impl Context {
             };
             info!(partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
             let _ = starts.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+            if let Some(mut elem) = starts.find_partition(&self.topic, partition) {
+                elem.set_metadata(START_AT_METADATA);
+            }
         }
         for elem in starts.elements_for_topic(&self.topic) {
             let _ = tpl.set_partition_offset(&self.topic, elem.partition(), elem.offset());
@@ -411,8 +418,10 @@ impl Context {
         (starts.count() > 0).then_some(starts)
     }
 
-    /// Whether any partition of the topic has a committed offset in this group.
-    fn group_has_commits(&self, consumer: &Consumer_, timeout: Duration) -> KafkaResult<bool> {
+    /// Whether the group is new: no partition of the topic has a commit
+    /// other than a START_AT position (which replicas of a new group that
+    /// start together commit for their own partitions).
+    fn group_commits(&self, consumer: &Consumer_, timeout: Duration) -> KafkaResult<GroupCommits> {
         let metadata = kafka_read::retrying("topic metadata", || {
             consumer.fetch_metadata(Some(&self.topic), timeout)
         })?;
@@ -435,10 +444,12 @@ impl Context {
         let committed = kafka_read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
-        Ok(committed
-            .elements()
-            .iter()
-            .any(|e| matches!(e.offset(), Offset::Offset(_))))
+        Ok(group_commits(committed.elements().iter().filter_map(
+            |e| match e.offset() {
+                Offset::Offset(_) => Some((e.partition(), e.metadata() == START_AT_METADATA)),
+                _ => None,
+            },
+        )))
     }
 
     /// Where `START_AT` points in one partition, as a concrete offset.
@@ -812,6 +823,31 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
     }
 }
 
+/// The commit metadata of a start position chosen by `START_AT`: a group
+/// whose only commits carry it is still new (its replicas may be resolving
+/// `START_AT` for their own partitions at this very moment).
+const START_AT_METADATA: &str = "patterns-connector:start_at";
+
+#[derive(Debug, PartialEq, Eq)]
+enum GroupCommits {
+    /// Some partition has a commit of delivered offsets: START_AT no longer applies.
+    Established,
+    /// Only START_AT positions, for these partitions (or none at all).
+    New { committed: Vec<i32> },
+}
+
+/// Decides from `(partition, is a START_AT position)` per committed partition.
+fn group_commits(commits: impl Iterator<Item = (i32, bool)>) -> GroupCommits {
+    let mut committed = Vec::new();
+    for (partition, start_at) in commits {
+        if !start_at {
+            return GroupCommits::Established;
+        }
+        committed.push(partition);
+    }
+    GroupCommits::New { committed }
+}
+
 /// When a drain that starts at `now` must end: after `timeout`, but never
 /// after the shutdown's deadline once SIGTERM has set one.
 fn drain_deadline(
@@ -1057,6 +1093,24 @@ fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_new_until_a_partition_has_a_commit_that_is_not_a_start_at_position() {
+        assert_eq!(
+            group_commits(std::iter::empty()),
+            GroupCommits::New { committed: vec![] }
+        );
+        assert_eq!(
+            group_commits([(0, true), (3, true)].into_iter()),
+            GroupCommits::New {
+                committed: vec![0, 3]
+            }
+        );
+        assert_eq!(
+            group_commits([(0, true), (1, false)].into_iter()),
+            GroupCommits::Established
+        );
+    }
 
     #[test]
     fn a_drain_ends_by_its_timeout_or_the_shutdown_deadline_whichever_is_first() {

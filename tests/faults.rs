@@ -536,3 +536,53 @@ async fn a_topic_deleted_and_recreated_is_delivered_and_committed_again() {
         .await;
     assert_eq!(before.len(), 50);
 }
+
+/// Replicas of a new group that start together: one commits START_AT
+/// positions for its partitions before another looks at the group. The
+/// other must still treat the group as new for its own partitions (their
+/// old events are not delivered), and keep the first one's positions.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_at_positions_committed_by_another_replica_keep_the_group_new() {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let (topic, group) = (unique("startrace"), unique("g"));
+    create_topic(&topic, 6).await;
+    let old = produce(&topic, run_id(), 0..120).await;
+    let high = high_watermarks(&topic, 6);
+    // What a first replica commits for partitions 0-3 at its assignment.
+    {
+        let committer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka())
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(high[p as usize]))
+                .expect("offset");
+            tpl.find_partition(&topic, p)
+                .expect("added")
+                .set_metadata("patterns-connector:start_at");
+        }
+        retrying("commit START_AT positions", || {
+            committer.commit(&tpl, CommitMode::Sync)
+        });
+    }
+    let receiver = Receiver::start().await;
+    let _connector = Connector::start(&topic, &group, &receiver.url(), &[("START_AT", "latest")]);
+    eventually(WAIT, "every partition committed", || {
+        committed(&group, &topic, 6).iter().all(Option::is_some)
+    })
+    .await;
+    let new = produce(&topic, run_id(), 0..60).await;
+    let want: HashSet<String> = new.iter().map(|p| p.sample.uuid.clone()).collect();
+    eventually(WAIT, "every new event delivered", || {
+        receiver.delivered_uuids().is_superset(&want)
+    })
+    .await;
+    let delivered = receiver.delivered_uuids();
+    let replayed = old
+        .iter()
+        .filter(|p| delivered.contains(&p.sample.uuid))
+        .count();
+    assert_eq!(replayed, 0, "old events delivered although START_AT=latest");
+}
