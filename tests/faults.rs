@@ -19,15 +19,6 @@ fn gauge_sum(text: &str, name: &str) -> f64 {
     metric_values(text, name).iter().map(|(_, v)| v).sum()
 }
 
-fn assigned(connector: &Connector) -> Option<i64> {
-    metric_values(
-        &connector.metrics_blocking(),
-        "patterns_connector_assigned_partitions",
-    )
-    .first()
-    .map(|(_, v)| *v as i64)
-}
-
 /// The regression of a paused partition that moves to another replica and
 /// back: librdkafka keeps a partition's pause flag across unassign and
 /// assign, so the returning partition must be resumed explicitly, or it

@@ -62,15 +62,6 @@ impl SteadyProducer {
     }
 }
 
-fn assigned(connector: &Connector) -> Option<i64> {
-    metric_values(
-        &connector.metrics_blocking(),
-        "patterns_connector_assigned_partitions",
-    )
-    .first()
-    .map(|(_, v)| *v as i64)
-}
-
 /// Checks at-least-once and per-partition order among first deliveries;
 /// returns the number of duplicate deliveries.
 fn check_deliveries(produced: &[Produced], receiver: &Receiver) -> usize {

@@ -772,6 +772,16 @@ impl Drop for Connector {
     }
 }
 
+/// The connector's `assigned_partitions` gauge, if it answers.
+pub fn assigned(connector: &Connector) -> Option<i64> {
+    metric_values(
+        &connector.metrics_blocking(),
+        "patterns_connector_assigned_partitions",
+    )
+    .first()
+    .map(|(_, v)| *v as i64)
+}
+
 /// Values of one metric, by its full label string (e.g. `{partition="0",topic="t"}`).
 pub fn metric_values(text: &str, name: &str) -> Vec<(String, f64)> {
     text.lines()
