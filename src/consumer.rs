@@ -364,13 +364,15 @@ impl ClientContext for Context {
 
 impl Context {
     /// `START_AT` decides where a *new* group starts, once. A group is new
-    /// when no partition of the topic has a committed offset. Its assigned
-    /// partitions are then pointed at `START_AT` (`latest`: the high
-    /// watermark read now; a time: the first offset at or after it, else the
-    /// high watermark), and the returned positions are committed right after
-    /// the assignment, so the decision is durable: an owner that crashes
-    /// before its first delivery hands over a committed position, not a
-    /// second `START_AT`. In a group that has commits, a partition without
+    /// when no partition of the topic has a commit other than a START_AT
+    /// position (tagged `START_AT_METADATA`). Its assigned partitions without
+    /// one are then pointed at `START_AT` (`latest`: the high watermark read
+    /// now; a time: the first offset at or after it, else the high
+    /// watermark), and the returned positions are committed, tagged, right
+    /// after the assignment, so the decision is durable: an owner that
+    /// crashes before its first delivery hands over a committed position, not
+    /// a second `START_AT`, and replicas starting together each decide for
+    /// their own partitions. In a group that has commits, a partition without
     /// one (added to the topic, or never committed) starts at the earliest
     /// offset (`auto.offset.reset`), and so does any partition whose offset
     /// fell out of range: nothing is skipped. When the group state cannot be

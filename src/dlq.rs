@@ -290,6 +290,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_write_counts_for_its_partition_while_it_lives() {
+        let failing = Arc::default();
+        let first = FailingWrite::new(&failing, 3);
+        let second = FailingWrite::new(&failing, 3);
+        assert_eq!(lock(&failing).get(&3), Some(&2));
+        drop(first);
+        assert!(lock(&failing).contains_key(&3));
+        drop(second);
+        assert!(!lock(&failing).contains_key(&3), "none left: not failing");
+    }
+
+    #[test]
     fn the_producer_takes_dead_letters_as_large_as_a_batch() {
         assert_eq!(dead_letter_max_bytes(65_536), 1_000_000);
         assert!(dead_letter_max_bytes(1 << 20) > (1 << 20) + 1024);
