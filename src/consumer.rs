@@ -240,11 +240,34 @@ impl Context {
         if let Err(e) = consumer.store_offsets(tpl) {
             warn!(error = %e, why, "storing offsets failed");
         }
-        match consumer.commit(tpl, CommitMode::Sync) {
-            Ok(()) => info!(why, offsets = ?tpl.to_topic_map(), "committed offsets"),
-            Err(e) => {
-                self.metrics.commits.with_label_values(&["error"]).inc();
-                error!(why, error = %e, "committing offsets failed; what they cover will be redelivered");
+        // A coordinator that moves or loads (a broker restarting) answers
+        // for a few seconds with errors worth retrying; a new generation
+        // (IllegalGeneration) is final. Retries end by the shutdown deadline.
+        let give_up = drain_deadline(
+            tokio::time::Instant::now(),
+            COMMIT_RETRY_FOR,
+            self.shutdown_deadline.get().copied(),
+        );
+        let mut attempt = 0;
+        loop {
+            match consumer.commit(tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    info!(why, offsets = ?tpl.to_topic_map(), attempts = attempt + 1, "committed offsets");
+                    return;
+                }
+                Err(e)
+                    if kafka_read::is_transient(&e)
+                        && tokio::time::Instant::now() + COMMIT_RETRY_STEP < give_up =>
+                {
+                    warn!(why, error = %e, attempt = attempt + 1, "committing offsets failed; retrying");
+                    std::thread::sleep(COMMIT_RETRY_STEP);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.metrics.commits.with_label_values(&["error"]).inc();
+                    error!(why, error = %e, "committing offsets failed; what they cover will be redelivered");
+                    return;
+                }
             }
         }
     }
@@ -824,6 +847,11 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
         consumer.unassign()
     }
 }
+
+/// How long a revocation's or shutdown's commit retries a transient error
+/// (never past the shutdown deadline), and the pause between tries.
+const COMMIT_RETRY_FOR: Duration = Duration::from_secs(5);
+const COMMIT_RETRY_STEP: Duration = Duration::from_millis(250);
 
 /// The commit metadata of a start position chosen by `START_AT`: a group
 /// whose only commits carry it is still new (its replicas may be resolving
