@@ -57,6 +57,8 @@ pub struct Context {
     lag: Mutex<LagTracker>,
     /// Failed commits so far, to log repeats less often.
     commit_failures: AtomicU64,
+    /// Commit callbacks served so far (the shutdown waits for its own).
+    commit_callbacks: AtomicU64,
     /// librdkafka's log and error lines, rate-limited.
     logs: KafkaLogs,
     /// Set by an error the connector cannot recover from (bad credentials).
@@ -106,6 +108,11 @@ impl Context {
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
+        // Served while the shutdown waits for its commit: the consumer is
+        // closing, so nothing is started for partitions given to it now.
+        if self.health.is_shutting_down() {
+            return;
+        }
         let mut workers = self.workers();
         let mut added = Vec::new();
         for elem in tpl.elements_for_topic(&self.topic) {
@@ -312,6 +319,11 @@ impl ClientContext for Context {
             );
             let name = format!("{}/{partition}", self.topic);
             if let Some(quiet) = stalled {
+                // Once when it starts, then once a minute while it lasts.
+                if quiet.as_secs() % 60 == crate::stall::STALL_AFTER.as_secs() {
+                    warn!(topic = %self.topic, partition, lag = view.lag_messages, quiet_s = quiet.as_secs(),
+                        "partition stalled: it has lag but neither takes nor delivers, and is not waiting on the webhook, paused, or blocked; /healthz fails until it moves");
+                }
                 problems.stalled.push(format!(
                     "{name} (lag {}, {} s without progress)",
                     view.lag_messages,
@@ -354,9 +366,6 @@ impl ClientContext for Context {
             m.partition_lag_seconds
                 .with_label_values(&labels)
                 .set(view.lag_seconds);
-        }
-        for problem in &problems.stalled {
-            warn!(partition = %problem, "partition stalled: it has lag but neither fetches nor delivers, and is not waiting on the webhook, paused, or blocked; /healthz fails until it moves");
         }
         self.health.set_partition_problems(problems);
     }
@@ -614,6 +623,7 @@ impl ConsumerContext for Context {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.commit_callbacks.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 self.metrics.commits.with_label_values(&["ok"]).inc();
@@ -703,6 +713,7 @@ pub fn create(
         next_generation: AtomicU64::new(0),
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
+        commit_callbacks: AtomicU64::new(0),
         logs: KafkaLogs::default(),
         fatal: Mutex::new(None),
         start_at: config.start_at,
@@ -827,7 +838,7 @@ pub fn run(
     ctx.metrics.assigned_partitions.set(0);
     store_progress(&consumer, &topic, &mut progress);
     let finals = ctx.stop_workers(workers, shutdown_timeout);
-    ctx.commit_sync(&consumer, &finals, "shutdown");
+    commit_at_shutdown(&consumer, &topic, &finals);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group so the partitions
     // move to the other replicas without waiting for the session timeout.
@@ -836,6 +847,50 @@ pub fn run(
     match fatal {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
+    }
+}
+
+/// The shutdown's commit of what the workers delivered. Asynchronous, then
+/// polled until its callback arrives, by the shutdown deadline plus
+/// `COMMIT_RETRY_FOR`: a synchronous commit here can wait for ever, because
+/// when a rebalance is queued for this thread librdkafka holds the commit
+/// until the application serves the rebalance, and the application is the
+/// one waiting (seen in the chaos test: the replica then stayed in the group,
+/// holding partitions nobody read). Messages polled meanwhile are dropped,
+/// uncommitted.
+fn commit_at_shutdown(consumer: &Consumer_, topic: &str, offsets: &[(i32, i64)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let ctx = consumer.context();
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        warn!(error = %e, "storing final offsets failed");
+    }
+    let before = ctx.commit_callbacks.load(Ordering::Relaxed);
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        error!(error = %e, "committing final offsets failed; what they cover will be redelivered");
+        return;
+    }
+    let limit = ctx
+        .shutdown_deadline
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        .max(tokio::time::Instant::now())
+        + COMMIT_RETRY_FOR;
+    while ctx.commit_callbacks.load(Ordering::Relaxed) == before
+        && tokio::time::Instant::now() < limit
+    {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    if ctx.commit_callbacks.load(Ordering::Relaxed) == before {
+        error!(offsets = ?offsets, "no answer to the final commit by the deadline; what it covers may be redelivered");
+    } else {
+        info!(offsets = ?offsets, "final commit answered (see commits_total for its result)");
     }
 }
 

@@ -85,6 +85,9 @@ impl Health {
             .lock()
             .expect("no code panics while holding the health lock")
     }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }

@@ -143,6 +143,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let max_buffered = config.max_buffered_bytes;
     let shutdown_timeout = config.shutdown_timeout;
     let consumer_shutdown = shutdown.clone();
+    shutdown::watchdog(shutdown.clone(), shutdown_timeout + shutdown::EXIT_GRACE)
+        .context("cannot start the shutdown watchdog")?;
     let consumer_thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
