@@ -404,7 +404,10 @@ impl Context {
     /// after the assignment, so the decision is durable: an owner that
     /// crashes before its first delivery hands over a committed position, not
     /// a second `START_AT`, and replicas starting together each decide for
-    /// their own partitions. In a group that has commits, a partition without
+    /// their own partitions. The tag records the topic's partition count, so
+    /// a partition added after the choice (even before any delivered offset
+    /// is committed) is not taken for one a new group has yet to place.
+    /// In a group that has commits, a partition without
     /// one (added to the topic, or never committed) starts at the earliest
     /// offset (`auto.offset.reset`), and so does any partition whose offset
     /// fell out of range: nothing is skipped. When the group state cannot be
@@ -418,9 +421,15 @@ impl Context {
             return None;
         }
         let timeout = Duration::from_secs(10);
-        let committed = match self.group_commits(consumer, timeout) {
-            Ok(GroupCommits::Established) => return None,
-            Ok(GroupCommits::New { committed }) => committed,
+        let (committed, decided_for, partitions) = match self.group_commits(consumer, timeout) {
+            Ok((GroupCommits::Established, _)) => return None,
+            Ok((
+                GroupCommits::New {
+                    committed,
+                    decided_for,
+                },
+                partitions,
+            )) => (committed, decided_for, partitions),
             Err(e) => {
                 warn!(error = %e, "cannot tell whether the group has commits; not applying START_AT (partitions without a commit start at the earliest offset)");
                 return None;
@@ -433,6 +442,15 @@ impl Context {
             if committed.contains(&partition) {
                 continue;
             }
+            // Added to the topic after the group chose its start: the
+            // choice is made, and this partition is read from its start.
+            if decided_for.is_some_and(|count| partition >= count) {
+                info!(
+                    partition,
+                    "partition added after the group chose its START_AT position: reading it from its earliest offset"
+                );
+                continue;
+            }
             let offset = match self.start_offset(consumer, partition, timeout) {
                 Ok(offset) => offset,
                 Err(e) => {
@@ -443,7 +461,7 @@ impl Context {
             info!(partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
             let _ = starts.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
             if let Some(mut elem) = starts.find_partition(&self.topic, partition) {
-                elem.set_metadata(START_AT_METADATA);
+                elem.set_metadata(start_at_metadata(partitions));
             }
         }
         for elem in starts.elements_for_topic(&self.topic) {
@@ -455,7 +473,12 @@ impl Context {
     /// Whether the group is new: no partition of the topic has a commit
     /// other than a START_AT position (which replicas of a new group that
     /// start together commit for their own partitions).
-    fn group_commits(&self, consumer: &Consumer_, timeout: Duration) -> KafkaResult<GroupCommits> {
+    /// Also returns the topic's partition count as read now.
+    fn group_commits(
+        &self,
+        consumer: &Consumer_,
+        timeout: Duration,
+    ) -> KafkaResult<(GroupCommits, i32)> {
         let metadata = kafka_read::retrying("topic metadata", || {
             consumer.fetch_metadata(Some(&self.topic), timeout)
         })?;
@@ -478,12 +501,16 @@ impl Context {
         let committed = kafka_read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
-        Ok(group_commits(committed.elements().iter().filter_map(
-            |e| match e.offset() {
-                Offset::Offset(_) => Some((e.partition(), e.metadata() == START_AT_METADATA)),
-                _ => None,
-            },
-        )))
+        let commits = group_commits(
+            committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(_) => Some((e.partition(), e.metadata())),
+                    _ => None,
+                }),
+        );
+        Ok((commits, all.count() as i32))
     }
 
     /// Where `START_AT` points in one partition, as a concrete offset.
@@ -911,26 +938,58 @@ const COMMIT_RETRY_STEP: Duration = Duration::from_millis(250);
 /// The commit metadata of a start position chosen by `START_AT`: a group
 /// whose only commits carry it is still new (its replicas may be resolving
 /// `START_AT` for their own partitions at this very moment).
+/// It records how many partitions the topic had when the choice was made, so
+/// that a partition added later is known as such even before any delivered
+/// offset is committed (`patterns-connector:start_at;partitions=N`).
 const START_AT_METADATA: &str = "patterns-connector:start_at";
+
+fn start_at_metadata(partitions: i32) -> String {
+    format!("{START_AT_METADATA};partitions={partitions}")
+}
+
+/// `Some(count)` for a START_AT position that records the topic's partition
+/// count then; `Some(None)` for one that does not; `None` for any other commit.
+fn parse_start_at_metadata(metadata: &str) -> Option<Option<i32>> {
+    let rest = metadata.strip_prefix(START_AT_METADATA)?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    Some(
+        rest.strip_prefix(";partitions=")
+            .and_then(|n| n.parse().ok()),
+    )
+}
 
 #[derive(Debug, PartialEq, Eq)]
 enum GroupCommits {
     /// Some partition has a commit of delivered offsets: START_AT no longer applies.
     Established,
-    /// Only START_AT positions, for these partitions (or none at all).
-    New { committed: Vec<i32> },
+    /// Only START_AT positions, for these partitions (or none at all), and
+    /// the fewest partitions the topic had when one of them was chosen:
+    /// partitions numbered from there on were added after the choice.
+    New {
+        committed: Vec<i32>,
+        decided_for: Option<i32>,
+    },
 }
 
-/// Decides from `(partition, is a START_AT position)` per committed partition.
-fn group_commits(commits: impl Iterator<Item = (i32, bool)>) -> GroupCommits {
+/// Decides from `(partition, commit metadata)` per committed partition.
+fn group_commits<'a>(commits: impl Iterator<Item = (i32, &'a str)>) -> GroupCommits {
     let mut committed = Vec::new();
-    for (partition, start_at) in commits {
-        if !start_at {
+    let mut decided_for: Option<i32> = None;
+    for (partition, metadata) in commits {
+        let Some(count) = parse_start_at_metadata(metadata) else {
             return GroupCommits::Established;
-        }
+        };
         committed.push(partition);
+        if let Some(count) = count {
+            decided_for = Some(decided_for.map_or(count, |d| d.min(count)));
+        }
     }
-    GroupCommits::New { committed }
+    GroupCommits::New {
+        committed,
+        decided_for,
+    }
 }
 
 /// When a drain that starts at `now` must end: after `timeout`, but never
@@ -1183,17 +1242,35 @@ mod tests {
     fn a_group_is_new_until_a_partition_has_a_commit_that_is_not_a_start_at_position() {
         assert_eq!(
             group_commits(std::iter::empty()),
-            GroupCommits::New { committed: vec![] }
-        );
-        assert_eq!(
-            group_commits([(0, true), (3, true)].into_iter()),
             GroupCommits::New {
-                committed: vec![0, 3]
+                committed: vec![],
+                decided_for: None
+            }
+        );
+        let tagged = start_at_metadata(4);
+        assert_eq!(
+            group_commits([(0, tagged.as_str()), (3, START_AT_METADATA)].into_iter()),
+            GroupCommits::New {
+                committed: vec![0, 3],
+                decided_for: Some(4)
+            }
+        );
+        let fewer = start_at_metadata(2);
+        assert_eq!(
+            group_commits([(0, tagged.as_str()), (1, fewer.as_str())].into_iter()),
+            GroupCommits::New {
+                committed: vec![0, 1],
+                decided_for: Some(2)
             }
         );
         assert_eq!(
-            group_commits([(0, true), (1, false)].into_iter()),
+            group_commits([(0, tagged.as_str()), (1, "")].into_iter()),
             GroupCommits::Established
+        );
+        assert_eq!(parse_start_at_metadata("other"), None);
+        assert_eq!(
+            parse_start_at_metadata("patterns-connector:start_at;partitions=x"),
+            Some(None)
         );
     }
 
