@@ -386,12 +386,10 @@ impl Receiver {
         let app = Router::new()
             .route("/{*path}", post(receive))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { addr, state }
+        Receiver {
+            addr: common::serve(app).await,
+            state,
+        }
     }
 
     fn url(&self) -> String {
@@ -619,10 +617,7 @@ impl SteadyProducer {
             let mut pending = Vec::new();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let now = chrono::Utc::now()
-                    .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-                    .to_string();
-                let sample = patterns_connector::sample::captured(run, n, &now);
+                let sample = patterns_connector::sample::captured(run, n, &common::now_timestamp());
                 // Enqueued here, in order; the acknowledgement is awaited apart,
                 // so a broker restart slows acknowledgements, not the rate.
                 let delivery = loop {

@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -86,27 +84,13 @@ fn dead_letters_over_sasl(
     expected: usize,
     timeout: Duration,
 ) -> Vec<(String, String)> {
-    let consumer: BaseConsumer = client(hosts, password)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
-        m.headers()
-            .and_then(|h| h.iter().find(|h| h.key == name))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < expected && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push((header(&m, "dlq.reason"), header(&m, "dlq.payload")));
-        }
-    }
+    let header =
+        |r: &common::DeadLetterRecord, name: &str| r.headers.get(name).cloned().unwrap_or_default();
+    let mut out: Vec<(String, String)> =
+        common::read_topic_with(client(hosts, password), topic, expected, timeout)
+            .iter()
+            .map(|r| (header(r, "dlq.reason"), header(r, "dlq.payload")))
+            .collect();
     out.sort();
     out
 }
@@ -300,16 +284,7 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
 
     let trusted = format!("{untrusted},ssl.ca.location={ca}");
     receiver.reject_marked();
-    let mut connector = connector_on(
-        &tls_hosts,
-        &trusted,
-        &topic,
-        &receiver,
-        &[
-            ("KAFKA_SASL_PASSWORD", password.as_str()),
-            ("DLQ_TOPIC", dlq.as_str()),
-        ],
-    );
+    let connector = tls_connector(&tls_hosts, &trusted, &topic, &receiver, &password, &dlq);
     eventually(
         Duration::from_secs(90),
         "all events delivered over TLS, the refused one dead-lettered",
@@ -321,9 +296,32 @@ async fn sasl_over_tls_works_with_the_brokers_ca_and_refuses_an_untrusted_broker
         },
     )
     .await;
+    stop_without_leaking(connector, &password).await;
+}
+
+/// A connector on the SASL_SSL listener that dead-letters to `dlq`.
+fn tls_connector(
+    tls_hosts: &str,
+    properties: &str,
+    topic: &str,
+    receiver: &Receiver,
+    password: &str,
+    dlq: &str,
+) -> Connector {
+    connector_on(
+        tls_hosts,
+        properties,
+        topic,
+        receiver,
+        &[("KAFKA_SASL_PASSWORD", password), ("DLQ_TOPIC", dlq)],
+    )
+}
+
+/// Stops it gracefully and checks that its log never showed the password.
+async fn stop_without_leaking(mut connector: Connector, password: &str) {
     connector.signal("TERM");
     assert!(connector.wait(Duration::from_secs(30)).await.success());
-    assert!(!connector.logs().contains(&password));
+    assert!(!connector.logs().contains(password));
 }
 
 /// Defect 5: the side clients once got only some prefixes of
@@ -350,16 +348,7 @@ async fn every_kafka_client_connects_with_the_consumers_connection_settings() {
     let unverified =
         "security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=connector,\
                       enable.ssl.certificate.verification=false";
-    let mut connector = connector_on(
-        &tls_hosts,
-        unverified,
-        &topic,
-        &receiver,
-        &[
-            ("KAFKA_SASL_PASSWORD", password.as_str()),
-            ("DLQ_TOPIC", dlq.as_str()),
-        ],
-    );
+    let connector = tls_connector(&tls_hosts, unverified, &topic, &receiver, &password, &dlq);
     eventually(
         Duration::from_secs(90),
         "all accepted events delivered over TLS",
@@ -381,7 +370,5 @@ async fn every_kafka_client_connects_with_the_consumers_connection_settings() {
         "both dead letters written, the refused one's original read back; log:\n{}",
         connector.logs()
     );
-    connector.signal("TERM");
-    assert!(connector.wait(Duration::from_secs(30)).await.success());
-    assert!(!connector.logs().contains(&password));
+    stop_without_leaking(connector, &password).await;
 }

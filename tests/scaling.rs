@@ -34,10 +34,7 @@ impl SteadyProducer {
             let started = tokio::time::Instant::now();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let now = chrono::Utc::now()
-                    .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-                    .to_string();
-                let sample = patterns_connector::sample::captured(run, n, &now);
+                let sample = patterns_connector::sample::captured(run, n, &common::now_timestamp());
                 let produced = send_sample(&producer, &topic, sample).await;
                 produced2.lock().expect("lock").push(produced);
                 n += 1;

@@ -199,9 +199,20 @@ pub struct DeadLetterRecord {
 /// Reads every record of `topic` (from the beginning, until `expected` are
 /// read or `timeout` passes).
 pub fn read_topic(topic: &str, expected: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", kafka());
+    read_topic_with(client, topic, expected, timeout)
+}
+
+/// `read_topic` with a client of the caller's (another broker, SASL).
+pub fn read_topic_with(
+    mut client: ClientConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<DeadLetterRecord> {
     use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka())
+    let consumer: BaseConsumer = client
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -466,6 +477,23 @@ struct ReceiverState {
     drop_connections: usize,
 }
 
+/// Serves `app` on a free loopback port, in the background.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Now, as PostHog's capture writes `now` (RFC 3339, microseconds).
+pub fn now_timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
+}
+
 /// A local stand-in for the Patterns webhook.
 #[derive(Clone)]
 pub struct Receiver {
@@ -479,12 +507,10 @@ impl Receiver {
         let app = Router::new()
             .route("/{*path}", post(handle))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { addr, state }
+        Receiver {
+            addr: serve(app).await,
+            state,
+        }
     }
 
     /// The webhook URL, with a secret-looking path like Patterns' own.
