@@ -470,6 +470,45 @@ impl Context {
         (starts.count() > 0).then_some(starts)
     }
 
+    /// Gives every assigned partition still without a position (not placed
+    /// by `START_AT`) a concrete one: its committed offset, or the earliest
+    /// when it has none, read here rather than by librdkafka after the
+    /// assignment. librdkafka's own look-up can hang for ever: when its
+    /// OffsetFetch meets a coordinator that moved, the partition stays
+    /// "being queried" and never fetches (librdkafka issue 5586), and while
+    /// a look-up is pending a cooperative member skips every rebalance, so
+    /// the partitions of replicas that leave or die are never handed out
+    /// again. This read returns an error instead, and is retried. If it
+    /// still fails, librdkafka looks the offsets up as before (and the stall
+    /// detector reports a look-up that never ends).
+    fn place_from_commits(&self, consumer: &Consumer_, tpl: &mut TopicPartitionList) {
+        let mut unplaced = TopicPartitionList::new();
+        for elem in tpl.elements() {
+            if !matches!(elem.offset(), Offset::Offset(_)) {
+                unplaced.add_partition(elem.topic(), elem.partition());
+            }
+        }
+        if unplaced.count() == 0 {
+            return;
+        }
+        let committed = kafka_read::retrying_for(COMMITTED_LOOKUP_FOR, "committed offsets", || {
+            consumer.committed_offsets(unplaced.clone(), COMMITTED_LOOKUP_TIMEOUT)
+        });
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                warn!(error = %e, "cannot read the committed offsets of the assigned partitions; librdkafka looks them up instead");
+                return;
+            }
+        };
+        for elem in committed.elements() {
+            let Some(start) = start_position(elem.offset(), elem.error()) else {
+                continue;
+            };
+            let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), start);
+        }
+    }
+
     /// Whether the group is new: no partition of the topic has a commit
     /// other than a START_AT position (which replicas of a new group that
     /// start together commit for their own partitions).
@@ -567,6 +606,7 @@ impl ConsumerContext for Context {
         match err {
             Err::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let starts = self.resolve_start(consumer, tpl);
+                self.place_from_commits(consumer, tpl);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -723,6 +763,10 @@ pub fn create(
     // which win over the defaults above.
     for (key, value) in connection.consumer_properties() {
         client.set(key, value);
+    }
+    // `debug=<contexts>` asks for librdkafka's debug lines: let them through.
+    if client.get("debug").is_some() {
+        client.set_log_level(RDKafkaLogLevel::Debug);
     }
     // The guarantee: librdkafka stores nothing by itself; only offsets the
     // workers report as delivered are stored, and auto-commit commits those.
@@ -927,6 +971,27 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
         consumer.incremental_unassign(tpl)
     } else {
         consumer.unassign()
+    }
+}
+
+/// How long the assign callback reads committed offsets (each try, and all
+/// tries together): well inside `max.poll.interval.ms`, which the callback
+/// counts against.
+const COMMITTED_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+const COMMITTED_LOOKUP_FOR: Duration = Duration::from_secs(10);
+
+/// Where an assigned partition starts, from its committed-offset answer:
+/// the commit, or the earliest offset when there is none (what
+/// `auto.offset.reset=earliest` would choose). `None` leaves the look-up to
+/// librdkafka (an error for this partition, or an answer it must interpret).
+fn start_position(committed: Offset, error: KafkaResult<()>) -> Option<Offset> {
+    if error.is_err() {
+        return None;
+    }
+    match committed {
+        Offset::Offset(offset) if offset >= 0 => Some(Offset::Offset(offset)),
+        Offset::Invalid => Some(Offset::Beginning),
+        _ => None,
     }
 }
 
@@ -1272,6 +1337,28 @@ mod tests {
             parse_start_at_metadata("patterns-connector:start_at;partitions=x"),
             Some(None)
         );
+    }
+
+    #[test]
+    fn an_assigned_partition_starts_at_its_commit_or_else_the_earliest_offset() {
+        assert_eq!(
+            start_position(Offset::Offset(42), Ok(())),
+            Some(Offset::Offset(42))
+        );
+        assert_eq!(
+            start_position(Offset::Offset(0), Ok(())),
+            Some(Offset::Offset(0))
+        );
+        assert_eq!(
+            start_position(Offset::Invalid, Ok(())),
+            Some(Offset::Beginning)
+        );
+        let error = Err(KafkaError::OffsetFetch(
+            rdkafka::types::RDKafkaErrorCode::NotCoordinator,
+        ));
+        assert_eq!(start_position(Offset::Offset(42), error.clone()), None);
+        assert_eq!(start_position(Offset::Invalid, error), None);
+        assert_eq!(start_position(Offset::End, Ok(())), None);
     }
 
     #[test]

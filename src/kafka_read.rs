@@ -38,8 +38,17 @@ pub fn is_transient(error: &KafkaError) -> bool {
 
 /// Runs `read` until it succeeds, fails with an error that is not transient,
 /// or `RETRY_FOR` has passed; then returns its last result. Blocks the thread.
-pub fn retrying<T>(what: &str, mut read: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
-    let deadline = Instant::now() + RETRY_FOR;
+pub fn retrying<T>(what: &str, read: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
+    retrying_for(RETRY_FOR, what, read)
+}
+
+/// `retrying` within `budget` instead of `RETRY_FOR`.
+pub fn retrying_for<T>(
+    budget: Duration,
+    what: &str,
+    mut read: impl FnMut() -> KafkaResult<T>,
+) -> KafkaResult<T> {
+    let deadline = Instant::now() + budget;
     let mut attempt = 0;
     loop {
         match read() {

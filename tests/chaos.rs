@@ -795,6 +795,9 @@ impl Replicas {
             ("SHUTDOWN_TIMEOUT_MS", "5000"),
             ("LOG_FORMAT", "json"),
         ];
+        if properties.contains(",debug=") {
+            env.push(("LOG_LEVEL", "info,patterns_connector::kafka_client=debug"));
+        }
         if latest {
             env.push(("START_AT", "latest"));
             self.latest.insert(id);
