@@ -859,7 +859,6 @@ fn log_digest(path: &PathBuf) -> BTreeMap<String, u64> {
 // ------------------------------------------------------------ the test
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "a seed can wedge the consumer group after a broker restart (issue 11 note); run with scripts/soak"]
 async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_what_was_delivered() {
     let wall = Instant::now();
     let seed: u64 = match std::env::var("CHAOS_SEED") {
