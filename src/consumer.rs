@@ -421,7 +421,8 @@ impl Context {
             return None;
         }
         let timeout = Duration::from_secs(10);
-        let (committed, decided_for, partitions) = match self.group_commits(consumer, timeout) {
+        let (committed, decided_for, partitions) = match self.group_commits(consumer, tpl, timeout)
+        {
             Ok((GroupCommits::Established, _)) => return None,
             Ok((
                 GroupCommits::New {
@@ -491,8 +492,11 @@ impl Context {
         if unplaced.count() == 0 {
             return;
         }
+        let deadline = std::time::Instant::now() + COMMITTED_LOOKUP_FOR;
         let committed = kafka_read::retrying_for(COMMITTED_LOOKUP_FOR, "committed offsets", || {
-            consumer.committed_offsets(unplaced.clone(), COMMITTED_LOOKUP_TIMEOUT)
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = left.clamp(Duration::from_millis(100), COMMITTED_LOOKUP_TIMEOUT);
+            consumer.committed_offsets(unplaced.clone(), timeout)
         });
         let committed = match committed {
             Ok(committed) => committed,
@@ -501,21 +505,32 @@ impl Context {
                 return;
             }
         };
+        let mut lag = self.lag.lock().expect("lag lock");
         for elem in committed.elements() {
             let Some(start) = start_position(elem.offset(), elem.error()) else {
                 continue;
             };
             let _ = tpl.set_partition_offset(elem.topic(), elem.partition(), start);
+            // librdkafka's statistics learn a commit only from their own
+            // look-up, now skipped: without this, a handed-over partition
+            // would report no commit (and its whole log as lag) until this
+            // replica commits to it.
+            if let (Offset::Offset(offset), true) = (start, elem.topic() == self.topic) {
+                lag.committed(elem.partition(), offset);
+            }
         }
     }
 
     /// Whether the group is new: no partition of the topic has a commit
     /// other than a START_AT position (which replicas of a new group that
     /// start together commit for their own partitions).
-    /// Also returns the topic's partition count as read now.
+    /// Also returns the topic's partition count as known now: the metadata's,
+    /// or more when the assignment names a partition the metadata answer
+    /// does not list yet (just added), whose commit is read too.
     fn group_commits(
         &self,
         consumer: &Consumer_,
+        assigned: &TopicPartitionList,
         timeout: Duration,
     ) -> KafkaResult<(GroupCommits, i32)> {
         let metadata = kafka_read::retrying("topic metadata", || {
@@ -537,19 +552,28 @@ impl Context {
                 rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
             ));
         }
+        for elem in assigned.elements_for_topic(&self.topic) {
+            if all.find_partition(&self.topic, elem.partition()).is_none() {
+                all.add_partition(&self.topic, elem.partition());
+            }
+        }
+        let partitions = all
+            .elements()
+            .iter()
+            .map(|e| e.partition() + 1)
+            .max()
+            .unwrap_or(0);
         let committed = kafka_read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
-        let commits = group_commits(
-            committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(_) => Some((e.partition(), e.metadata())),
-                    _ => None,
-                }),
-        );
-        Ok((commits, all.count() as i32))
+        let metadata: Vec<(i32, String)> = committed
+            .elements()
+            .iter()
+            .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+            .map(|e| (e.partition(), commit_metadata(e)))
+            .collect();
+        let commits = group_commits(metadata.iter().map(|(p, m)| (*p, m.as_str())));
+        Ok((commits, partitions))
     }
 
     /// Where `START_AT` points in one partition, as a concrete offset.
@@ -605,8 +629,17 @@ impl ConsumerContext for Context {
         );
         match err {
             Err::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.resolve_start(consumer, tpl);
-                self.place_from_commits(consumer, tpl);
+                // While shutting down, no worker starts for these partitions
+                // (`assign`): reading their start positions would only spend
+                // the shutdown's time (librdkafka answers reads slowly while
+                // closing).
+                let starts = if self.health.is_shutting_down() {
+                    None
+                } else {
+                    let starts = self.resolve_start(consumer, tpl);
+                    self.place_from_commits(consumer, tpl);
+                    starts
+                };
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -1013,16 +1046,28 @@ fn start_at_metadata(partitions: i32) -> String {
 }
 
 /// `Some(count)` for a START_AT position that records the topic's partition
-/// count then; `Some(None)` for one that does not; `None` for any other commit.
+/// count then; `Some(None)` for one that does not (written before counts
+/// were recorded); `None` for any other commit. A count that cannot be read
+/// is taken as 0, so every partition without a commit starts at the
+/// earliest offset: a misread never skips.
 fn parse_start_at_metadata(metadata: &str) -> Option<Option<i32>> {
     let rest = metadata.strip_prefix(START_AT_METADATA)?;
     if rest.is_empty() {
         return Some(None);
     }
-    Some(
-        rest.strip_prefix(";partitions=")
-            .and_then(|n| n.parse().ok()),
-    )
+    let count = rest
+        .strip_prefix(";partitions=")
+        .and_then(|n| n.parse().ok())
+        .filter(|n: &i32| *n >= 0);
+    Some(Some(count.unwrap_or(0)))
+}
+
+/// A commit's metadata. rdkafka panics on metadata that is not UTF-8 (which
+/// another client of the group may write); read as "" (another client's
+/// commit), not a panic inside librdkafka's callback.
+fn commit_metadata(elem: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| elem.metadata().to_owned()))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1333,10 +1378,15 @@ mod tests {
             GroupCommits::Established
         );
         assert_eq!(parse_start_at_metadata("other"), None);
-        assert_eq!(
-            parse_start_at_metadata("patterns-connector:start_at;partitions=x"),
-            Some(None)
-        );
+        assert_eq!(parse_start_at_metadata(""), None);
+        assert_eq!(parse_start_at_metadata(START_AT_METADATA), Some(None));
+        for unreadable in [";partitions=x", ";partitions=", ";partitions=-3", ";v=2"] {
+            assert_eq!(
+                parse_start_at_metadata(&format!("{START_AT_METADATA}{unreadable}")),
+                Some(Some(0)),
+                "{unreadable}"
+            );
+        }
     }
 
     #[test]

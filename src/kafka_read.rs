@@ -54,7 +54,12 @@ pub fn retrying_for<T>(
         match read() {
             Err(e) if is_transient(&e) && Instant::now() < deadline => {
                 debug!(error = %e, what, attempt, "transient Kafka error; asking again");
-                std::thread::sleep(crate::dlq::kafka_retry_delay(attempt).min(RETRY_STEP_MAX));
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(
+                    crate::dlq::kafka_retry_delay(attempt)
+                        .min(RETRY_STEP_MAX)
+                        .min(left),
+                );
                 attempt += 1;
             }
             result => return result,

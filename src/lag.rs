@@ -62,18 +62,14 @@ pub enum FetchState {
 }
 
 impl PartitionStats {
-    /// Waiting on Kafka rather than on the connector: no leader.
-    fn has_no_leader(&self) -> bool {
+    /// Waiting on Kafka rather than on the connector: no leader, or the
+    /// start position still being looked up.
+    fn waits_on_kafka(&self) -> bool {
         self.leader < 0
-    }
-
-    /// Kafka is still looking up where the partition starts (a bounded
-    /// excuse, see `stall::LOOKUP_LIMIT`).
-    fn looks_up_start(&self) -> bool {
-        matches!(
-            self.fetch_state,
-            FetchState::OffsetQuery | FetchState::OffsetWait | FetchState::ValidateEpochWait
-        )
+            || matches!(
+                self.fetch_state,
+                FetchState::OffsetQuery | FetchState::OffsetWait | FetchState::ValidateEpochWait
+            )
     }
 }
 
@@ -283,8 +279,7 @@ impl LagTracker {
         let activity = Activity {
             has_work: readable > position || worker.oldest_pending_ts_ms.is_some(),
             progress: worker.consumed_next.unwrap_or(-1) + worker.completions as i64,
-            waiting: worker.waiting || stats.has_no_leader(),
-            looking_up: stats.looks_up_start(),
+            waiting: worker.waiting || stats.waits_on_kafka(),
         };
         (view, p.stall.observe(activity, now_ms))
     }
@@ -532,27 +527,23 @@ mod tests {
                 None
             );
         }
-        // Kafka's side: no leader (for as long as it lasts), or the start
-        // offset being looked up (for a minute: a look-up that never ends
-        // is a stall, see stall::LOOKUP_LIMIT).
-        for (fetch_state, leader, excused) in [
-            (FetchState::OffsetQuery, 0, 59_000),
-            (FetchState::OffsetWait, 0, 59_000),
-            (FetchState::Active, -1, 600_000),
+        // Kafka's side: the start offset is being looked up, or no leader.
+        for (fetch_state, leader) in [
+            (FetchState::OffsetQuery, 0),
+            (FetchState::OffsetWait, 0),
+            (FetchState::Active, -1),
         ] {
             let mut t = LagTracker::default();
             let mut s = stats(500, 0, -1001);
             s.fetch_state = fetch_state;
             s.leader = leader;
-            for now in [0, 40_000, excused] {
+            for now in [0, 40_000, 80_000] {
                 assert_eq!(
                     t.observe_worker(0, &s, &worker(None, 0, false), now).1,
                     None,
                     "{fetch_state:?} {leader}"
                 );
             }
-            let later = t.observe_worker(0, &s, &worker(None, 0, false), excused + 30_000);
-            assert_eq!(later.1.is_some(), leader >= 0, "{fetch_state:?} {leader}");
         }
     }
 

@@ -9,21 +9,12 @@
 //! in a way the connector cannot explain (a lost resume, a worker that
 //! stopped): `/healthz` fails and names it, so the orchestrator restarts the
 //! replica, and the `partition_stalled` gauge and its alert say which one.
-//!
-//! Waiting on Kafka for the start position (librdkafka looking up the
-//! committed offset or resetting it) is a reason for [`LOOKUP_LIMIT`] only: a
-//! look-up takes milliseconds to seconds, and one that never ends (librdkafka
-//! can lose its answer when the coordinator moves) leaves the partition, and
-//! with it the group's rebalances, stuck until the replica restarts.
 //! Pure: the caller passes what it observed and `now`.
 
 use std::time::Duration;
 
 /// How long a partition may have work and make no progress before it counts as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
-
-/// How long a start-position look-up excuses a partition that does not move.
-pub const LOOKUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// One observation of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +27,6 @@ pub struct Activity {
     /// The partition waits for a known reason (delivery in flight, paused
     /// for backpressure, blocked by policy, dead-letter writes failing).
     pub waiting: bool,
-    /// Kafka is looking up where the partition starts (a reason for
-    /// [`LOOKUP_LIMIT`] at most).
-    pub looking_up: bool,
 }
 
 /// Tracks one partition across observations.
@@ -47,8 +35,6 @@ pub struct StallClock {
     last_progress: Option<i64>,
     /// When the partition last moved, waited for a reason, or had no work (ms).
     fine_at_ms: Option<i64>,
-    /// When the current start-position look-up was first seen (ms).
-    looking_up_since_ms: Option<i64>,
 }
 
 impl StallClock {
@@ -56,14 +42,7 @@ impl StallClock {
     pub fn observe(&mut self, activity: Activity, now_ms: i64) -> Option<Duration> {
         let moved = self.last_progress != Some(activity.progress);
         self.last_progress = Some(activity.progress);
-        let looking_up = if activity.looking_up {
-            let since = *self.looking_up_since_ms.get_or_insert(now_ms);
-            Duration::from_millis((now_ms - since).max(0) as u64) < LOOKUP_LIMIT
-        } else {
-            self.looking_up_since_ms = None;
-            false
-        };
-        if moved || activity.waiting || looking_up || !activity.has_work {
+        if moved || activity.waiting || !activity.has_work {
             self.fine_at_ms = Some(now_ms);
             return None;
         }
@@ -82,34 +61,7 @@ mod tests {
             has_work,
             progress,
             waiting,
-            looking_up: false,
         }
-    }
-
-    fn looking_up(progress: i64) -> Activity {
-        Activity {
-            looking_up: true,
-            ..activity(true, progress, false)
-        }
-    }
-
-    #[test]
-    fn a_start_position_look_up_excuses_a_partition_for_a_minute_only() {
-        let mut clock = StallClock::default();
-        for t in (0..60_000).step_by(1_000) {
-            assert_eq!(clock.observe(looking_up(5), t), None);
-        }
-        // Past the limit, the usual 30 s of no progress (from the last
-        // excused reading, at 59 s) make a stall.
-        assert_eq!(clock.observe(looking_up(5), 88_999), None);
-        assert_eq!(
-            clock.observe(looking_up(5), 89_000),
-            Some(Duration::from_secs(30))
-        );
-        // A look-up that ends, and a new one, starts the excuse again.
-        assert_eq!(clock.observe(activity(true, 6, false), 91_000), None);
-        assert_eq!(clock.observe(looking_up(6), 92_000), None);
-        assert_eq!(clock.observe(looking_up(6), 151_000), None);
     }
 
     #[test]

@@ -461,6 +461,75 @@ async fn a_replica_reports_only_the_partitions_it_owns_after_a_rebalance() {
     }
 }
 
+/// Partitions that move to a replica report their committed offset and no
+/// lag at once, though no new event arrives for them to commit: the
+/// committed offsets the new owner reads when it is assigned count.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_handed_over_report_their_commit_and_no_lag_without_new_events() {
+    let (topic, group) = (unique("handed"), unique("g"));
+    create_topic(&topic, 4).await;
+    let receiver = Receiver::start().await;
+    let env = [
+        ("KAFKA_PROPERTIES", GROUP_PROPERTIES),
+        ("COMMIT_INTERVAL_MS", "500"),
+    ];
+    let first = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first replica owns all 4", || {
+        assigned(&first) == Some(4)
+    })
+    .await;
+    produce(&topic, run_id(), 0..200).await;
+    let high = high_watermarks(&topic, 4);
+    eventually(WAIT, "everything committed", || {
+        committed(&group, &topic, 4) == high.iter().map(|h| Some(*h)).collect::<Vec<_>>()
+    })
+    .await;
+    let second = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "two partitions each", || {
+        assigned(&first) == Some(2) && assigned(&second) == Some(2)
+    })
+    .await;
+    let gauges = |text: &str, name: &str| -> Vec<(i32, f64)> {
+        metric_values(text, name)
+            .into_iter()
+            .filter_map(|(labels, v)| {
+                let p = labels.split("partition=\"").nth(1)?.split('"').next()?;
+                Some((p.parse().ok()?, v))
+            })
+            .collect()
+    };
+    let mut last = String::new();
+    let consistent = |text: &str| {
+        let committed = gauges(text, "patterns_connector_partition_committed_offset");
+        let lag = gauges(text, "patterns_connector_partition_lag_messages");
+        let no_commit = gauges(text, "patterns_connector_partition_no_committed_offset");
+        committed.len() == 2
+            && committed
+                .iter()
+                .all(|(p, c)| *c == high[*p as usize] as f64)
+            && lag.len() == 2
+            && lag.iter().all(|(_, l)| *l == 0.0)
+            && no_commit.iter().all(|(_, n)| *n == 0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        last = second.metrics().await;
+        if consistent(&last) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "the second replica's gauges for its partitions (broker high watermarks {high:?}, all committed):\n{}",
+        last.lines()
+            .filter(|l| l.starts_with("patterns_connector_partition_committed_offset")
+                || l.starts_with("patterns_connector_partition_lag_messages")
+                || l.starts_with("patterns_connector_partition_no_committed_offset"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// A topic deleted and created again under the same name while the
 /// connector reads it: its offsets start again from 0, and the new events
 /// are delivered and committed (progress is not held back by the old
