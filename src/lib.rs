@@ -65,32 +65,13 @@
 //! delivered, leave the group. A shutdown has one deadline, SIGTERM plus
 //! `SHUTDOWN_TIMEOUT_MS`, even when it arrives during a revocation drain.
 
-pub mod batch;
-pub mod bisect;
 pub mod config;
-pub mod consumer;
-pub mod decode;
-pub mod delivery;
-pub mod dlq;
-pub mod filter;
-pub mod health;
-pub mod http;
-pub mod kafka_client;
-pub mod kafka_read;
-pub mod lag;
-pub mod log_limit;
-pub mod metrics;
-pub mod offsets;
-pub mod originals;
+pub mod event;
+pub mod kafka;
+pub mod ops;
 pub mod partition;
-pub mod rawjson;
 pub mod replay;
-pub mod sample;
-pub mod shutdown;
-pub mod stall;
-pub mod timestamp;
-pub mod watermark_probe;
-pub mod webhook;
+pub mod sink;
 
 use std::sync::Arc;
 
@@ -99,8 +80,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Config;
-use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::event::filter;
+use crate::kafka::{consumer, originals};
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::ops::{http, shutdown};
+use crate::sink::{delivery, dlq, webhook};
 
 /// Runs the connector until `shutdown` is cancelled and everything is drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        patterns_connector::shutdown::install(shutdown.clone())?;
+        patterns_connector::ops::shutdown::install(shutdown.clone())?;
         match command {
             None => patterns_connector::run(config, shutdown).await,
             Some(Command::ReplayDlq { group }) => {

@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, InputFormat};
-use crate::decode::decode;
-use crate::dlq::header;
-use crate::filter::Filter;
-use crate::kafka_client::{Connection, SideContext};
-use crate::kafka_read;
-use crate::webhook::{Sent, Webhook};
+use crate::event::decode::decode;
+use crate::event::filter::Filter;
+use crate::kafka::connection::{Connection, SideContext};
+use crate::kafka::read;
+use crate::sink::dlq::header;
+use crate::sink::webhook::{Sent, Webhook};
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -78,13 +78,13 @@ pub async fn run(
     for p in &partitions {
         wanted.add_partition(topic, *p);
     }
-    let committed = kafka_read::retrying("committed offsets", || {
+    let committed = read::retrying("committed offsets", || {
         consumer.committed_offsets(wanted.clone(), Duration::from_secs(10))
     })?;
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     for p in &partitions {
-        let (low, high) = kafka_read::retrying("watermarks", || {
+        let (low, high) = read::retrying("watermarks", || {
             consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))
         })?;
         let start = match committed.find_partition(topic, *p).map(|e| e.offset()) {
@@ -254,7 +254,7 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample;
+    use crate::event::sample;
 
     fn pageviews_only() -> Filter {
         Filter::new(&["$pageview".to_owned()], None, None)

@@ -552,7 +552,7 @@ fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Option<Ve
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = patterns_connector::kafka_read::retrying("committed offsets", || {
+    let committed = patterns_connector::kafka::read::retrying("committed offsets", || {
         consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
     })
     .ok()?;
@@ -571,7 +571,7 @@ fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Option<Ve
 fn high_watermarks(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Option<Vec<i64>> {
     (0..partitions)
         .map(|p| {
-            patterns_connector::kafka_read::retrying("watermarks", || {
+            patterns_connector::kafka::read::retrying("watermarks", || {
                 consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
             })
             .ok()
@@ -617,7 +617,8 @@ impl SteadyProducer {
             let mut pending = Vec::new();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let sample = patterns_connector::sample::captured(run, n, &common::now_timestamp());
+                let sample =
+                    patterns_connector::event::sample::captured(run, n, &common::now_timestamp());
                 // Enqueued here, in order; the acknowledgement is awaited apart,
                 // so a broker restart slows acknowledgements, not the rate.
                 let delivery = loop {
@@ -796,7 +797,10 @@ impl Replicas {
             ("LOG_FORMAT", "json"),
         ];
         if properties.contains(",debug=") {
-            env.push(("LOG_LEVEL", "info,patterns_connector::kafka_client=debug"));
+            env.push((
+                "LOG_LEVEL",
+                "info,patterns_connector::kafka::connection=debug",
+            ));
         }
         if latest {
             env.push(("START_AT", "latest"));

@@ -68,7 +68,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_delivery_resumes_by_itsel
             let started = tokio::time::Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+                let s = patterns_connector::event::sample::captured(run, n, "2024-05-01T12:00:00Z");
                 let d = producer
                     .send(
                         FutureRecord::to(&topic).key(&s.key).payload(&s.value),

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use patterns_connector::sample::PROJECTS;
+use patterns_connector::event::sample::PROJECTS;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);

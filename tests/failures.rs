@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use patterns_connector::sample;
+use patterns_connector::event::sample;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -619,7 +619,7 @@ async fn replay_dlq_resends_dead_letters_once_the_cause_is_fixed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() {
     use patterns_connector::config::{Cli, Config};
-    use patterns_connector::originals::{Found, Originals};
+    use patterns_connector::kafka::originals::{Found, Originals};
     use rdkafka::admin::AdminOptions;
     use rdkafka::{Offset, TopicPartitionList};
 

@@ -195,13 +195,13 @@ async fn a_partition_added_while_running_is_read_from_its_start_even_with_start_
     let run = run_id();
     let records: Vec<RawRecord> = (0..10)
         .map(|n| {
-            let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+            let s = patterns_connector::event::sample::captured(run, n, "2024-05-01T12:00:00Z");
             (Some(s.key.into_bytes()), Some(s.value))
         })
         .collect();
     produce_keyed(&topic, 2, &records).await;
     let want: HashSet<String> = (0..10)
-        .map(|n| patterns_connector::sample::captured(run, n, "x").uuid)
+        .map(|n| patterns_connector::event::sample::captured(run, n, "x").uuid)
         .collect();
     eventually(WAIT, "the new partition's events delivered", || {
         receiver.delivered_uuids().is_superset(&want)
@@ -240,7 +240,7 @@ async fn failing_dead_letter_writes_stop_the_partition_until_the_topic_accepts_t
     let receiver = Receiver::start().await;
     let run = run_id();
     let good = |n: u64| {
-        let s = patterns_connector::sample::captured(run, n, "2024-05-01T12:00:00Z");
+        let s = patterns_connector::event::sample::captured(run, n, "2024-05-01T12:00:00Z");
         ((Some(s.key.into_bytes()), Some(s.value)), s.uuid)
     };
     let (first, first_uuid) = good(0);

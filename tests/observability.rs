@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use patterns_connector::metrics::ALL;
+use patterns_connector::ops::metrics::ALL;
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {

@@ -34,7 +34,8 @@ impl SteadyProducer {
             let started = tokio::time::Instant::now();
             let mut n = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                let sample = patterns_connector::sample::captured(run, n, &common::now_timestamp());
+                let sample =
+                    patterns_connector::event::sample::captured(run, n, &common::now_timestamp());
                 let produced = send_sample(&producer, &topic, sample).await;
                 produced2.lock().expect("lock").push(produced);
                 n += 1;

@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// The one item of `config.rs` the decoder uses.
+/// The one item of `config` the decoder uses.
 mod config {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum InputFormat {
@@ -18,12 +18,17 @@ mod config {
         Clickhouse,
     }
 }
-#[path = "../../src/timestamp.rs"]
+#[path = "../../src/event/timestamp.rs"]
 mod timestamp;
-#[path = "../../src/rawjson.rs"]
+#[path = "../../src/event/rawjson.rs"]
 mod rawjson;
-#[path = "../../src/decode.rs"]
+#[path = "../../src/event/decode.rs"]
 mod decode;
+
+/// The crate's `event` folder, as far as the decoder needs it.
+mod event {
+    pub(crate) use super::{rawjson, timestamp};
+}
 
 use config::InputFormat;
 

@@ -145,7 +145,7 @@ fn decode_bench(count: u64) {
     let now = chrono::Utc::now();
     let stamp = now.to_rfc3339();
     let messages: Vec<Vec<u8>> = (0..1000)
-        .map(|n| patterns_connector::sample::captured(9, n, &stamp).value)
+        .map(|n| patterns_connector::event::sample::captured(9, n, &stamp).value)
         .collect();
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let mut out = Vec::new();
@@ -154,8 +154,13 @@ fn decode_bench(count: u64) {
     for n in 0..count {
         out.clear();
         let message = &messages[(n % 1000) as usize];
-        patterns_connector::decode::decode_into(Some(message), InputFormat::Auto, now, &mut out)
-            .expect("samples decode");
+        patterns_connector::event::decode::decode_into(
+            Some(message),
+            InputFormat::Auto,
+            now,
+            &mut out,
+        )
+        .expect("samples decode");
         written += out.len();
     }
     let secs = start.elapsed().as_secs_f64();
@@ -233,7 +238,7 @@ async fn produce(
         let now = chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
             .to_string();
-        let sample = patterns_connector::sample::captured(run_id, n, &now);
+        let sample = patterns_connector::event::sample::captured(run_id, n, &now);
         let producer = producer.clone();
         let topic = topic.to_owned();
         pending.push(tokio::spawn(async move {

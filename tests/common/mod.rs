@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use patterns_connector::sample::{self, Sample};
+use patterns_connector::event::sample::{self, Sample};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -365,7 +365,7 @@ pub fn assert_no_secret(connector: &Connector) {
 /// (right after it starts, its group coordinator answers NotCoordinator for
 /// a while), as the connector does; panics with the last error.
 pub fn retrying<T>(what: &str, read: impl FnMut() -> KafkaResult<T>) -> T {
-    patterns_connector::kafka_read::retrying(what, read).unwrap_or_else(|e| panic!("{what}: {e}"))
+    patterns_connector::kafka::read::retrying(what, read).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// The group's committed offset per partition (None: no commit).

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use url::Url;
 
 use crate::config::{redact_url, Config, DlqPolicy, StatusSet};
-use crate::metrics::{status_class, Metrics};
+use crate::ops::metrics::{status_class, Metrics};
 use retry::Verdict;
 
 pub const USER_AGENT_VALUE: &str = concat!("patterns-connector/", env!("CARGO_PKG_VERSION"));
@@ -173,7 +173,7 @@ impl Webhook {
                     retry_after,
                     suspicious,
                 } => {
-                    if crate::log_limit::worth_logging(attempt.into()) {
+                    if crate::ops::log_limit::worth_logging(attempt.into()) {
                         if suspicious {
                             error!(partition, attempt = attempt + 1, status = outcome.status, detail = %outcome.detail,
                                 url = %self.url_for_logs,
@@ -237,7 +237,7 @@ impl Webhook {
                     class: status_class(status),
                     status: Some(status),
                     detail: String::from_utf8_lossy(
-                        &text[..text.len().min(crate::dlq::MAX_RESPONSE_BODY)],
+                        &text[..text.len().min(crate::sink::dlq::MAX_RESPONSE_BODY)],
                     )
                     .into_owned(),
                 }

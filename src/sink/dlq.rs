@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::kafka_client::{Connection, SideContext};
-use crate::webhook::{pause, Cancelled};
+use crate::kafka::connection::{Connection, SideContext};
+use crate::sink::webhook::{pause, Cancelled};
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
 pub const MAX_RESPONSE_BODY: usize = 1024;
@@ -182,7 +182,7 @@ impl DeadLetters {
                 Err((e, _)) => {
                     failing
                         .get_or_insert_with(|| FailingWrite::new(&self.failing, letter.partition));
-                    if crate::log_limit::worth_logging(attempt.into()) {
+                    if crate::ops::log_limit::worth_logging(attempt.into()) {
                         warn!(partition = letter.partition, offset = letter.offset, attempt = attempt + 1,
                             topic = %self.topic, error = %e,
                             "writing to the dead-letter topic failed; retrying (does the topic exist?)");

@@ -3,7 +3,7 @@
 //!
 //! The batch is sent whole. If the webhook rejects it (a status in
 //! `WEBHOOK_REJECT_STATUSES`, such as 400 for a bad event or 413 for a body too
-//! large), it is split in halves ([`crate::bisect`]) until the rejected events
+//! large), it is split in halves ([`crate::sink::bisect`]) until the rejected events
 //! stand alone; the accepted parts go out in order, the rejected events go to
 //! the dead-letter topic with the status and the response. Transient failures
 //! are retried inside [`Webhook::send`].
@@ -13,12 +13,12 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::batch::Batch;
-use crate::bisect::Bisection;
-use crate::dlq::{header, DeadLetter, DeadLetters};
-use crate::metrics::{status_class, Metrics};
-use crate::originals::{Found, Originals};
-use crate::webhook::{Cancelled, Sent, Webhook};
+use crate::kafka::originals::{Found, Originals};
+use crate::ops::metrics::{status_class, Metrics};
+use crate::partition::batch::Batch;
+use crate::sink::bisect::Bisection;
+use crate::sink::dlq::{header, DeadLetter, DeadLetters};
+use crate::sink::webhook::{Cancelled, Sent, Webhook};
 
 /// The `dlq.error` of a rejected event whose original message was deleted.
 const GONE: &str = "the original message is no longer in Kafka (retention or compaction); the payload is the event as sent to the webhook";
@@ -117,7 +117,7 @@ impl Deliverer {
                         .with_label_values(&[status_class(status)])
                         .inc();
                     if range.len() == batch.events.len() {
-                        warn!(partition, status, events = range.len(), response = %crate::dlq::truncate(&body, 200),
+                        warn!(partition, status, events = range.len(), response = %crate::sink::dlq::truncate(&body, 200),
                             "webhook rejected a batch; splitting it to find the rejected events");
                     }
                     if range.len() == 1 {

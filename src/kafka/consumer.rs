@@ -29,14 +29,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
-use crate::health::{Health, PartitionProblems};
-use crate::kafka_client::KafkaLogs;
-use crate::kafka_read;
-use crate::lag::{self, LagTracker, WorkerView};
-use crate::log_limit;
-use crate::metrics::Metrics;
+use crate::kafka::connection::KafkaLogs;
+use crate::kafka::read;
+use crate::kafka::watermarks;
+use crate::ops::health::{Health, PartitionProblems};
+use crate::ops::lag::{self, LagTracker, WorkerView};
+use crate::ops::log_limit;
+use crate::ops::metrics::Metrics;
 use crate::partition::{self, Message, Progress};
-use crate::watermark_probe;
 
 pub type Consumer_ = BaseConsumer<Context>;
 
@@ -263,7 +263,7 @@ impl Context {
                     return;
                 }
                 Err(e)
-                    if kafka_read::is_transient(&e)
+                    if read::is_transient(&e)
                         && tokio::time::Instant::now() + COMMIT_RETRY_STEP < give_up =>
                 {
                     warn!(why, error = %e, attempt = attempt + 1, "committing offsets failed; retrying");
@@ -320,7 +320,7 @@ impl ClientContext for Context {
             let name = format!("{}/{partition}", self.topic);
             if let Some(quiet) = stalled {
                 // Once when it starts, then once a minute while it lasts.
-                if quiet.as_secs() % 60 == crate::stall::STALL_AFTER.as_secs() {
+                if quiet.as_secs() % 60 == crate::ops::stall::STALL_AFTER.as_secs() {
                     warn!(topic = %self.topic, partition, lag = view.lag_messages, quiet_s = quiet.as_secs(),
                         "partition stalled: it has lag but neither takes nor delivers, and is not waiting on the webhook, paused, or blocked; /healthz fails until it moves");
                 }
@@ -493,7 +493,7 @@ impl Context {
             return;
         }
         let deadline = std::time::Instant::now() + COMMITTED_LOOKUP_FOR;
-        let committed = kafka_read::retrying_for(COMMITTED_LOOKUP_FOR, "committed offsets", || {
+        let committed = read::retrying_for(COMMITTED_LOOKUP_FOR, "committed offsets", || {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let timeout = left.clamp(Duration::from_millis(100), COMMITTED_LOOKUP_TIMEOUT);
             consumer.committed_offsets(unplaced.clone(), timeout)
@@ -533,7 +533,7 @@ impl Context {
         assigned: &TopicPartitionList,
         timeout: Duration,
     ) -> KafkaResult<(GroupCommits, i32)> {
-        let metadata = kafka_read::retrying("topic metadata", || {
+        let metadata = read::retrying("topic metadata", || {
             consumer.fetch_metadata(Some(&self.topic), timeout)
         })?;
         let mut all = TopicPartitionList::new();
@@ -563,7 +563,7 @@ impl Context {
             .map(|e| e.partition() + 1)
             .max()
             .unwrap_or(0);
-        let committed = kafka_read::retrying("committed offsets", || {
+        let committed = read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
         let metadata: Vec<(i32, String)> = committed
@@ -584,7 +584,7 @@ impl Context {
         timeout: Duration,
     ) -> KafkaResult<i64> {
         let high = || {
-            kafka_read::retrying("high watermark for START_AT", || {
+            read::retrying("high watermark for START_AT", || {
                 consumer.fetch_watermarks(&self.topic, partition, timeout)
             })
             .map(|(_, high)| high)
@@ -598,7 +598,7 @@ impl Context {
             partition,
             Offset::Offset(start.timestamp_millis()),
         );
-        let resolved = kafka_read::retrying("offsets for START_AT", || {
+        let resolved = read::retrying("offsets for START_AT", || {
             consumer.offsets_for_times(times.clone(), timeout)
         })?;
         match resolved
@@ -769,7 +769,7 @@ pub fn create(
     health: Arc<Health>,
 ) -> anyhow::Result<Consumer_> {
     // The brokers and the connection settings every client shares (kafka_client.rs).
-    let connection = crate::kafka_client::Connection::from_config(config);
+    let connection = crate::kafka::connection::Connection::from_config(config);
     let mut client: ClientConfig = connection.client_config("patterns-connector");
     client
         .set("group.id", &config.kafka_consumer_group)
@@ -827,7 +827,7 @@ pub fn create(
             "cannot create the Kafka consumer (check KAFKA_HOSTS and KAFKA_PROPERTIES): {e}"
         )
     })?;
-    watermark_probe::spawn(config, consumer.context())?;
+    watermarks::spawn(config, consumer.context())?;
     consumer.subscribe(&[&config.kafka_topic]).map_err(|e| {
         anyhow::anyhow!(
             "cannot subscribe to KAFKA_TOPIC {}: {e}",
@@ -922,7 +922,7 @@ pub fn run(
         if last_gauges.elapsed() >= Duration::from_millis(500) {
             last_gauges = Instant::now();
             let now_ms = chrono::Utc::now().timestamp_millis();
-            let stall_ms = crate::health::STALL_AFTER.as_millis() as i64;
+            let stall_ms = crate::ops::health::STALL_AFTER.as_millis() as i64;
             let (total, stalled) = ctx.workers().values().fold((0, 0), |(bytes, stalled), w| {
                 (
                     bytes + w.shared.buffered_bytes(),

@@ -19,8 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::consumer::Context;
-use crate::kafka_client::{Connection, SideContext};
+use crate::kafka::connection::{Connection, SideContext};
+use crate::kafka::consumer::Context;
 
 /// How often the assigned partitions' high watermarks are read.
 pub const INTERVAL: Duration = Duration::from_secs(3);
@@ -85,7 +85,7 @@ fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
                 failures = 0;
             }
             Err(e) => {
-                if crate::log_limit::worth_logging(failures) {
+                if crate::ops::log_limit::worth_logging(failures) {
                     warn!(error = %e, failures = failures + 1,
                         "cannot read the assigned partitions' high watermarks; lag in messages may read low for partitions that do not fetch");
                 }

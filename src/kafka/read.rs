@@ -56,7 +56,7 @@ pub fn retrying_for<T>(
                 debug!(error = %e, what, attempt, "transient Kafka error; asking again");
                 let left = deadline.saturating_duration_since(Instant::now());
                 std::thread::sleep(
-                    crate::dlq::kafka_retry_delay(attempt)
+                    crate::sink::dlq::kafka_retry_delay(attempt)
                         .min(RETRY_STEP_MAX)
                         .min(left),
                 );

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::BatchLimits;
-use crate::offsets::UnitId;
+use crate::partition::frontier::UnitId;
 
 /// One event of a batch.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Batch {
     }
 
     /// Bytes held by the batch. The original messages are not kept (see
-    /// [`crate::originals`]), so this is its body.
+    /// [`crate::kafka::originals`]), so this is its body.
     pub fn held_bytes(&self) -> usize {
         self.body.len()
     }
@@ -183,7 +183,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::offsets::Frontier;
+    use crate::partition::frontier::Frontier;
 
     fn limits(max_events: usize, max_bytes: usize) -> BatchLimits {
         BatchLimits {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::config::Config;
-use crate::decode::EventMeta;
+use crate::event::decode::EventMeta;
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

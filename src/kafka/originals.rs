@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::dlq::kafka_retry_delay;
-use crate::kafka_client::{Connection, SideContext};
-use crate::webhook::{pause, Cancelled};
+use crate::kafka::connection::{Connection, SideContext};
+use crate::sink::dlq::kafka_retry_delay;
+use crate::sink::webhook::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Originals {
                 Ok(found) => return Ok(found),
                 Err(_) if cancel.is_cancelled() => return Err(Cancelled),
                 Err(error) => {
-                    if crate::log_limit::worth_logging(attempt.into()) {
+                    if crate::ops::log_limit::worth_logging(attempt.into()) {
                         warn!(partition, attempt = attempt + 1, %error,
                             "reading rejected events back from Kafka failed; retrying");
                     }

@@ -5,7 +5,7 @@
 //!   field is a JSON *string* holding the SDK's event. PostHog's ingestion merges
 //!   `data` with the envelope (envelope wins), moves `ip` to `properties.$ip`
 //!   and `sent_at` to `properties.$sent_at`, merges top-level `$set`/`$set_once`
-//!   into the properties, and computes the event time ([`crate::timestamp`]).
+//!   into the properties, and computes the event time ([`crate::event::timestamp`]).
 //!   We do the same, so the webhook sees what PostHog's own apps saw.
 //! - `clickhouse_events_json` (processed events): `properties` and the person
 //!   and group properties are JSON strings; times are ClickHouse's
@@ -16,7 +16,7 @@
 //! encoded once here to the bytes that go into the batch body.
 //!
 //! The hot path: each message is read in one pass with borrowed raw values
-//! ([`crate::rawjson`]); nested values (most of the properties) are copied to
+//! ([`crate::event::rawjson`]); nested values (most of the properties) are copied to
 //! the output byte for byte, never built into a tree. Properties keep the
 //! order the SDK sent them in. What is accepted and what is refused is the
 //! same as a full `serde_json::Value` parse (see `rawjson::check`).
@@ -28,8 +28,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::InputFormat;
-use crate::rawjson::{self, kind, Data, Envelope, EventDoc, Fields, Key, Kind, Object, Properties};
-use crate::timestamp::{self, TimestampInputs};
+use crate::event::rawjson::{
+    self, kind, Data, Envelope, EventDoc, Fields, Key, Kind, Object, Properties,
+};
+use crate::event::timestamp::{self, TimestampInputs};
 
 /// What the filter needs to know about a decoded event.
 #[derive(Debug, Clone, PartialEq)]
@@ -474,7 +476,8 @@ fn json_string_field<'a>(
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = include_str!("../tests/fixtures/posthog-capture-kafka-messages.jsonl");
+    const FIXTURES: &str =
+        include_str!("../../tests/fixtures/posthog-capture-kafka-messages.jsonl");
 
     fn wall_clock() -> DateTime<Utc> {
         timestamp::parse_iso("2030-01-01T00:00:00Z").expect("valid")

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-const FIXTURES: &str = include_str!("../tests/fixtures/posthog-capture-kafka-messages.jsonl");
+const FIXTURES: &str = include_str!("../../tests/fixtures/posthog-capture-kafka-messages.jsonl");
 
 /// The projects sample events belong to (`token`, `team_id`).
 pub const PROJECTS: [(&str, i64); 3] = [
@@ -89,7 +89,7 @@ mod tests {
         for n in 0..200 {
             let s = captured(7, n, "2024-01-01T00:00:00Z");
             let decoded =
-                crate::decode::decode(Some(&s.value), InputFormat::Auto, chrono::Utc::now())
+                crate::event::decode::decode(Some(&s.value), InputFormat::Auto, chrono::Utc::now())
                     .expect("samples decode");
             assert_eq!(decoded.meta.uuid, s.uuid);
             assert_eq!(decoded.meta.token.as_deref(), Some(s.token));

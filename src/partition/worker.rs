@@ -21,15 +21,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::batch::{Batch, Batcher};
 use crate::config::{Config, DlqPolicy};
-use crate::decode::{decode_into, DecodeError, EventMeta};
-use crate::delivery::{Deliverer, Outcome};
-use crate::dlq::DeadLetter;
-use crate::filter::Filter;
-use crate::metrics::Metrics;
-use crate::offsets::{Frontier, UnitId};
-use crate::webhook::Cancelled;
+use crate::event::decode::{decode_into, DecodeError, EventMeta};
+use crate::event::filter::Filter;
+use crate::ops::metrics::Metrics;
+use crate::partition::batch::{Batch, Batcher};
+use crate::partition::frontier::{Frontier, UnitId};
+use crate::sink::delivery::{Deliverer, Outcome};
+use crate::sink::dlq::DeadLetter;
+use crate::sink::webhook::Cancelled;
 
 /// A consumed message, owned, as the consumer loop hands it over.
 #[derive(Debug)]
@@ -392,7 +392,7 @@ impl Worker {
                     .events_undecodable
                     .with_label_values(&[e.reason()])
                     .inc();
-                if crate::log_limit::worth_logging(self.undecodable_logged) {
+                if crate::ops::log_limit::worth_logging(self.undecodable_logged) {
                     warn!(partition = self.partition, offset = message.offset, reason = e.reason(), error = %e,
                         count = self.undecodable_logged + 1, "message is not a PostHog event");
                 }

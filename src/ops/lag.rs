@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::stall::{Activity, StallClock};
+use crate::ops::stall::{Activity, StallClock};
 
 /// What one statistics snapshot says about one partition.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -173,7 +173,7 @@ pub struct WorkerView {
     pub consumed_next: Option<i64>,
     /// Deliveries and dead letters acknowledged so far.
     pub completions: u64,
-    /// Waiting for a known reason (see [`crate::stall::Activity::waiting`]).
+    /// Waiting for a known reason (see [`crate::ops::stall::Activity::waiting`]).
     pub waiting: bool,
 }
 

@@ -114,7 +114,7 @@ impl Health {
         } else if !problems.stalled.is_empty() {
             Err(format!(
                 "stalled: partition(s) with lag that neither fetched nor delivered for {} s or more, for no known reason: {}{}",
-                crate::stall::STALL_AFTER.as_secs(),
+                crate::ops::stall::STALL_AFTER.as_secs(),
                 problems.stalled.join(", "),
                 problems.notes()
             ))

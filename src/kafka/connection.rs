@@ -24,7 +24,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 use tracing::{debug, error, info, warn};
 
-use crate::log_limit::RateLimit;
+use crate::ops::log_limit::RateLimit;
 
 use crate::config::{is_secret_key, Config};
 

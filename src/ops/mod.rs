@@ -1,0 +1,20 @@
+//! What the operator sees and controls: metrics, health, the HTTP endpoints,
+//! lag, stalls, log limiting, shutdown.
+//!
+//! - `metrics`: every Prometheus series (names are part of the interface).
+//! - `lag`: librdkafka statistics and probes into per-partition lag.
+//! - `stall`: the pure rule that tells waiting from stalled.
+//! - `health`: what `/healthz` and `/readyz` answer.
+//! - `http`: the HTTP server for `/metrics`, `/healthz`, `/readyz`.
+//! - `log_limit`: rate limits for repeated log lines.
+//! - `shutdown`: signals, the one shutdown deadline, the watchdog.
+//!
+//! Called by every other folder; calls none of them.
+
+pub mod health;
+pub mod http;
+pub mod lag;
+pub mod log_limit;
+pub mod metrics;
+pub mod shutdown;
+pub mod stall;
