@@ -4,21 +4,29 @@
 //!  Kafka topic (events_plugin_ingestion or clickhouse_events_json)
 //!      │  consumer group, cooperative-sticky assignment
 //!      ▼
-//!  consumer loop (consumer.rs, one thread) ── pause/resume when a partition's buffer is full
+//!  consumer loop (kafka/consumer.rs, one thread) ── pause/resume when a partition's buffer is full
 //!      │  one channel per assigned partition
 //!      ▼
-//!  partition worker (partition.rs, one task per partition)
-//!      decode (decode.rs, timestamp.rs) → filter (filter.rs) → batch (batch.rs)
+//!  partition worker (partition/worker.rs, one task per partition)
+//!      decode (event/decode.rs, event/timestamp.rs) → filter (event/filter.rs)
+//!      → batch (partition/batch.rs)
 //!      │  one batch in flight per partition: order is kept
 //!      ▼
-//!  delivery (delivery.rs): POST the JSON array (webhook/); 2xx done;
+//!  delivery (sink/delivery.rs): POST the JSON array (sink/webhook/); 2xx done;
 //!      transient failures retried forever with backoff and Retry-After
-//!      (webhook/retry.rs); refused batches bisected (bisect.rs), refused
-//!      events read back from Kafka (originals.rs) to the dead-letter topic (dlq.rs)
+//!      (sink/webhook/retry.rs); refused batches bisected (sink/bisect.rs), refused
+//!      events read back from Kafka (kafka/originals.rs) to the dead-letter
+//!      topic (sink/dlq.rs)
 //!      │  delivered or dead-lettered
 //!      ▼
-//!  frontier (offsets.rs) → consumer loop stores the offset → auto-commit
+//!  frontier (partition/frontier.rs) → consumer loop stores the offset → auto-commit
 //! ```
+//!
+//! The folders: `event` (pure decoding and filters), `partition` (the
+//! worker, batches, the frontier), `sink` (webhook, bisection, dead
+//! letters), `kafka` (the clients), `ops` (metrics, lag, stalls, health,
+//! HTTP, shutdown). `event` and `sink` never reach into the consumer; `ops`
+//! calls none of the others. This file only wires them together.
 //!
 //! **The guarantee.** An offset is stored, and so committed, only when every
 //! message before it in its partition was delivered (2xx), filtered out or
@@ -30,31 +38,33 @@
 //! **Nothing is set aside silently.** A message that is not a PostHog event,
 //! an event larger than a batch may be, or an event the webhook refuses
 //! (a status in `WEBHOOK_REJECT_STATUSES`; the batch is bisected to find it,
-//! see `delivery.rs`) goes to the dead-letter topic (`dlq.rs`), and its offset
+//! see `sink::delivery`) goes to the dead-letter topic (`sink::dlq`), and its offset
 //! counts as done only once Kafka acknowledged that write. `replay-dlq`
-//! (`replay.rs`) sends such events again later.
+//! (`replay`) sends such events again later.
 //!
 //! Memory is bounded: a partition whose undelivered bytes pass its share of
 //! `MAX_BUFFERED_BYTES` is paused until deliveries catch up, while the consumer
 //! keeps polling (so it stays in the group). A message is dropped once decoded
-//! (`rawjson.rs` reads it in one pass, borrowing); batches hold only their
+//! (`event::rawjson` reads it in one pass, borrowing); batches hold only their
 //! request body, and the rare event the webhook refuses is read back from
 //! Kafka by offset for the dead-letter topic.
 //!
 //! Next to the consumer run three side clients, all built from one
-//! connection configuration (`kafka_client.rs`, so every security and
+//! connection configuration (`kafka::connection`, so every security and
 //! connection setting applies to all, and their librdkafka logs are
-//! rate-limited): the dead-letter producer (`dlq.rs`), the reader of refused
-//! events' originals (`originals.rs`), and a probe that reads every assigned
-//! partition's high watermark for the lag gauges (`watermark_probe.rs`,
-//! `lag.rs`). One-off reads of group state retry the broker's transient
-//! answers (`kafka_read.rs`).
+//! rate-limited): the dead-letter producer (`sink::dlq`), the reader of refused
+//! events' originals (`kafka::originals`), and a probe that reads every assigned
+//! partition's high watermark for the lag gauges (`kafka::watermarks`,
+//! `ops::lag`). One-off reads of group state retry the broker's transient
+//! answers (`kafka::read`).
 //!
 //! A partition that waits does so for a reason the operator can see: a
 //! delivery in flight (the webhook), paused for backpressure, blocked by
 //! `DLQ_POLICY=block`, dead-letter writes failing. One that has work and
-//! moves for none of these is *stalled* (`stall.rs`): `/healthz` fails and
-//! names it. A fatal Kafka client error ends the process non-zero.
+//! moves for none of these is *stalled* (`ops::stall`): `/healthz` fails and
+//! names it. A fatal Kafka client error ends the process non-zero, and so
+//! does librdkafka's group state when it stops taking part in rebalances
+//! (`kafka::wedge`): a restart is what clears it.
 //!
 //! `START_AT` decides a new group's start once, and commits it at the first
 //! assignment; afterwards partitions without a commit start at the earliest

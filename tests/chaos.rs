@@ -56,8 +56,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const BASE_PARTITIONS: i32 = 6;
 /// Events produced per second.
 const RATE: u64 = 200;
-/// How long the system gets, once faults stop, to deliver and commit everything.
-const DRAIN: Duration = Duration::from_secs(60);
+/// How long the system gets, once faults stop, to deliver and commit everything:
+/// room for a replica stuck in librdkafka's group state just before the end
+/// to notice it (a drain plus 60 s), exit and be restarted.
+const DRAIN: Duration = Duration::from_secs(100);
 /// The replicas' request timeout; slow answers stay under it.
 const WEBHOOK_TIMEOUT_MS: u64 = 5_000;
 /// Replicas running before the faults start.
@@ -768,6 +770,11 @@ struct Replicas {
     starts: u64,
     terms: u64,
     kills: u64,
+    /// Replicas that exited on their own because librdkafka's group state
+    /// was stuck (`src/kafka/wedge.rs`), restarted as an orchestrator would.
+    wedge_restarts: u64,
+    /// Any other exit nobody asked for: a failure.
+    unexpected_exits: Vec<String>,
 }
 
 impl Replicas {
@@ -811,6 +818,31 @@ impl Replicas {
         self.logs.insert(id, c.log.clone());
         self.live.insert(id, c);
         self.starts += 1;
+    }
+
+    /// Restarts, as Kubernetes would, every replica that exited on its own.
+    fn revive_exited(&mut self) {
+        let exited: Vec<(usize, ExitStatus)> = self
+            .live
+            .iter_mut()
+            .filter_map(|(id, c)| c.exited().map(|status| (*id, status)))
+            .collect();
+        for (id, status) in exited {
+            let log = self.logs.get(&id).cloned().unwrap_or_default();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("librdkafka has skipped every rebalance") {
+                println!("chaos: replica {id} exited ({status}): librdkafka's group state was stuck; restarting it");
+                self.wedge_restarts += 1;
+            } else {
+                self.unexpected_exits.push(format!(
+                    "replica {id} exited on its own with {status} (log: {})",
+                    log.display()
+                ));
+            }
+            self.take(id);
+            let latest = self.latest.contains(&id);
+            self.start(id, latest);
+        }
     }
 
     fn take(&mut self, id: usize) -> Option<Connector> {
@@ -930,6 +962,8 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         starts: 0,
         terms: 0,
         kills: 0,
+        wedge_restarts: 0,
+        unexpected_exits: Vec::new(),
     };
     for id in INITIAL_REPLICAS {
         replicas.start(id, false);
@@ -1075,6 +1109,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         .expect("consumer");
     for step in &schedule {
         tokio::time::sleep_until((start + step.at).into()).await;
+        replicas.revive_exited();
         println!(
             "chaos: t={:.1}s {}",
             start.elapsed().as_secs_f64(),
@@ -1164,6 +1199,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         }
     }
     tokio::time::sleep_until((start + duration).into()).await;
+    replicas.revive_exited();
 
     // ---------------------------------------------------------- drain
     receiver.set(Webhook::Healthy);
@@ -1213,6 +1249,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
             break (false, view);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        replicas.revive_exited();
     };
     let drain_seconds = drain_start.elapsed().as_secs_f64();
 
@@ -1224,6 +1261,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
             last.describe()
         ));
     }
+    failures.extend(replicas.unexpected_exits.iter().cloned());
     let mut healthz = Vec::new();
     for (id, c) in &replicas.live {
         match get(&http, c.http, "/healthz").await {
@@ -1384,7 +1422,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
     let summary = format!(
         "chaos summary: seed={seed} result={result} faults={seconds}s produced={} delivered={} lost={} \
          duplicates={duplicates} max_lag_seconds={:.1} outages={outages} pauses={} (log: {pause_log_lines}) \
-         kills={} sigterms={} starts={} latest_restart={} partitions={n} commit_samples={} commit_checks={commit_checks} \
+         kills={} sigterms={} starts={} wedge_restarts={} latest_restart={} partitions={n} commit_samples={} commit_checks={commit_checks} \
          stall_readings={stalls} drain={drain_seconds:.1}s wall={:.1}s",
         sent.len(),
         first_index.len(),
@@ -1394,6 +1432,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         replicas.kills,
         replicas.terms,
         replicas.starts,
+        replicas.wedge_restarts,
         if replicas.latest.is_empty() { "no" } else { "yes" },
         samples.len(),
         wall.elapsed().as_secs_f64(),

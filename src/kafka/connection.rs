@@ -1,7 +1,7 @@
 //! One connection configuration for every Kafka client the process creates:
-//! the consumer, the dead-letter producer (`dlq.rs`), the reader of refused
-//! events' originals (`originals.rs`), the watermark probe
-//! (`watermark_probe.rs`) and the `replay-dlq` consumer (`replay.rs`).
+//! the consumer, the dead-letter producer (`sink::dlq`), the reader of refused
+//! events' originals (`kafka::originals`), the watermark probe
+//! (`kafka::watermarks`) and the `replay-dlq` consumer (`replay.rs`).
 //!
 //! Every `KAFKA_PROPERTIES` key goes to every client, except the few that
 //! configure one client's own work rather than how it reaches the brokers:

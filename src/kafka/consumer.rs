@@ -32,6 +32,7 @@ use crate::config::{Config, StartAt};
 use crate::kafka::connection::KafkaLogs;
 use crate::kafka::read;
 use crate::kafka::watermarks;
+use crate::kafka::wedge::{self, WedgeWatch};
 use crate::ops::health::{Health, PartitionProblems};
 use crate::ops::lag::{self, LagTracker, WorkerView};
 use crate::ops::log_limit;
@@ -65,6 +66,11 @@ pub struct Context {
     fatal: Mutex<Option<String>>,
     /// Where a new group starts (see `Context::resolve_start`).
     start_at: StartAt,
+    /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
+    wedge: Mutex<WedgeWatch>,
+    /// The operator set `debug=` and wants librdkafka's debug lines; else
+    /// only the `cgrp` lines the wedge watch reads are produced, and dropped.
+    debug_asked: bool,
 }
 
 impl Context {
@@ -85,7 +91,7 @@ impl Context {
         partitions
     }
 
-    /// A high watermark read from the broker (`watermark_probe.rs`); kept
+    /// A high watermark read from the broker (`kafka::watermarks`); kept
     /// only while the partition is still assigned here.
     pub(crate) fn probed_high_watermark(&self, partition: i32, high_watermark: i64) {
         let workers = self.workers();
@@ -292,6 +298,19 @@ impl ClientContext for Context {
                 .set(stats.topic_partitions as i64);
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let wedged = self
+            .wedge
+            .lock()
+            .expect("wedge lock")
+            .wedged(now_ms, self.drain_timeout);
+        if let Some(skipping) = wedged {
+            self.set_fatal(format!(
+                "librdkafka has skipped every rebalance for {} s (its cooperative group state is stuck: \
+                 partitions of replicas that left are not handed out again); exiting so that the replica \
+                 is restarted, which clears it",
+                skipping.as_secs()
+            ));
+        }
         let workers = self.workers();
         let mut lag = self.lag.lock().expect("lag lock");
         let mut problems = PartitionProblems::default();
@@ -390,6 +409,21 @@ impl ClientContext for Context {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if matches!(level, RDKafkaLogLevel::Debug) {
+            if wedge::is_skipped_rebalance(log_message) {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                self.wedge.lock().expect("wedge lock").skipped(now_ms);
+            }
+            if !self.debug_asked {
+                return;
+            }
+        } else if matches!(level, RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice)
+            && !self.debug_asked
+        {
+            // Below the Warning level the consumer logged before `debug=cgrp`
+            // raised it: keep them out, as before.
+            return;
+        }
         self.logs.log("consumer", level, fac, log_message);
     }
 }
@@ -623,6 +657,7 @@ impl ConsumerContext for Context {
     ) {
         use rdkafka::consumer::RebalanceProtocol;
         use rdkafka::types::RDKafkaRespErr as Err;
+        self.wedge.lock().expect("wedge lock").rebalanced();
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -768,7 +803,7 @@ pub fn create(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> anyhow::Result<Consumer_> {
-    // The brokers and the connection settings every client shares (kafka_client.rs).
+    // The brokers and the connection settings every client shares (`kafka::connection`).
     let connection = crate::kafka::connection::Connection::from_config(config);
     let mut client: ClientConfig = connection.client_config("patterns-connector");
     client
@@ -798,9 +833,13 @@ pub fn create(
         client.set(key, value);
     }
     // `debug=<contexts>` asks for librdkafka's debug lines: let them through.
-    if client.get("debug").is_some() {
-        client.set_log_level(RDKafkaLogLevel::Debug);
+    // Without it, the group's (`cgrp`) lines are produced for the wedge
+    // watch (`wedge.rs`) and not logged.
+    let debug_asked = client.get("debug").is_some();
+    if !debug_asked {
+        client.set("debug", "cgrp");
     }
+    client.set_log_level(RDKafkaLogLevel::Debug);
     // The guarantee: librdkafka stores nothing by itself; only offsets the
     // workers report as delivered are stored, and auto-commit commits those.
     client.set("enable.auto.offset.store", "false");
@@ -821,6 +860,8 @@ pub fn create(
         logs: KafkaLogs::default(),
         fatal: Mutex::new(None),
         start_at: config.start_at,
+        wedge: Mutex::new(WedgeWatch::default()),
+        debug_asked,
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
         anyhow::anyhow!(

@@ -10,6 +10,7 @@
 //!   transient broker answers.
 //! - `originals`: reads a refused event's original message back by offset.
 //! - `watermarks`: the probe of assigned partitions' high watermarks.
+//! - `wedge`: recognises librdkafka's stuck cooperative group state.
 //!
 //! Starts `partition` workers and feeds `ops` (lag, health, metrics).
 
@@ -18,3 +19,4 @@ pub mod consumer;
 pub mod originals;
 pub mod read;
 pub mod watermarks;
+pub mod wedge;

@@ -6,7 +6,7 @@
 //! moment it stopped, and lag in messages would read low exactly when it
 //! matters. A thread next to the consumer asks the broker for the high
 //! watermarks of all assigned partitions every `INTERVAL`, in one ListOffsets
-//! request per broker, and hands them to the lag tracker (`lag.rs`), which
+//! request per broker, and hands them to the lag tracker (`ops::lag`), which
 //! counts the higher of the probe and the statistics. So the gauge is never
 //! more than `INTERVAL` (plus a statistics interval) behind the broker,
 //! whatever the partition's state.

@@ -5,7 +5,7 @@
 //! partition with no commit yet counts from its low watermark (new groups
 //! start at the earliest offset) and is flagged by its own gauge. librdkafka
 //! learns the high watermark from fetch responses, so it goes stale while a
-//! partition is paused; `watermark_probe.rs` then asks the broker, and the
+//! partition is paused; `kafka::watermarks` then asks the broker, and the
 //! higher of the two counts.
 //!
 //! Seconds: now minus the Kafka timestamp of the oldest consumed-but-undelivered
@@ -153,7 +153,7 @@ struct PartitionLag {
     committed: Option<i64>,
     /// When the partition was last seen with nothing left to deliver (ms).
     caught_up_at_ms: Option<i64>,
-    /// The high watermark last asked of the broker (`watermark_probe.rs`):
+    /// The high watermark last asked of the broker (`kafka::watermarks`):
     /// librdkafka learns it from fetch responses, so its own goes stale
     /// while a partition does not fetch (paused, or stuck).
     probed_high: Option<i64>,
@@ -237,7 +237,7 @@ impl LagTracker {
     }
 
     /// The lag of `partition` now, and how long it has been stalled if it is
-    /// (`stall.rs`): it has work, is not waiting for a known reason, and
+    /// (`ops::stall`): it has work, is not waiting for a known reason, and
     /// neither takes nor delivers anything.
     pub fn observe_worker(
         &mut self,

@@ -75,7 +75,7 @@ pub struct Shared {
     /// second, even while a delivery waits, unless it is deadlocked or starved.
     pub heartbeat_ms: AtomicI64,
     /// Counts batches delivered and dead letters acknowledged: it moves
-    /// whenever the partition makes progress (see `stall.rs`).
+    /// whenever the partition makes progress (see `ops::stall`).
     pub completions: AtomicU64,
     /// True while a batch is being delivered (or retried) or a dead letter
     /// written: the partition is waiting on the webhook or Kafka, not stalled.

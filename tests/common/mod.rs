@@ -706,6 +706,13 @@ impl Connector {
     }
 
     /// Waits for the process to exit.
+    /// Its exit status, if it has exited on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
