@@ -530,6 +530,85 @@ async fn partitions_handed_over_report_their_commit_and_no_lag_without_new_event
     );
 }
 
+/// librdkafka's stuck group state, made on purpose: partitions are added
+/// while a replica is in its revoke callback (draining a batch the slow
+/// webhook holds), so librdkafka rejoins in the middle of the revocation
+/// and from then on skips every rebalance. When the other replica leaves,
+/// its partitions are never handed back: before the wedge watch, the stuck
+/// replica stayed up, healthy, with those partitions unread for ever. Now
+/// it exits non-zero, naming the cause, and once restarted (as an
+/// orchestrator would) everything is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_stuck_in_librdkafkas_group_state_exits_so_that_a_restart_clears_it() {
+    use rdkafka::admin::{AdminOptions, NewPartitions};
+    let (topic, group) = (unique("wedge"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::ok().delayed(Duration::from_secs(8)));
+    let env = [
+        (
+            "KAFKA_PROPERTIES",
+            "session.timeout.ms=6000,heartbeat.interval.ms=500,topic.metadata.refresh.interval.ms=500",
+        ),
+        ("SHUTDOWN_TIMEOUT_MS", "15000"),
+        ("BATCH_LINGER_MS", "50"),
+    ];
+    let mut stuck = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "the first replica owns both partitions", || {
+        assigned(&stuck) == Some(2)
+    })
+    .await;
+    let produced = produce(&topic, run_id(), 0..100).await;
+    eventually(WAIT, "batches in flight on the slow webhook", || {
+        receiver.started() >= 2
+    })
+    .await;
+    let mut other = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(
+        WAIT,
+        "the first replica draining a revoked partition",
+        || {
+            stuck
+                .logs()
+                .contains("partitions revoked; draining in-flight batches")
+        },
+    )
+    .await;
+    admin()
+        .create_partitions(
+            &[NewPartitions::new(&topic, 4)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_partitions")
+        .into_iter()
+        .for_each(|r| {
+            r.expect("partitions added");
+        });
+    // Let the rebalances that follow settle, then the other replica leaves.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    receiver.set_default(Reply::ok());
+    other.signal("TERM");
+    assert!(other.wait(WAIT).await.success());
+    // The stuck replica notices within a drain plus 60 s, and exits.
+    let status = stuck.wait(Duration::from_secs(150)).await;
+    assert!(!status.success(), "exited with {status}");
+    assert!(
+        stuck
+            .logs()
+            .contains("librdkafka has skipped every rebalance"),
+        "the exit names the cause; log:\n{}",
+        stuck.logs()
+    );
+    let restarted = Connector::start(&topic, &group, &receiver.url(), &env);
+    let want: HashSet<String> = produced.iter().map(|p| p.sample.uuid.clone()).collect();
+    eventually(WAIT, "everything delivered after the restart", || {
+        receiver.delivered_uuids().is_superset(&want)
+    })
+    .await;
+    drop(restarted);
+}
+
 /// A topic deleted and created again under the same name while the
 /// connector reads it: its offsets start again from 0, and the new events
 /// are delivered and committed (progress is not held back by the old
