@@ -58,7 +58,7 @@ const BASE_PARTITIONS: i32 = 6;
 const RATE: u64 = 200;
 /// How long the system gets, once faults stop, to deliver and commit everything:
 /// room for a replica stuck in librdkafka's group state just before the end
-/// to notice it (a drain plus 60 s), exit and be restarted.
+/// to notice it (30 s of skipped rebalances), exit and be restarted.
 const DRAIN: Duration = Duration::from_secs(100);
 /// The replicas' request timeout; slow answers stay under it.
 const WEBHOOK_TIMEOUT_MS: u64 = 5_000;
@@ -775,6 +775,8 @@ struct Replicas {
     wedge_restarts: u64,
     /// Any other exit nobody asked for: a failure.
     unexpected_exits: Vec<String>,
+    /// The logs of replicas' earlier lives (before a restart).
+    retired_logs: Vec<(usize, PathBuf)>,
 }
 
 impl Replicas {
@@ -830,7 +832,7 @@ impl Replicas {
         for (id, status) in exited {
             let log = self.logs.get(&id).cloned().unwrap_or_default();
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("librdkafka has skipped every rebalance") {
+            if !status.success() && text.contains("librdkafka has skipped every rebalance") {
                 println!("chaos: replica {id} exited ({status}): librdkafka's group state was stuck; restarting it");
                 self.wedge_restarts += 1;
             } else {
@@ -840,6 +842,7 @@ impl Replicas {
                 ));
             }
             self.take(id);
+            self.retired_logs.push((id, log));
             let latest = self.latest.contains(&id);
             self.start(id, latest);
         }
@@ -964,6 +967,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         kills: 0,
         wedge_restarts: 0,
         unexpected_exits: Vec::new(),
+        retired_logs: Vec::new(),
     };
     for id in INITIAL_REPLICAS {
         replicas.start(id, false);
@@ -1398,7 +1402,11 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
 
     // The connector's warnings and errors, by message.
     let mut digest: BTreeMap<String, u64> = BTreeMap::new();
-    for path in replicas.logs.values() {
+    let all_logs = replicas
+        .logs
+        .values()
+        .chain(replicas.retired_logs.iter().map(|(_, p)| p));
+    for path in all_logs {
         for (message, count) in log_digest(path) {
             *digest.entry(message).or_default() += count;
         }
@@ -1450,21 +1458,25 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
     if failures.is_empty() {
         return;
     }
-    let logs: String = replicas
-        .logs
-        .iter()
-        .map(|(id, path)| {
-            format!(
-                "  replica {id}{}: {}\n",
-                if replicas.latest.contains(id) {
-                    " (START_AT=latest)"
-                } else {
-                    ""
-                },
-                path.display()
-            )
-        })
-        .collect();
+    let logs: String =
+        replicas
+            .logs
+            .iter()
+            .map(|(id, path)| {
+                format!(
+                    "  replica {id}{}: {}\n",
+                    if replicas.latest.contains(id) {
+                        " (START_AT=latest)"
+                    } else {
+                        ""
+                    },
+                    path.display()
+                )
+            })
+            .chain(replicas.retired_logs.iter().map(|(id, path)| {
+                format!("  replica {id} (before a restart): {}\n", path.display())
+            }))
+            .collect();
     panic!(
         "{summary}\n{context}failures:\n- {}\nlost events by partition: {}\nreplica logs:\n{logs}",
         failures.join("\n- "),

@@ -14,7 +14,7 @@
 //! synchronous and a revocation must block until the drain is done.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +64,7 @@ pub struct Context {
     logs: KafkaLogs,
     /// Set by an error the connector cannot recover from (bad credentials).
     fatal: Mutex<Option<String>>,
+    fatal_seen: AtomicBool,
     /// Where a new group starts (see `Context::resolve_start`).
     start_at: StartAt,
     /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
@@ -104,13 +105,15 @@ impl Context {
     /// Records an error the client cannot recover from; the consumer loop
     /// stops on it and the process exits non-zero, so the orchestrator
     /// restarts it, instead of beating on as a member that consumes nothing.
+    /// Records the first unrecoverable error; the poll loop takes it and
+    /// shuts down. Later ones (while shutting down) are not counted again.
     fn set_fatal(&self, reason: String) {
-        let mut fatal = self.fatal.lock().expect("fatal lock");
-        if fatal.is_none() {
-            self.metrics.fatal_errors.inc();
-            self.health.set_joined(false);
-            *fatal = Some(reason);
+        if self.fatal_seen.swap(true, Ordering::Relaxed) {
+            return;
         }
+        self.metrics.fatal_errors.inc();
+        self.health.set_joined(false);
+        *self.fatal.lock().expect("fatal lock") = Some(reason);
     }
 
     fn assign(&self, tpl: &TopicPartitionList) {
@@ -298,11 +301,7 @@ impl ClientContext for Context {
                 .set(stats.topic_partitions as i64);
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let wedged = self
-            .wedge
-            .lock()
-            .expect("wedge lock")
-            .wedged(now_ms, self.drain_timeout);
+        let wedged = self.wedge.lock().expect("wedge lock").wedged(now_ms);
         if let Some(skipping) = wedged {
             self.set_fatal(format!(
                 "librdkafka has skipped every rebalance for {} s (its cooperative group state is stuck: \
@@ -836,9 +835,8 @@ pub fn create(
     // Without it, the group's (`cgrp`) lines are produced for the wedge
     // watch (`wedge.rs`) and not logged.
     let debug_asked = client.get("debug").is_some();
-    if !debug_asked {
-        client.set("debug", "cgrp");
-    }
+    let contexts = debug_contexts(client.get("debug"));
+    client.set("debug", contexts);
     client.set_log_level(RDKafkaLogLevel::Debug);
     // The guarantee: librdkafka stores nothing by itself; only offsets the
     // workers report as delivered are stored, and auto-commit commits those.
@@ -859,6 +857,7 @@ pub fn create(
         commit_callbacks: AtomicU64::new(0),
         logs: KafkaLogs::default(),
         fatal: Mutex::new(None),
+        fatal_seen: AtomicBool::new(false),
         start_at: config.start_at,
         wedge: Mutex::new(WedgeWatch::default()),
         debug_asked,
@@ -908,6 +907,9 @@ pub fn run(
         if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
             error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
             fatal = Some(reason);
+            // The shutdown that follows gets the usual deadline and the
+            // watchdog: closing a client in this state may hang.
+            shutdown.cancel();
             break;
         }
         // Backlog pacing: while the workers have plenty to decode, take no
@@ -1045,6 +1047,22 @@ fn unassign(consumer: &Consumer_, tpl: &TopicPartitionList, cooperative: bool) -
         consumer.incremental_unassign(tpl)
     } else {
         consumer.unassign()
+    }
+}
+
+/// librdkafka's `debug` contexts for the consumer: the operator's, plus
+/// `cgrp`, whose lines the wedge watch reads (`wedge.rs`).
+fn debug_contexts(asked: Option<&str>) -> String {
+    match asked {
+        None => "cgrp".to_owned(),
+        Some(contexts)
+            if contexts
+                .split(',')
+                .any(|c| matches!(c.trim(), "cgrp" | "all")) =>
+        {
+            contexts.to_owned()
+        }
+        Some(contexts) => format!("{contexts},cgrp"),
     }
 }
 
@@ -1450,6 +1468,14 @@ mod tests {
         assert_eq!(start_position(Offset::Offset(42), error.clone()), None);
         assert_eq!(start_position(Offset::Invalid, error), None);
         assert_eq!(start_position(Offset::End, Ok(())), None);
+    }
+
+    #[test]
+    fn the_wedge_watch_gets_the_group_lines_whatever_debug_the_operator_asks_for() {
+        assert_eq!(debug_contexts(None), "cgrp");
+        assert_eq!(debug_contexts(Some("broker")), "broker,cgrp");
+        assert_eq!(debug_contexts(Some("broker,cgrp")), "broker,cgrp");
+        assert_eq!(debug_contexts(Some("all")), "all");
     }
 
     #[test]

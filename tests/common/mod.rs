@@ -705,7 +705,6 @@ impl Connector {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    /// Waits for the process to exit.
     /// Its exit status, if it has exited on its own.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
@@ -713,6 +712,7 @@ impl Connector {
         Some(status)
     }
 
+    /// Waits for the process to exit.
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
