@@ -1,0 +1,187 @@
+//! Offsets: storing what the workers delivered (auto-commit commits it), and
+//! the synchronous commits of a revocation and a shutdown.
+
+use super::*;
+
+impl Context {
+    /// Stores and synchronously commits explicit offsets.
+    pub(super) fn commit_sync(&self, consumer: &Consumer_, offsets: &[(i32, i64)], why: &str) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*offset))
+            {
+                error!(partition, error = %e, "cannot build the commit list");
+            }
+        }
+        self.commit_sync_tpl(consumer, &tpl, why);
+    }
+
+    pub(super) fn commit_sync_tpl(
+        &self,
+        consumer: &Consumer_,
+        tpl: &TopicPartitionList,
+        why: &str,
+    ) {
+        // Storing too keeps the close-time auto-commit from committing anything older.
+        if let Err(e) = consumer.store_offsets(tpl) {
+            warn!(error = %e, why, "storing offsets failed");
+        }
+        // A coordinator that moves or loads (a broker restarting) answers
+        // for a few seconds with errors worth retrying; a new generation
+        // (IllegalGeneration) is final. Retries end by the shutdown deadline.
+        let give_up = drain_deadline(
+            tokio::time::Instant::now(),
+            COMMIT_RETRY_FOR,
+            self.shutdown_deadline.get().copied(),
+        );
+        let mut attempt = 0;
+        loop {
+            match consumer.commit(tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    info!(why, offsets = ?tpl.to_topic_map(), attempts = attempt + 1, "committed offsets");
+                    return;
+                }
+                Err(e)
+                    if read::is_transient(&e)
+                        && tokio::time::Instant::now() + COMMIT_RETRY_STEP < give_up =>
+                {
+                    warn!(why, error = %e, attempt = attempt + 1, "committing offsets failed; retrying");
+                    std::thread::sleep(COMMIT_RETRY_STEP);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.metrics.commits.with_label_values(&["error"]).inc();
+                    error!(why, error = %e, "committing offsets failed; what they cover will be redelivered");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The shutdown's commit of what the workers delivered. Asynchronous, then
+/// polled until its callback arrives, by the shutdown deadline plus
+/// `COMMIT_RETRY_FOR`: a synchronous commit here can wait for ever, because
+/// when a rebalance is queued for this thread librdkafka holds the commit
+/// until the application serves the rebalance, and the application is the
+/// one waiting (seen in the chaos test: the replica then stayed in the group,
+/// holding partitions nobody read). Messages polled meanwhile are dropped,
+/// uncommitted.
+pub(super) fn commit_at_shutdown(consumer: &Consumer_, topic: &str, offsets: &[(i32, i64)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let ctx = consumer.context();
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        warn!(error = %e, "storing final offsets failed");
+    }
+    let before = ctx.commit_callbacks.load(Ordering::Relaxed);
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        error!(error = %e, "committing final offsets failed; what they cover will be redelivered");
+        return;
+    }
+    let limit = ctx
+        .shutdown_deadline
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        .max(tokio::time::Instant::now())
+        + COMMIT_RETRY_FOR;
+    while ctx.commit_callbacks.load(Ordering::Relaxed) == before
+        && tokio::time::Instant::now() < limit
+    {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+    if ctx.commit_callbacks.load(Ordering::Relaxed) == before {
+        error!(offsets = ?offsets, "no answer to the final commit by the deadline; what it covers may be redelivered");
+    } else {
+        info!(offsets = ?offsets, "final commit answered (see commits_total for its result)");
+    }
+}
+
+/// How long a revocation's or shutdown's commit retries a transient error
+/// (never past the shutdown deadline), and the pause between tries.
+pub(super) const COMMIT_RETRY_FOR: Duration = Duration::from_secs(5);
+pub(super) const COMMIT_RETRY_STEP: Duration = Duration::from_millis(250);
+
+/// Stores the offsets that workers report as delivered.
+pub(super) fn store_progress(
+    consumer: &Consumer_,
+    topic: &str,
+    progress: &mut mpsc::UnboundedReceiver<Progress>,
+) {
+    let ctx = consumer.context();
+    let mut latest: HashMap<i32, i64> = HashMap::new();
+    {
+        let workers = ctx.workers();
+        while let Ok(p) = progress.try_recv() {
+            // A report from an older incarnation of the partition's worker is stale.
+            if workers
+                .get(&p.partition)
+                .is_some_and(|w| w.generation == p.generation)
+            {
+                // The last report wins: a worker's reports only go up, except
+                // after its partition's log started again (`Frontier::rewind`).
+                latest.insert(p.partition, p.next_offset);
+            }
+        }
+    }
+    if latest.is_empty() {
+        return;
+    }
+    // Offsets below the last commit (the partition's log started again):
+    // auto-commit only commits offsets past the committed one, so these are
+    // committed explicitly.
+    let mut rewound = TopicPartitionList::new();
+    {
+        let mut lag = ctx.lag.lock().expect("lag lock");
+        for (partition, offset) in &latest {
+            if lag.stored(*partition, *offset) {
+                let _ = rewound.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in &latest {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Happens when a partition was revoked in between; its worker's final
+        // offset was committed by the revocation itself.
+        warn!(error = %e, "storing delivered offsets failed");
+    }
+    if rewound.count() > 0 {
+        if let Err(e) = consumer.commit(&rewound, CommitMode::Async) {
+            warn!(error = %e, "committing offsets below the last commit failed; retried at the next report");
+        }
+    }
+}
+
+/// Commits explicitly the stored offsets of partitions whose committed offset
+/// is above them (their log started again; see `LagTracker::stored`).
+pub(super) fn commit_behind(consumer: &Consumer_, topic: &str) {
+    let behind = consumer
+        .context()
+        .lag
+        .lock()
+        .expect("lag lock")
+        .commits_behind();
+    if behind.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in behind {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(error = %e, "committing offsets below the last commit failed; retried shortly");
+    }
+}

@@ -1,0 +1,374 @@
+//! The consumer loop: the one thread that owns the Kafka consumer.
+//!
+//! It polls, hands each message to its partition's worker, stores the offsets
+//! the workers report as delivered (librdkafka's auto-commit then commits only
+//! stored offsets), pauses partitions whose buffers are full, and handles
+//! rebalances in librdkafka's callbacks, which run on this same thread:
+//! - revoke: each revoked partition's worker drains (finishes its in-flight
+//!   batch until the deadline), then its final offset is stored and committed
+//!   synchronously, before the partition goes to another member;
+//! - lost (session timed out): workers are dropped without committing;
+//! - assign: a fresh worker per new partition, starting at the committed offset.
+//!
+//! It is a plain thread, not a task, because librdkafka's callbacks are
+//! synchronous and a revocation must block until the drain is done.
+//!
+//! - this file: the shared `Context`, building the consumer, the poll loop;
+//! - `rebalance`: assign, revoke, lost, librdkafka's rebalance and commit callbacks;
+//! - `start`: where an assigned partition starts (`START_AT`, committed offsets);
+//! - `commit`: storing delivered offsets, synchronous and shutdown commits;
+//! - `handover`: messages to the workers in chunks, pacing, backpressure;
+//! - `observe`: librdkafka's statistics, errors and logs (lag, stalls, health,
+//!   the wedge watch).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, StartAt};
+use crate::kafka::connection::KafkaLogs;
+use crate::kafka::read;
+use crate::kafka::watermarks;
+use crate::kafka::wedge::{self, WedgeWatch};
+use crate::ops::health::{Health, PartitionProblems};
+use crate::ops::lag::{self, LagTracker, WorkerView};
+use crate::ops::log_limit;
+use crate::ops::metrics::Metrics;
+use crate::partition::{self, Message, Progress};
+
+pub type Consumer_ = BaseConsumer<Context>;
+
+mod commit;
+mod handover;
+mod observe;
+mod rebalance;
+mod start;
+
+use commit::*;
+use handover::*;
+use rebalance::*;
+
+/// Shared by the consumer loop and librdkafka's callbacks.
+pub struct Context {
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    deps: Arc<partition::Deps>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    drain_timeout: Duration,
+    /// When SIGTERM arrived plus `SHUTDOWN_TIMEOUT_MS`: the one deadline of the
+    /// whole shutdown, a revocation drain in progress included, so that the
+    /// process exits within the orchestrator's grace period.
+    shutdown_deadline: Arc<OnceLock<tokio::time::Instant>>,
+    workers: Mutex<HashMap<i32, partition::Handle>>,
+    next_generation: AtomicU64,
+    lag: Mutex<LagTracker>,
+    /// Failed commits so far, to log repeats less often.
+    commit_failures: AtomicU64,
+    /// Commit callbacks served so far (the shutdown waits for its own).
+    commit_callbacks: AtomicU64,
+    /// librdkafka's log and error lines, rate-limited.
+    logs: KafkaLogs,
+    /// Set by an error the connector cannot recover from (bad credentials).
+    fatal: Mutex<Option<String>>,
+    fatal_seen: AtomicBool,
+    /// Where a new group starts (see `Context::resolve_start`).
+    start_at: StartAt,
+    /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
+    wedge: Mutex<WedgeWatch>,
+    /// The operator set `debug=` and wants librdkafka's debug lines; else
+    /// only the `cgrp` lines the wedge watch reads are produced, and dropped.
+    debug_asked: bool,
+}
+
+impl Context {
+    pub(super) fn workers(&self) -> MutexGuard<'_, HashMap<i32, partition::Handle>> {
+        self.workers
+            .lock()
+            .expect("no code panics while holding the workers lock")
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partitions assigned to this replica.
+    pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.workers().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// A high watermark read from the broker (`kafka::watermarks`); kept
+    /// only while the partition is still assigned here.
+    pub(crate) fn probed_high_watermark(&self, partition: i32, high_watermark: i64) {
+        let workers = self.workers();
+        if workers.contains_key(&partition) {
+            let mut lag = self.lag.lock().expect("lag lock");
+            lag.probed_high(partition, high_watermark);
+        }
+    }
+
+    /// Records an error the client cannot recover from; the consumer loop
+    /// stops on it and the process exits non-zero, so the orchestrator
+    /// restarts it, instead of beating on as a member that consumes nothing.
+    /// Records the first unrecoverable error; the poll loop takes it and
+    /// shuts down. Later ones (while shutting down) are not counted again.
+    pub(super) fn set_fatal(&self, reason: String) {
+        if self.fatal_seen.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.metrics.fatal_errors.inc();
+        self.health.set_joined(false);
+        *self.fatal.lock().expect("fatal lock") = Some(reason);
+    }
+}
+
+/// Builds the consumer with the settings the delivery guarantee needs.
+pub fn create(
+    config: &Config,
+    runtime: tokio::runtime::Handle,
+    deps: Arc<partition::Deps>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<Consumer_> {
+    // The brokers and the connection settings every client shares (`kafka::connection`).
+    let connection = crate::kafka::connection::Connection::from_config(config);
+    let mut client: ClientConfig = connection.client_config("patterns-connector");
+    client
+        .set("group.id", &config.kafka_consumer_group)
+        // Cooperative rebalancing: adding a replica moves only the partitions it takes.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Where a partition without a commit, or with one out of range,
+        // starts: never past an event. START_AT applies to a new group only,
+        // resolved and committed at its first assignment
+        // (`Context::resolve_start`).
+        .set("auto.offset.reset", "earliest")
+        // librdkafka's prefetch queue (all partitions together): small, since
+        // the workers' own queues are the buffer. When it is full, fetching
+        // resumes 10 ms after the loop takes messages again, not the default 1 s.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("statistics.interval.ms", "1000")
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.commit.interval.ms",
+            config.commit_interval.as_millis().to_string(),
+        )
+        .set_log_level(RDKafkaLogLevel::Warning);
+    // Then the user's own consumer settings (group membership, fetching),
+    // which win over the defaults above.
+    for (key, value) in connection.consumer_properties() {
+        client.set(key, value);
+    }
+    // `debug=<contexts>` asks for librdkafka's debug lines: let them through.
+    // Without it, the group's (`cgrp`) lines are produced for the wedge
+    // watch (`wedge.rs`) and not logged.
+    let debug_asked = client.get("debug").is_some();
+    let contexts = debug_contexts(client.get("debug"));
+    client.set("debug", contexts);
+    client.set_log_level(RDKafkaLogLevel::Debug);
+    // The guarantee: librdkafka stores nothing by itself; only offsets the
+    // workers report as delivered are stored, and auto-commit commits those.
+    client.set("enable.auto.offset.store", "false");
+
+    let context = Context {
+        topic: config.kafka_topic.clone(),
+        runtime,
+        deps,
+        metrics,
+        health,
+        drain_timeout: config.shutdown_timeout,
+        shutdown_deadline: Arc::default(),
+        workers: Mutex::new(HashMap::new()),
+        next_generation: AtomicU64::new(0),
+        lag: Mutex::new(LagTracker::default()),
+        commit_failures: AtomicU64::new(0),
+        commit_callbacks: AtomicU64::new(0),
+        logs: KafkaLogs::default(),
+        fatal: Mutex::new(None),
+        fatal_seen: AtomicBool::new(false),
+        start_at: config.start_at,
+        wedge: Mutex::new(WedgeWatch::default()),
+        debug_asked,
+    };
+    let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the Kafka consumer (check KAFKA_HOSTS and KAFKA_PROPERTIES): {e}"
+        )
+    })?;
+    watermarks::spawn(config, consumer.context())?;
+    consumer.subscribe(&[&config.kafka_topic]).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot subscribe to KAFKA_TOPIC {}: {e}",
+            config.kafka_topic
+        )
+    })?;
+    Ok(consumer)
+}
+
+/// Runs the consumer loop until `shutdown`, then drains every worker, commits
+/// what was delivered and leaves the group.
+pub fn run(
+    consumer: Consumer_,
+    mut progress: mpsc::UnboundedReceiver<Progress>,
+    max_buffered_bytes: usize,
+    shutdown_timeout: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ctx = consumer.context();
+    let topic = ctx.topic.clone();
+    {
+        let (deadline, shutdown) = (ctx.shutdown_deadline.clone(), shutdown.clone());
+        ctx.runtime.spawn(async move {
+            shutdown.cancelled().await;
+            let _ = deadline.set(tokio::time::Instant::now() + shutdown_timeout);
+        });
+    }
+    let mut last_gauges = Instant::now();
+    let mut fatal = None;
+    let mut pacing_since: Option<Instant> = None;
+    let mut handover = Handover::default();
+    while !shutdown.is_cancelled() {
+        ctx.health.beat(SystemTime::now());
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            ctx.set_fatal(format!("fatal Kafka client error ({code:?}): {reason}"));
+        }
+        if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
+            error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
+            fatal = Some(reason);
+            // The shutdown that follows gets the usual deadline and the
+            // watchdog: closing a client in this state may hang.
+            shutdown.cancel();
+            break;
+        }
+        // Backlog pacing: while the workers have plenty to decode, take no
+        // more messages for a moment (librdkafka's bounded prefetch queue holds
+        // them) instead of pausing partitions, which would discard and refetch
+        // their prefetched data. The wait is capped so the loop still polls,
+        // and so serves rebalances and statistics, every `MAX_PACING`.
+        if handover.is_empty()
+            && workers_are_busy(ctx, max_buffered_bytes)
+            && pacing_since.get_or_insert_with(Instant::now).elapsed() < MAX_PACING
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            store_progress(&consumer, &topic, &mut progress);
+            apply_backpressure(&consumer, &topic, max_buffered_bytes);
+            continue;
+        }
+        pacing_since = None;
+        // Messages already fetched are taken without waiting and handed over
+        // in chunks: one channel send and one wake-up per chunk, not per message.
+        let timeout = if handover.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        let polled = consumer.poll(timeout);
+        let more = matches!(polled, Some(Ok(_))) && handover.len() < HANDOVER_CHUNK;
+        match polled {
+            Some(Ok(m)) => {
+                ctx.metrics.events_consumed.inc();
+                let message = Message {
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key().map(bytes::Bytes::copy_from_slice),
+                    payload: m.payload().map(bytes::Bytes::copy_from_slice),
+                };
+                handover.push(ctx, m.partition(), message);
+            }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                ctx.set_fatal(format!("fatal Kafka consume error: {code}"));
+            }
+            Some(Err(e)) => {
+                ctx.metrics.consume_errors.inc();
+                ctx.logs.error("consumer poll", &e, "");
+            }
+            None => {}
+        }
+        if more {
+            continue;
+        }
+        handover.flush(ctx);
+        store_progress(&consumer, &topic, &mut progress);
+        apply_backpressure(&consumer, &topic, max_buffered_bytes);
+        if last_gauges.elapsed() >= Duration::from_millis(500) {
+            last_gauges = Instant::now();
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let stall_ms = crate::ops::health::STALL_AFTER.as_millis() as i64;
+            let (total, stalled) = ctx.workers().values().fold((0, 0), |(bytes, stalled), w| {
+                (
+                    bytes + w.shared.buffered_bytes(),
+                    stalled + usize::from(w.shared.is_stalled(now_ms, stall_ms)),
+                )
+            });
+            ctx.metrics.buffered_bytes.set(total as i64);
+            commit_behind(&consumer, &topic);
+            ctx.metrics.stalled_workers.set(stalled as i64);
+            ctx.health.set_stalled_workers(stalled);
+        }
+    }
+
+    info!("shutting down: draining partition workers");
+    ctx.health.set_shutting_down();
+    let workers: Vec<(i32, partition::Handle)> = ctx.workers().drain().collect();
+    ctx.metrics.assigned_partitions.set(0);
+    store_progress(&consumer, &topic, &mut progress);
+    let finals = ctx.stop_workers(workers, shutdown_timeout);
+    commit_at_shutdown(&consumer, &topic, &finals);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it: it leaves the group so the partitions
+    // move to the other replicas without waiting for the session timeout.
+    drop(consumer);
+    info!("consumer closed");
+    match fatal {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// librdkafka's `debug` contexts for the consumer: the operator's, plus
+/// `cgrp`, whose lines the wedge watch reads (`wedge.rs`).
+pub(super) fn debug_contexts(asked: Option<&str>) -> String {
+    match asked {
+        None => "cgrp".to_owned(),
+        Some(contexts)
+            if contexts
+                .split(',')
+                .any(|c| matches!(c.trim(), "cgrp" | "all")) =>
+        {
+            contexts.to_owned()
+        }
+        Some(contexts) => format!("{contexts},cgrp"),
+    }
+}
+
+pub(super) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wedge_watch_gets_the_group_lines_whatever_debug_the_operator_asks_for() {
+        assert_eq!(debug_contexts(None), "cgrp");
+        assert_eq!(debug_contexts(Some("broker")), "broker,cgrp");
+        assert_eq!(debug_contexts(Some("broker,cgrp")), "broker,cgrp");
+        assert_eq!(debug_contexts(Some("all")), "all");
+    }
+}
