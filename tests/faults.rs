@@ -154,7 +154,6 @@ async fn start_at_latest_skips_nothing_when_the_first_owner_dies_before_deliveri
 /// topic while running) starts at its earliest offset, whatever START_AT says.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_added_while_running_is_read_from_its_start_even_with_start_at_latest() {
-    use rdkafka::admin::{AdminOptions, NewPartitions};
     let (topic, group) = (unique("grown"), unique("g"));
     create_topic(&topic, 2).await;
     let receiver = Receiver::start().await;
@@ -180,17 +179,7 @@ async fn a_partition_added_while_running_is_read_from_its_start_even_with_start_
         receiver.delivered_uuids().len() >= first.len()
     })
     .await;
-    admin()
-        .create_partitions(
-            &[NewPartitions::new(&topic, 3)],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_partitions")
-        .into_iter()
-        .for_each(|r| {
-            r.expect("partition added");
-        });
+    add_partitions(&topic, 3).await;
     // Produced before the connector notices the new partition.
     let run = run_id();
     let records: Vec<RawRecord> = (0..10)
@@ -540,7 +529,6 @@ async fn partitions_handed_over_report_their_commit_and_no_lag_without_new_event
 /// orchestrator would) everything is delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_stuck_in_librdkafkas_group_state_exits_so_that_a_restart_clears_it() {
-    use rdkafka::admin::{AdminOptions, NewPartitions};
     let (topic, group) = (unique("wedge"), unique("g"));
     create_topic(&topic, 2).await;
     let receiver = Receiver::start().await;
@@ -574,17 +562,7 @@ async fn a_replica_stuck_in_librdkafkas_group_state_exits_so_that_a_restart_clea
         },
     )
     .await;
-    admin()
-        .create_partitions(
-            &[NewPartitions::new(&topic, 4)],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create_partitions")
-        .into_iter()
-        .for_each(|r| {
-            r.expect("partitions added");
-        });
+    add_partitions(&topic, 4).await;
     // Let the rebalances that follow settle, then the other replica leaves.
     tokio::time::sleep(Duration::from_secs(20)).await;
     receiver.set_default(Reply::ok());

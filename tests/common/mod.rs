@@ -114,6 +114,19 @@ pub async fn create_topic(topic: &str, partitions: i32) {
 }
 
 /// An idempotent producer for the test broker.
+/// Grows `topic` to `total` partitions.
+pub async fn add_partitions(topic: &str, total: usize) {
+    use rdkafka::admin::NewPartitions;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin()
+        .create_partitions(&[NewPartitions::new(topic, total)], &options)
+        .await
+        .expect("create_partitions")
+    {
+        result.expect("partitions added");
+    }
+}
+
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", kafka())
