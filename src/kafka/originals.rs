@@ -22,8 +22,8 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
-use crate::sink::dlq::kafka_retry_delay;
-use crate::sink::webhook::{pause, Cancelled};
+use crate::kafka::read::kafka_retry_delay;
+use crate::ops::shutdown::{pause, Cancelled};
 
 /// A message as it was read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,16 +55,18 @@ pub fn retrying_for<T>(
             Err(e) if is_transient(&e) && Instant::now() < deadline => {
                 debug!(error = %e, what, attempt, "transient Kafka error; asking again");
                 let left = deadline.saturating_duration_since(Instant::now());
-                std::thread::sleep(
-                    crate::sink::dlq::kafka_retry_delay(attempt)
-                        .min(RETRY_STEP_MAX)
-                        .min(left),
-                );
+                std::thread::sleep(kafka_retry_delay(attempt).min(RETRY_STEP_MAX).min(left));
                 attempt += 1;
             }
             result => return result,
         }
     }
+}
+
+/// How long to wait before retrying a failed Kafka write or read: 200 ms,
+/// doubling per attempt up to about 25 s.
+pub(crate) fn kafka_retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(200u64 << attempt.min(7))
 }
 
 /// Longest pause between two attempts of one read.
@@ -73,6 +75,14 @@ const RETRY_STEP_MAX: Duration = Duration::from_secs(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_retries_back_off_up_to_a_cap() {
+        assert_eq!(kafka_retry_delay(0), Duration::from_millis(200));
+        assert_eq!(kafka_retry_delay(1), Duration::from_millis(400));
+        assert_eq!(kafka_retry_delay(7), Duration::from_millis(25_600));
+        assert_eq!(kafka_retry_delay(u32::MAX), Duration::from_millis(25_600));
+    }
 
     #[test]
     fn coordinator_and_leadership_errors_are_transient() {

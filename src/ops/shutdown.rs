@@ -53,3 +53,16 @@ pub fn install(token: CancellationToken) -> std::io::Result<()> {
     });
     Ok(())
 }
+
+/// The caller cancelled (shutdown or revocation deadline) before the work was done.
+#[derive(Debug, thiserror::Error)]
+#[error("delivery cancelled before the webhook accepted the batch")]
+pub struct Cancelled;
+
+/// Sleeps for `delay`, or stops early with [`Cancelled`] when `cancel` fires.
+pub async fn pause(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(Cancelled),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
-use crate::sink::webhook::{pause, Cancelled};
+use crate::kafka::read::kafka_retry_delay;
+use crate::ops::shutdown::{pause, Cancelled};
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
 pub const MAX_RESPONSE_BODY: usize = 1024;
@@ -259,12 +260,6 @@ fn dead_letter_max_bytes(batch_max_bytes: usize) -> usize {
         .clamp(1_000_000, 1_000_000_000)
 }
 
-/// How long to wait before retrying a failed Kafka write or read: 200 ms,
-/// doubling per attempt up to about 25 s.
-pub(crate) fn kafka_retry_delay(attempt: u32) -> Duration {
-    Duration::from_millis(200u64 << attempt.min(7))
-}
-
 /// At most `max` bytes of `s`, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -280,14 +275,6 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kafka_retries_back_off_up_to_a_cap() {
-        assert_eq!(kafka_retry_delay(0), Duration::from_millis(200));
-        assert_eq!(kafka_retry_delay(1), Duration::from_millis(400));
-        assert_eq!(kafka_retry_delay(7), Duration::from_millis(25_600));
-        assert_eq!(kafka_retry_delay(u32::MAX), Duration::from_millis(25_600));
-    }
 
     #[test]
     fn a_failing_write_counts_for_its_partition_while_it_lives() {

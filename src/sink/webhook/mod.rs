@@ -55,18 +55,7 @@ pub enum Sent {
     },
 }
 
-/// The caller cancelled (shutdown or revocation deadline) before delivery.
-#[derive(Debug, thiserror::Error)]
-#[error("delivery cancelled before the webhook accepted the batch")]
-pub struct Cancelled;
-
-/// Sleeps for `delay`, or stops early with [`Cancelled`] when `cancel` fires.
-pub async fn pause(delay: Duration, cancel: &CancellationToken) -> Result<(), Cancelled> {
-    tokio::select! {
-        _ = cancel.cancelled() => Err(Cancelled),
-        _ = tokio::time::sleep(delay) => Ok(()),
-    }
-}
+pub use crate::ops::shutdown::{pause, Cancelled};
 
 /// The outcome of one HTTP attempt.
 #[derive(Debug)]
