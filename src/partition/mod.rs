@@ -5,6 +5,8 @@
 //!   batch at a time, report progress; drains on revocation and shutdown.
 //! - `batch`: events into JSON-array request bodies within the size and
 //!   count limits, sealed by size, count or linger.
+//! - `decide`: what becomes of one decoded message (dead letter, filtered,
+//!   too large, batch); pure.
 //! - `frontier`: the contiguous prefix of offsets that are done (delivered,
 //!   filtered, dead-lettered): the only offset ever committed.
 //!
@@ -12,6 +14,7 @@
 //! letters); never into `kafka`: the consumer loop owns the Kafka client.
 
 pub mod batch;
+pub mod decide;
 pub mod frontier;
 mod worker;
 

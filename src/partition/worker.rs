@@ -26,6 +26,7 @@ use crate::event::decode::{decode_into, DecodeError, EventMeta};
 use crate::event::filter::Filter;
 use crate::ops::metrics::Metrics;
 use crate::partition::batch::{Batch, Batcher};
+use crate::partition::decide::{dispose, Disposition};
 use crate::partition::frontier::{Frontier, UnitId};
 use crate::sink::delivery::{Deliverer, Outcome};
 use crate::sink::dlq::DeadLetter;
@@ -385,49 +386,63 @@ impl Worker {
         json: &[u8],
     ) {
         let metrics = &self.deps.metrics;
-        let event = match decoded {
-            Ok(event) => event,
-            Err(e) => {
+        let config = &self.deps.config;
+        match dispose(
+            decoded.as_ref(),
+            &self.deps.filter,
+            json.len(),
+            config.batch.max_bytes,
+            config.dlq_policy,
+        ) {
+            Disposition::Undecodable(reason) => {
                 metrics
                     .events_undecodable
-                    .with_label_values(&[e.reason()])
+                    .with_label_values(&[reason])
                     .inc();
+                let error = decoded.err().map(|e| e.to_string());
                 if crate::ops::log_limit::worth_logging(self.undecodable_logged) {
-                    warn!(partition = self.partition, offset = message.offset, reason = e.reason(), error = %e,
-                        count = self.undecodable_logged + 1, "message is not a PostHog event");
+                    warn!(
+                        partition = self.partition,
+                        offset = message.offset,
+                        reason,
+                        error = error.as_deref().unwrap_or(""),
+                        count = self.undecodable_logged + 1,
+                        "message is not a PostHog event"
+                    );
                 }
                 self.undecodable_logged += 1;
-                self.dead_letter(message, e.reason(), Some(e.to_string()));
+                self.dead_letter(message, reason, error);
                 return;
             }
-        };
-        if let Err(skip) = self.deps.filter.check(&event) {
-            metrics
-                .events_filtered
-                .with_label_values(&[skip.reason()])
-                .inc();
-            self.skip(message.offset);
-            return;
-        }
-        let max_bytes = self.deps.config.batch.max_bytes;
-        if json.len() + 2 > max_bytes && self.deps.config.dlq_policy == DlqPolicy::Dlq {
-            metrics.events_oversized.inc();
-            warn!(
-                partition = self.partition,
-                offset = message.offset,
-                bytes = json.len(),
-                limit = max_bytes,
-                "event larger than BATCH_MAX_BYTES"
-            );
-            self.dead_letter(
-                message,
-                "too_large",
-                Some(format!(
-                    "{} bytes encoded; BATCH_MAX_BYTES is {max_bytes}",
-                    json.len()
-                )),
-            );
-            return;
+            Disposition::Filtered(skip) => {
+                metrics
+                    .events_filtered
+                    .with_label_values(&[skip.reason()])
+                    .inc();
+                self.skip(message.offset);
+                return;
+            }
+            Disposition::TooLarge => {
+                let max_bytes = config.batch.max_bytes;
+                metrics.events_oversized.inc();
+                warn!(
+                    partition = self.partition,
+                    offset = message.offset,
+                    bytes = json.len(),
+                    limit = max_bytes,
+                    "event larger than BATCH_MAX_BYTES"
+                );
+                self.dead_letter(
+                    message,
+                    "too_large",
+                    Some(format!(
+                        "{} bytes encoded; BATCH_MAX_BYTES is {max_bytes}",
+                        json.len()
+                    )),
+                );
+                return;
+            }
+            Disposition::Batch => {}
         }
         if !self.batcher.fits(json.len()) {
             self.seal();
