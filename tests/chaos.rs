@@ -699,12 +699,7 @@ struct Seen {
 }
 
 fn partition_label(labels: &str) -> String {
-    labels
-        .split("partition=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("?")
-        .to_owned()
+    common::partition_of(labels).unwrap_or("?").to_owned()
 }
 
 impl Seen {

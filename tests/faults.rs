@@ -478,20 +478,10 @@ async fn partitions_handed_over_report_their_commit_and_no_lag_without_new_event
         assigned(&first) == Some(2) && assigned(&second) == Some(2)
     })
     .await;
-    let gauges = |text: &str, name: &str| -> Vec<(i32, f64)> {
-        metric_values(text, name)
-            .into_iter()
-            .filter_map(|(labels, v)| {
-                let p = labels.split("partition=\"").nth(1)?.split('"').next()?;
-                Some((p.parse().ok()?, v))
-            })
-            .collect()
-    };
-    let mut last = String::new();
     let consistent = |text: &str| {
-        let committed = gauges(text, "patterns_connector_partition_committed_offset");
-        let lag = gauges(text, "patterns_connector_partition_lag_messages");
-        let no_commit = gauges(text, "patterns_connector_partition_no_committed_offset");
+        let committed = partition_values(text, "patterns_connector_partition_committed_offset");
+        let lag = partition_values(text, "patterns_connector_partition_lag_messages");
+        let no_commit = partition_values(text, "patterns_connector_partition_no_committed_offset");
         committed.len() == 2
             && committed
                 .iter()
@@ -500,23 +490,13 @@ async fn partitions_handed_over_report_their_commit_and_no_lag_without_new_event
             && lag.iter().all(|(_, l)| *l == 0.0)
             && no_commit.iter().all(|(_, n)| *n == 0.0)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        last = second.metrics().await;
-        if consistent(&last) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    panic!(
-        "the second replica's gauges for its partitions (broker high watermarks {high:?}, all committed):\n{}",
-        last.lines()
-            .filter(|l| l.starts_with("patterns_connector_partition_committed_offset")
-                || l.starts_with("patterns_connector_partition_lag_messages")
-                || l.starts_with("patterns_connector_partition_no_committed_offset"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    second
+        .metrics_until(
+            Duration::from_secs(20),
+            "the second replica's partitions show their commit (the broker's high watermark) and no lag",
+            consistent,
+        )
+        .await;
 }
 
 /// librdkafka's stuck group state, made on purpose: partitions are added

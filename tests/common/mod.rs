@@ -829,6 +829,19 @@ pub fn assigned(connector: &Connector) -> Option<i64> {
 }
 
 /// Values of one metric, by its full label string (e.g. `{partition="0",topic="t"}`).
+/// The `partition` label's value in a series' labels.
+pub fn partition_of(labels: &str) -> Option<&str> {
+    labels.split("partition=\"").nth(1)?.split('"').next()
+}
+
+/// The series of `name`, by partition.
+pub fn partition_values(text: &str, name: &str) -> Vec<(i32, f64)> {
+    metric_values(text, name)
+        .into_iter()
+        .filter_map(|(labels, v)| Some((partition_of(&labels)?.parse().ok()?, v)))
+        .collect()
+}
+
 pub fn metric_values(text: &str, name: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
