@@ -82,6 +82,7 @@ pub mod ops;
 pub mod partition;
 pub mod replay;
 pub mod sink;
+pub mod topic_partition;
 
 use std::sync::Arc;
 
