@@ -28,6 +28,7 @@ use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read;
 use crate::sink::dlq::header;
 use crate::sink::webhook::{Sent, Webhook};
+use crate::topic_partition::TopicPartition;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +150,8 @@ pub async fn run(
             .is_some_and(|b| b.len() >= config.batch.max_events);
         if last || full {
             let events = batches.remove(&partition).unwrap_or_default();
-            send_batch(webhook, partition, &events, &mut summary, cancel).await?;
+            let tp = TopicPartition::new(topic, partition);
+            send_batch(webhook, &tp, &events, &mut summary, cancel).await?;
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
             consumer.commit(&tpl, CommitMode::Sync)?;
@@ -208,7 +210,7 @@ fn replayable(
 /// Sends events as one batch; if the webhook rejects it, one by one.
 async fn send_batch(
     webhook: &Webhook,
-    partition: i32,
+    tp: &TopicPartition,
     events: &[(i64, Vec<u8>)],
     summary: &mut Summary,
     cancel: &CancellationToken,
@@ -227,19 +229,19 @@ async fn send_batch(
         body.push(b']');
         bytes::Bytes::from(body)
     };
-    if webhook.send(body(events), partition, cancel).await? == Sent::Delivered {
+    if webhook.send(body(events), tp, cancel).await? == Sent::Delivered {
         summary.delivered += events.len() as u64;
         return Ok(());
     }
     for event in events {
         match webhook
-            .send(body(std::slice::from_ref(event)), partition, cancel)
+            .send(body(std::slice::from_ref(event)), tp, cancel)
             .await?
         {
             Sent::Delivered => summary.delivered += 1,
             Sent::Rejected { status, .. } => {
                 warn!(
-                    partition,
+                    partition = tp.partition,
                     offset = event.0,
                     status,
                     "the webhook still rejects this event; left in the dead-letter topic"

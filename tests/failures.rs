@@ -656,7 +656,8 @@ async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() 
     let originals = Originals::new(&Config::from_cli(cli).expect("config"));
     let cancel = tokio_util::sync::CancellationToken::new();
     let wanted = [offsets[17], offsets[2], offsets[6], offsets[19], offsets[6]];
-    let found = originals.read(0, &wanted, &cancel).await.expect("read");
+    let tp = patterns_connector::topic_partition::TopicPartition::new(topic.as_str(), 0);
+    let found = originals.read(&tp, &wanted, &cancel).await.expect("read");
     assert_eq!(found.len(), 4, "one answer per distinct offset: {found:?}");
     assert_eq!(
         found[&offsets[2]],
@@ -672,7 +673,7 @@ async fn originals_are_read_back_by_offset_and_deleted_ones_are_reported_gone() 
     }
     // The reader can go back to an earlier offset (of any partition) next time.
     let again = originals
-        .read(0, &[offsets[5]], &cancel)
+        .read(&tp, &[offsets[5]], &cancel)
         .await
         .expect("read");
     let Found::Message(original) = &again[&offsets[5]] else {

@@ -9,7 +9,9 @@
 //! - `read`: one-off reads (committed offsets, watermarks) that retry
 //!   transient broker answers.
 //! - `originals`: reads a refused event's original message back by offset.
-//! - `watermarks`: the probe of assigned partitions' high watermarks.
+//! - `topics`: which topics are read, and the check that reports missing ones.
+//! - `watermarks`: the probe of assigned partitions' high watermarks (it
+//!   runs the topic check too).
 //! - `wedge`: recognises librdkafka's stuck cooperative group state.
 //!
 //! Starts `partition` workers and feeds `ops` (lag, health, metrics).
@@ -18,5 +20,6 @@ pub mod connection;
 pub mod consumer;
 pub mod originals;
 pub mod read;
+pub mod topics;
 pub mod watermarks;
 pub mod wedge;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read::kafka_retry_delay;
 use crate::ops::shutdown::{pause, Cancelled};
+use crate::topic_partition::TopicPartition;
 
 /// A message as it was read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +44,6 @@ pub enum Found {
 #[derive(Clone)]
 pub struct Originals {
     client: ClientConfig,
-    topic: String,
     consumer: Arc<Mutex<Option<BaseConsumer<SideContext>>>>,
 }
 
@@ -65,16 +65,15 @@ impl Originals {
             .set("auto.offset.reset", "error");
         Originals {
             client,
-            topic: config.kafka_topic.clone(),
             consumer: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Reads the messages at `offsets` of `partition`, retrying failures until
+    /// Reads the messages at `offsets` of `tp`, retrying failures until
     /// every offset is found or known to be gone, or `cancel` fires.
     pub async fn read(
         &self,
-        partition: i32,
+        tp: &TopicPartition,
         offsets: &[i64],
         cancel: &CancellationToken,
     ) -> Result<BTreeMap<i64, Found>, Cancelled> {
@@ -82,9 +81,10 @@ impl Originals {
         loop {
             let this = self.clone();
             let wanted = offsets.to_vec();
+            let tp_ = tp.clone();
             let stop = cancel.clone();
             let result =
-                tokio::task::spawn_blocking(move || this.read_blocking(partition, &wanted, &stop))
+                tokio::task::spawn_blocking(move || this.read_blocking(&tp_, &wanted, &stop))
                     .await
                     .unwrap_or_else(|e| Err(format!("reader task failed: {e}")));
             match result {
@@ -92,7 +92,7 @@ impl Originals {
                 Err(_) if cancel.is_cancelled() => return Err(Cancelled),
                 Err(error) => {
                     if crate::ops::log_limit::worth_logging(attempt.into()) {
-                        warn!(partition, attempt = attempt + 1, %error,
+                        warn!(topic = %tp.topic, partition = tp.partition, attempt = attempt + 1, %error,
                             "reading rejected events back from Kafka failed; retrying");
                     }
                     pause(kafka_retry_delay(attempt), cancel).await?;
@@ -104,7 +104,7 @@ impl Originals {
 
     fn read_blocking(
         &self,
-        partition: i32,
+        tp: &TopicPartition,
         offsets: &[i64],
         cancel: &CancellationToken,
     ) -> Result<BTreeMap<i64, Found>, String> {
@@ -117,7 +117,7 @@ impl Originals {
             *guard = Some(consumer);
         }
         let consumer = guard.as_ref().expect("created above");
-        let result = self.read_with(consumer, partition, offsets, cancel);
+        let result = self.read_with(consumer, tp, offsets, cancel);
         // Leave no assignment behind: the next read may be for another partition.
         let _ = consumer.unassign();
         result
@@ -126,10 +126,10 @@ impl Originals {
     fn low_watermark(
         &self,
         consumer: &BaseConsumer<SideContext>,
-        partition: i32,
+        tp: &TopicPartition,
     ) -> Result<i64, String> {
         consumer
-            .fetch_watermarks(&self.topic, partition, Duration::from_secs(5))
+            .fetch_watermarks(tp.topic(), tp.partition, Duration::from_secs(5))
             .map(|(low, _)| low)
             .map_err(|e| format!("cannot read the partition's watermarks: {e}"))
     }
@@ -137,7 +137,7 @@ impl Originals {
     fn read_with(
         &self,
         consumer: &BaseConsumer<SideContext>,
-        partition: i32,
+        tp: &TopicPartition,
         offsets: &[i64],
         cancel: &CancellationToken,
     ) -> Result<BTreeMap<i64, Found>, String> {
@@ -147,7 +147,7 @@ impl Originals {
         let mut found = BTreeMap::new();
         let deadline = Instant::now() + ATTEMPT_TIMEOUT;
         // Offsets before the partition's start were deleted (retention).
-        let low = self.low_watermark(consumer, partition)?;
+        let low = self.low_watermark(consumer, tp)?;
         for &o in wanted.iter().filter(|&&o| o < low) {
             found.insert(o, Found::Gone);
         }
@@ -155,7 +155,7 @@ impl Originals {
         // partition (compaction, transaction markers) just skips ahead.
         while let Some(&next) = wanted.iter().find(|o| !found.contains_key(*o)) {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+            tpl.add_partition_offset(tp.topic(), tp.partition, Offset::Offset(next))
                 .map_err(|e| e.to_string())?;
             consumer.assign(&tpl).map_err(|e| e.to_string())?;
             loop {
@@ -170,7 +170,7 @@ impl Originals {
                     Some(Err(e)) => {
                         // Out of range (deleted meanwhile) or a real error:
                         // the partition's start tells which.
-                        let low = self.low_watermark(consumer, partition)?;
+                        let low = self.low_watermark(consumer, tp)?;
                         if next >= low {
                             return Err(e.to_string());
                         }
@@ -179,7 +179,9 @@ impl Originals {
                         }
                         break;
                     }
-                    Some(Ok(m)) if m.partition() != partition => continue,
+                    Some(Ok(m)) if m.partition() != tp.partition || m.topic() != tp.topic() => {
+                        continue
+                    }
                     Some(Ok(m)) => {
                         let offset = m.offset();
                         // Offsets skipped on the way are not in the partition any more.

@@ -11,44 +11,61 @@
 //! more than `INTERVAL` (plus a statistics interval) behind the broker,
 //! whatever the partition's state.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::consumer::Context;
+use crate::kafka::topics::{self, Change, TopicCheck};
+use crate::topic_partition::TopicPartition;
 
 /// How often the assigned partitions' high watermarks are read.
 pub const INTERVAL: Duration = Duration::from_secs(3);
 
 /// Starts the probe for the consumer whose context this is. It stops by
-/// itself when the consumer (and so its context) is dropped.
-pub fn spawn(config: &Config, context: &Arc<Context>) -> anyhow::Result<()> {
+/// itself when the consumer (and so its context) is dropped. Every
+/// `topic_check` it also checks which of the topics read exist
+/// (`kafka::topics`).
+pub fn spawn(config: &Config, context: &Arc<Context>, topic_check: Duration) -> anyhow::Result<()> {
     let client: BaseConsumer<SideContext> = Connection::from_config(config)
         .client_config("patterns-connector-watermarks")
         .create_with_context(SideContext::new("watermark probe"))
         .map_err(|e| anyhow::anyhow!("cannot create the watermark client: {e}"))?;
     let context = Arc::downgrade(context);
+    let config = config.clone();
     std::thread::Builder::new()
         .name("watermark-probe".into())
-        .spawn(move || run(&client, &context))?;
+        .spawn(move || run(&client, &context, &config, topic_check))?;
     Ok(())
 }
 
-fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
+fn run(
+    client: &BaseConsumer<SideContext>,
+    context: &Weak<Context>,
+    config: &Config,
+    topic_check: Duration,
+) {
     let step = Duration::from_millis(250);
     let mut waited = Duration::ZERO;
     let mut failures: u64 = 0;
+    let mut topics = TopicProbe::default();
     loop {
         std::thread::sleep(step);
         waited += step;
         // Serves the client's log and error callbacks (it has no group, so
         // nothing else polls its queue).
         let _ = client.poll(Duration::ZERO);
+        if topics.due(topic_check) {
+            let Some(ctx) = context.upgrade() else { return };
+            drop(ctx);
+            topics.check(client, context, config);
+        }
         if waited < INTERVAL {
             // Only check that the consumer still exists.
             if context.strong_count() == 0 {
@@ -58,27 +75,28 @@ fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
         }
         waited = Duration::ZERO;
         let Some(ctx) = context.upgrade() else { return };
-        let (topic, assigned) = (ctx.topic().to_owned(), ctx.assigned_partitions());
+        let assigned = ctx.assigned_partitions();
         // Do not keep the consumer alive across the blocking call.
         drop(ctx);
         if assigned.is_empty() {
             continue;
         }
         let mut latest = TopicPartitionList::new();
-        for partition in &assigned {
+        for tp in &assigned {
             // -1 as a ListOffsets timestamp asks for the latest offset: the high watermark.
-            let _ = latest.add_partition_offset(&topic, *partition, Offset::End);
+            let _ = latest.add_partition_offset(tp.topic(), tp.partition, Offset::End);
         }
         match client.offsets_for_times(latest, Duration::from_secs(5)) {
             Ok(resolved) => {
                 let Some(ctx) = context.upgrade() else { return };
-                for elem in resolved.elements_for_topic(&topic) {
+                for elem in resolved.elements() {
                     match (elem.error(), elem.offset()) {
-                        (Ok(()), Offset::Offset(high)) => {
-                            ctx.probed_high_watermark(elem.partition(), high)
-                        }
+                        (Ok(()), Offset::Offset(high)) => ctx.probed_high_watermark(
+                            &TopicPartition::new(elem.topic(), elem.partition()),
+                            high,
+                        ),
                         _ => {
-                            debug!(partition = elem.partition(), offset = ?elem.offset(), "no high watermark in the answer")
+                            debug!(topic = elem.topic(), partition = elem.partition(), offset = ?elem.offset(), "no high watermark in the answer")
                         }
                     }
                 }
@@ -92,6 +110,66 @@ fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
                 failures += 1;
             }
         }
-        debug!(topic, "paused partitions' watermarks probed");
+        debug!(
+            partitions = assigned.len(),
+            "assigned partitions' watermarks probed"
+        );
+    }
+}
+
+/// The topic check's state on the probe thread.
+#[derive(Default)]
+struct TopicProbe {
+    last: Option<std::time::Instant>,
+    check: TopicCheck,
+    failures: u64,
+}
+
+impl TopicProbe {
+    fn due(&self, every: Duration) -> bool {
+        self.last.map_or(true, |at| at.elapsed() >= every)
+    }
+
+    /// Reads the cluster's topics and reports those read that are missing.
+    fn check(
+        &mut self,
+        client: &BaseConsumer<SideContext>,
+        context: &Weak<Context>,
+        config: &Config,
+    ) {
+        self.last = Some(std::time::Instant::now());
+        let metadata = match client.fetch_metadata(None, Duration::from_secs(10)) {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                if crate::ops::log_limit::worth_logging(self.failures) {
+                    warn!(error = %e, "cannot read the cluster's topics; missing topics are not reported meanwhile");
+                }
+                self.failures += 1;
+                return;
+            }
+        };
+        self.failures = 0;
+        let present: BTreeMap<String, usize> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && topics::subscribed(config, t.name()))
+            .map(|t| (t.name().to_owned(), t.partitions().len()))
+            .collect();
+        let listed = topics::listed(config);
+        let (changes, missing) = self.check.observe(listed.as_deref(), &present);
+        for change in changes {
+            match change {
+                Change::Missing(topic) => warn!(topic, "a topic listed in KAFKA_TOPIC does not exist; the others are read meanwhile, and it is read once it is created"),
+                Change::Appeared(topic) => info!(topic, "a topic listed in KAFKA_TOPIC now exists; it is read from its earliest offset"),
+                Change::NothingMatches(true) => warn!(pattern = %topics::subscription(config).join(","), "no topic matches KAFKA_TOPIC's pattern; topics created later that match it are read"),
+                Change::NothingMatches(false) => info!("topics matching KAFKA_TOPIC's pattern now exist"),
+            }
+        }
+        let Some(ctx) = context.upgrade() else { return };
+        ctx.topics_checked(
+            listed.as_deref().unwrap_or_default(),
+            &missing,
+            present.values().sum(),
+        );
     }
 }

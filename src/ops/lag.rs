@@ -19,124 +19,9 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-
 use crate::ops::stall::{Activity, StallClock};
-
-/// What one statistics snapshot says about one partition.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub struct PartitionStats {
-    #[serde(default = "unknown")]
-    pub hi_offset: i64,
-    #[serde(default = "unknown")]
-    pub lo_offset: i64,
-    #[serde(default = "unknown")]
-    pub committed_offset: i64,
-    /// librdkafka's fetch position: the next offset it will fetch.
-    #[serde(default = "unknown")]
-    pub next_offset: i64,
-    /// The last stable offset: under `isolation.level=read_committed`
-    /// (librdkafka's default) fetching stops there while a transaction is open.
-    #[serde(default = "unknown")]
-    pub ls_offset: i64,
-    /// The partition's leader broker; -1 while it has none.
-    #[serde(default)]
-    pub leader: i32,
-    #[serde(default)]
-    pub fetch_state: FetchState,
-}
-
-/// librdkafka's fetch state of a partition, as far as stalls care.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FetchState {
-    Active,
-    /// Looking up or waiting for the start offset (committed offset,
-    /// offset reset) or validating the leader epoch: Kafka's side.
-    OffsetQuery,
-    OffsetWait,
-    ValidateEpochWait,
-    #[default]
-    #[serde(other)]
-    Other,
-}
-
-impl PartitionStats {
-    /// Waiting on Kafka rather than on the connector: no leader, or the
-    /// start position still being looked up.
-    fn waits_on_kafka(&self) -> bool {
-        self.leader < 0
-            || matches!(
-                self.fetch_state,
-                FetchState::OffsetQuery | FetchState::OffsetWait | FetchState::ValidateEpochWait
-            )
-    }
-}
-
-fn unknown() -> i64 {
-    -1
-}
-
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub broker_up: bool,
-    /// Partitions of the topic in the client's metadata (assigned or not).
-    pub topic_partitions: usize,
-    pub partitions: Vec<(i32, PartitionStats)>,
-}
-
-#[derive(Deserialize)]
-struct RawStats {
-    #[serde(default)]
-    brokers: HashMap<String, RawBroker>,
-    #[serde(default)]
-    topics: HashMap<String, RawTopic>,
-}
-
-#[derive(Deserialize)]
-struct RawBroker {
-    #[serde(default)]
-    state: String,
-    #[serde(default)]
-    nodeid: i64,
-}
-
-#[derive(Deserialize)]
-struct RawTopic {
-    #[serde(default)]
-    partitions: HashMap<String, PartitionStats>,
-}
-
-/// Extracts broker state and `topic`'s partitions from librdkafka's statistics JSON.
-pub fn parse_stats(json: &[u8], topic: &str) -> Option<Stats> {
-    let raw: RawStats = serde_json::from_slice(json).ok()?;
-    // Bootstrap entries have nodeid -1; a real broker connection that is UP counts.
-    let broker_up = raw
-        .brokers
-        .values()
-        .any(|b| b.nodeid >= 0 && b.state == "UP");
-    let mut partitions: Vec<(i32, PartitionStats)> = raw
-        .topics
-        .get(topic)
-        .map(|t| {
-            t.partitions
-                .iter()
-                .filter_map(|(id, p)| {
-                    id.parse::<i32>()
-                        .ok()
-                        .filter(|id| *id >= 0)
-                        .map(|id| (id, *p))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    partitions.sort_unstable_by_key(|(id, _)| *id);
-    Some(Stats {
-        broker_up,
-        topic_partitions: partitions.len(),
-        partitions,
-    })
-}
+use crate::ops::stats::PartitionStats;
+use crate::topic_partition::TopicPartition;
 
 /// The lag of one partition at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,13 +64,13 @@ pub struct WorkerView {
 
 #[derive(Debug, Default)]
 pub struct LagTracker {
-    partitions: HashMap<i32, PartitionLag>,
+    partitions: HashMap<TopicPartition, PartitionLag>,
 }
 
 impl LagTracker {
     /// Records a confirmed commit; returns true if it moved the offset.
-    pub fn committed(&mut self, partition: i32, offset: i64) -> bool {
-        let p = self.partitions.entry(partition).or_default();
+    pub fn committed(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+        let p = self.partitions.entry(tp.clone()).or_default();
         if p.committed.is_some_and(|c| c >= offset) {
             return false;
         }
@@ -199,8 +84,8 @@ impl LagTracker {
     /// only commits offsets past the committed one, so the caller commits it
     /// explicitly, and the old commit is forgotten so it does not hide the
     /// new lag (commits only move forward otherwise).
-    pub fn stored(&mut self, partition: i32, next_offset: i64) -> bool {
-        let p = self.partitions.entry(partition).or_default();
+    pub fn stored(&mut self, tp: &TopicPartition, next_offset: i64) -> bool {
+        let p = self.partitions.entry(tp.clone()).or_default();
         p.stored = Some(next_offset);
         let known = p.committed.max(p.stats_committed);
         if known.is_some_and(|c| c > next_offset) {
@@ -214,34 +99,34 @@ impl LagTracker {
     /// Partitions whose committed offset (per the statistics) is above the
     /// offset last stored: an explicit commit of the stored one is due (the
     /// statistics may only show the old commit after the report came).
-    pub fn commits_behind(&self) -> Vec<(i32, i64)> {
+    pub fn commits_behind(&self) -> Vec<(TopicPartition, i64)> {
         self.partitions
             .iter()
-            .filter_map(|(partition, p)| match (p.stored, p.stats_committed) {
-                (Some(stored), Some(committed)) if committed > stored => Some((*partition, stored)),
+            .filter_map(|(tp, p)| match (p.stored, p.stats_committed) {
+                (Some(stored), Some(committed)) if committed > stored => Some((tp.clone(), stored)),
                 _ => None,
             })
             .collect()
     }
 
     /// Drops what is known of a partition this replica no longer owns.
-    pub fn forget(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
+    pub fn forget(&mut self, tp: &TopicPartition) {
+        self.partitions.remove(tp);
     }
 
     /// Records a high watermark just read from the broker. It replaces the
     /// previous probe (a recreated topic starts again from 0); librdkafka's
     /// statistics still win when they are fresher and higher.
-    pub fn probed_high(&mut self, partition: i32, high_watermark: i64) {
-        self.partitions.entry(partition).or_default().probed_high = Some(high_watermark);
+    pub fn probed_high(&mut self, tp: &TopicPartition, high_watermark: i64) {
+        self.partitions.entry(tp.clone()).or_default().probed_high = Some(high_watermark);
     }
 
-    /// The lag of `partition` now, and how long it has been stalled if it is
+    /// The lag of `tp` now, and how long it has been stalled if it is
     /// (`ops::stall`): it has work, is not waiting for a known reason, and
     /// neither takes nor delivers anything.
     pub fn observe_worker(
         &mut self,
-        partition: i32,
+        tp: &TopicPartition,
         stats: &PartitionStats,
         worker: &WorkerView,
         now_ms: i64,
@@ -253,19 +138,13 @@ impl LagTracker {
             (c, n) if n >= 0 => c.or(Some(n)),
             (c, _) => c,
         };
-        let view = self.observe(
-            partition,
-            stats,
-            worker.oldest_pending_ts_ms,
-            read_to,
-            now_ms,
-        );
+        let view = self.observe(tp, stats, worker.oldest_pending_ts_ms, read_to, now_ms);
         let base = view
             .committed
             .unwrap_or(stats.lo_offset)
             .max(stats.lo_offset.max(0));
         let position = read_to.unwrap_or(base).max(base);
-        let p = self.partitions.entry(partition).or_default();
+        let p = self.partitions.entry(tp.clone()).or_default();
         // What can be read: up to the last stable offset when librdkafka
         // reports one (an open transaction is not work the connector can
         // do), else the high watermark. The probe reads the same bound (its
@@ -286,13 +165,13 @@ impl LagTracker {
 
     pub fn observe(
         &mut self,
-        partition: i32,
+        tp: &TopicPartition,
         stats: &PartitionStats,
         oldest_pending_ts_ms: Option<i64>,
         consumed_next: Option<i64>,
         now_ms: i64,
     ) -> LagView {
-        let p = self.partitions.entry(partition).or_default();
+        let p = self.partitions.entry(tp.clone()).or_default();
         let from_stats = (stats.committed_offset >= 0).then_some(stats.committed_offset);
         p.stats_committed = from_stats;
         let committed = match (p.committed, from_stats) {
@@ -331,6 +210,11 @@ impl LagTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::stats::FetchState;
+
+    fn tp(partition: i32) -> TopicPartition {
+        TopicPartition::new("t", partition)
+    }
 
     fn stats(hi: i64, lo: i64, committed: i64) -> PartitionStats {
         PartitionStats {
@@ -347,7 +231,7 @@ mod tests {
     #[test]
     fn lag_is_high_watermark_minus_committed() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(100, 0, 60), None, None, 0);
+        let v = t.observe(&tp(0), &stats(100, 0, 60), None, None, 0);
         assert_eq!(v.lag_messages, 40);
         assert_eq!(v.committed, Some(60));
     }
@@ -355,8 +239,8 @@ mod tests {
     #[test]
     fn lag_never_goes_negative_when_a_commit_is_ahead_of_a_stale_watermark() {
         let mut t = LagTracker::default();
-        t.committed(0, 120);
-        let v = t.observe(0, &stats(100, 0, 90), None, None, 0);
+        t.committed(&tp(0), 120);
+        let v = t.observe(&tp(0), &stats(100, 0, 90), None, None, 0);
         assert_eq!(v.committed, Some(120));
         assert_eq!(v.lag_messages, 0);
     }
@@ -364,7 +248,7 @@ mod tests {
     #[test]
     fn no_commit_counts_from_the_low_watermark() {
         let mut t = LagTracker::default();
-        let v = t.observe(3, &stats(50, 10, -1001), None, None, 0);
+        let v = t.observe(&tp(3), &stats(50, 10, -1001), None, None, 0);
         assert_eq!(v.committed, None);
         assert_eq!(v.lag_messages, 40);
     }
@@ -372,7 +256,7 @@ mod tests {
     #[test]
     fn an_empty_partition_has_no_lag() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(0, 0, -1001), None, None, 0);
+        let v = t.observe(&tp(0), &stats(0, 0, -1001), None, None, 0);
         assert_eq!((v.lag_messages, v.lag_seconds, v.committed), (0, 0.0, None));
     }
 
@@ -380,7 +264,7 @@ mod tests {
     fn offsets_deleted_by_retention_are_not_lag() {
         let mut t = LagTracker::default();
         // Committed at 10, but retention deleted everything below 40.
-        let v = t.observe(0, &stats(100, 40, 10), None, None, 0);
+        let v = t.observe(&tp(0), &stats(100, 40, 10), None, None, 0);
         assert_eq!(v.lag_messages, 60);
         assert_eq!(v.committed, Some(10));
     }
@@ -388,14 +272,14 @@ mod tests {
     #[test]
     fn unknown_watermarks_read_as_zero_lag_not_negative() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(-1, -1, 5), None, None, 0);
+        let v = t.observe(&tp(0), &stats(-1, -1, 5), None, None, 0);
         assert_eq!(v.lag_messages, 0);
     }
 
     #[test]
     fn lag_seconds_is_the_age_of_the_oldest_pending_event() {
         let mut t = LagTracker::default();
-        let v = t.observe(0, &stats(10, 0, 5), Some(1_000), None, 4_500);
+        let v = t.observe(&tp(0), &stats(10, 0, 5), Some(1_000), None, 4_500);
         assert_eq!(v.lag_seconds, 3.5);
     }
 
@@ -403,18 +287,18 @@ mod tests {
     fn lag_seconds_is_zero_when_caught_up_and_grows_while_unconsumed_messages_wait() {
         let mut t = LagTracker::default();
         assert_eq!(
-            t.observe(0, &stats(10, 0, 10), None, None, 1_000)
+            t.observe(&tp(0), &stats(10, 0, 10), None, None, 1_000)
                 .lag_seconds,
             0.0
         );
         // New messages arrived but are not consumed yet (e.g. paused).
         assert_eq!(
-            t.observe(0, &stats(15, 0, 10), None, None, 3_000)
+            t.observe(&tp(0), &stats(15, 0, 10), None, None, 3_000)
                 .lag_seconds,
             2.0
         );
         assert_eq!(
-            t.observe(0, &stats(15, 0, 10), None, None, 6_000)
+            t.observe(&tp(0), &stats(15, 0, 10), None, None, 6_000)
                 .lag_seconds,
             5.0
         );
@@ -426,36 +310,36 @@ mod tests {
         // Steady traffic: the commit always trails the high watermark, but the
         // worker has taken everything up to it and delivered it.
         for (now, hi) in [(1_000, 100), (60_000, 500), (400_000, 9_000)] {
-            let v = t.observe(0, &stats(hi, 0, hi - 50), None, Some(hi), now);
+            let v = t.observe(&tp(0), &stats(hi, 0, hi - 50), None, Some(hi), now);
             assert_eq!(v.lag_seconds, 0.0, "at {now} ms");
             assert_eq!(v.lag_messages, 50);
         }
         // Then the worker falls behind the high watermark with nothing pending.
-        let v = t.observe(0, &stats(9_100, 0, 9_000), None, Some(9_000), 403_000);
+        let v = t.observe(&tp(0), &stats(9_100, 0, 9_000), None, Some(9_000), 403_000);
         assert_eq!(v.lag_seconds, 3.0);
     }
 
     #[test]
     fn a_probed_high_watermark_counts_while_statistics_are_stale() {
         let mut t = LagTracker::default();
-        t.committed(0, 100);
+        t.committed(&tp(0), 100);
         // Paused at 120: the statistics keep saying 120, the broker says 500.
-        t.probed_high(0, 500);
-        let v = t.observe(0, &stats(120, 0, 100), None, Some(120), 0);
+        t.probed_high(&tp(0), 500);
+        let v = t.observe(&tp(0), &stats(120, 0, 100), None, Some(120), 0);
         assert_eq!((v.high_watermark, v.lag_messages), (500, 400));
         // The unconsumed messages age while the partition waits.
-        let later = t.observe(0, &stats(120, 0, 100), None, Some(120), 7_000);
+        let later = t.observe(&tp(0), &stats(120, 0, 100), None, Some(120), 7_000);
         assert_eq!(later.lag_seconds, 7.0);
         // Fresher statistics win.
         assert_eq!(
-            t.observe(0, &stats(600, 0, 100), None, Some(120), 0)
+            t.observe(&tp(0), &stats(600, 0, 100), None, Some(120), 0)
                 .high_watermark,
             600
         );
         // A new probe replaces the last one (the topic was recreated).
-        t.probed_high(0, 30);
+        t.probed_high(&tp(0), 30);
         assert_eq!(
-            t.observe(0, &stats(20, 0, 10), None, Some(20), 0)
+            t.observe(&tp(0), &stats(20, 0, 10), None, Some(20), 0)
                 .high_watermark,
             30
         );
@@ -473,16 +357,16 @@ mod tests {
     #[test]
     fn a_partition_that_stops_fetching_with_unread_messages_is_stalled_after_30_s() {
         let mut t = LagTracker::default();
-        t.committed(0, 100);
+        t.committed(&tp(0), 100);
         // Paused inside librdkafka without the connector knowing: the
         // statistics froze at 120, the probe says 500, nothing moves.
-        t.probed_high(0, 500);
+        t.probed_high(&tp(0), 500);
         let mut s = stats(120, 0, 100);
         s.next_offset = 120;
         let w = worker(Some(120), 7, false);
-        assert_eq!(t.observe_worker(0, &s, &w, 0).1, None);
-        assert_eq!(t.observe_worker(0, &s, &w, 29_000).1, None);
-        let (view, stalled) = t.observe_worker(0, &s, &w, 31_000);
+        assert_eq!(t.observe_worker(&tp(0), &s, &w, 0).1, None);
+        assert_eq!(t.observe_worker(&tp(0), &s, &w, 29_000).1, None);
+        let (view, stalled) = t.observe_worker(&tp(0), &s, &w, 31_000);
         assert_eq!(view.lag_messages, 400);
         assert_eq!(stalled, Some(std::time::Duration::from_secs(31)));
     }
@@ -490,23 +374,24 @@ mod tests {
     #[test]
     fn a_partition_paused_or_delivering_or_read_to_the_end_is_not_stalled() {
         let mut t = LagTracker::default();
-        t.committed(0, 100);
-        t.probed_high(0, 500);
+        t.committed(&tp(0), 100);
+        t.probed_high(&tp(0), 500);
         let s = stats(120, 0, 100);
         for now in [0, 40_000, 80_000] {
             assert_eq!(
-                t.observe_worker(0, &s, &worker(Some(120), 7, true), now).1,
+                t.observe_worker(&tp(0), &s, &worker(Some(120), 7, true), now)
+                    .1,
                 None
             );
         }
         // Everything fetched (the last offset is a transaction marker no
         // worker sees): nothing to do, however long it stays so.
         let mut t = LagTracker::default();
-        t.committed(1, 99);
+        t.committed(&tp(1), 99);
         let mut s = stats(100, 0, 99);
         s.next_offset = 100;
         for now in [0, 40_000, 80_000] {
-            let (view, stalled) = t.observe_worker(1, &s, &worker(Some(99), 3, false), now);
+            let (view, stalled) = t.observe_worker(&tp(1), &s, &worker(Some(99), 3, false), now);
             assert_eq!(stalled, None);
             assert_eq!(view.lag_seconds, 0.0, "read to the end, nothing waits");
         }
@@ -517,13 +402,14 @@ mod tests {
         // read_committed: fetching stops at the last stable offset (100)
         // while a transaction keeps the high watermark at 200.
         let mut t = LagTracker::default();
-        t.committed(0, 100);
+        t.committed(&tp(0), 100);
         let mut s = stats(200, 0, 100);
         s.ls_offset = 100;
         s.next_offset = 100;
         for now in [0, 40_000, 80_000] {
             assert_eq!(
-                t.observe_worker(0, &s, &worker(Some(100), 3, false), now).1,
+                t.observe_worker(&tp(0), &s, &worker(Some(100), 3, false), now)
+                    .1,
                 None
             );
         }
@@ -539,7 +425,7 @@ mod tests {
             s.leader = leader;
             for now in [0, 40_000, 80_000] {
                 assert_eq!(
-                    t.observe_worker(0, &s, &worker(None, 0, false), now).1,
+                    t.observe_worker(&tp(0), &s, &worker(None, 0, false), now).1,
                     None,
                     "{fetch_state:?} {leader}"
                 );
@@ -550,49 +436,30 @@ mod tests {
     #[test]
     fn an_offset_stored_below_the_commit_is_committed_explicitly_and_the_old_commit_forgotten() {
         let mut t = LagTracker::default();
-        t.committed(0, 50);
-        assert!(!t.stored(0, 60), "forward: auto-commit takes it");
+        t.committed(&tp(0), 50);
+        assert!(!t.stored(&tp(0), 60), "forward: auto-commit takes it");
         // The topic was recreated: offsets start again at 0.
-        assert!(t.stored(0, 10));
-        let v = t.observe(0, &stats(10, 0, -1001), None, Some(10), 0);
+        assert!(t.stored(&tp(0), 10));
+        let v = t.observe(&tp(0), &stats(10, 0, -1001), None, Some(10), 0);
         assert_eq!((v.committed, v.lag_messages), (None, 10));
         // A partition assigned again after the recreation: the statistics
         // still show the old commit until the explicit one lands.
         let mut t = LagTracker::default();
-        assert!(!t.stored(1, 10));
-        t.observe(1, &stats(10, 0, 50), None, Some(10), 0);
-        assert_eq!(t.commits_behind(), vec![(1, 10)]);
-        t.observe(1, &stats(10, 0, 10), None, Some(10), 0);
+        assert!(!t.stored(&tp(1), 10));
+        t.observe(&tp(1), &stats(10, 0, 50), None, Some(10), 0);
+        assert_eq!(t.commits_behind(), vec![(tp(1), 10)]);
+        t.observe(&tp(1), &stats(10, 0, 10), None, Some(10), 0);
         assert_eq!(t.commits_behind(), vec![]);
     }
 
     #[test]
     fn commits_only_move_forward() {
         let mut t = LagTracker::default();
-        assert!(t.committed(1, 10));
-        assert!(!t.committed(1, 10));
-        assert!(!t.committed(1, 5));
-        assert!(t.committed(1, 11));
-        t.forget(1);
-        assert!(t.committed(1, 1));
-    }
-
-    #[test]
-    fn statistics_json_is_read_for_the_topic_and_brokers() {
-        let json = br#"{"brokers":{"127.0.0.1:9092/bootstrap":{"state":"INIT","nodeid":-1},
-            "127.0.0.1:9092/1":{"state":"UP","nodeid":1}},
-            "topics":{"t":{"partitions":{"0":{"hi_offset":7,"lo_offset":0,"committed_offset":5,"consumer_lag":2},
-            "-1":{"hi_offset":-1},"1":{"hi_offset":3,"lo_offset":0,"committed_offset":-1001}}},
-            "other":{"partitions":{"0":{"hi_offset":99}}}}}"#;
-        let s = parse_stats(json, "t").expect("valid");
-        assert!(s.broker_up);
-        assert_eq!(
-            s.partitions,
-            vec![(0, stats(7, 0, 5)), (1, stats(3, 0, -1001))]
-        );
-        let down =
-            parse_stats(br#"{"brokers":{"b/1":{"state":"DOWN","nodeid":1}}}"#, "t").expect("valid");
-        assert!(!down.broker_up);
-        assert!(parse_stats(b"not json", "t").is_none());
+        assert!(t.committed(&tp(1), 10));
+        assert!(!t.committed(&tp(1), 10));
+        assert!(!t.committed(&tp(1), 5));
+        assert!(t.committed(&tp(1), 11));
+        t.forget(&tp(1));
+        assert!(t.committed(&tp(1), 1));
     }
 }

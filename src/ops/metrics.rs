@@ -38,6 +38,7 @@ pub const BUILD_INFO: &str = "patterns_connector_build_info";
 pub const EVENTS_DEAD_LETTERED: &str = "patterns_connector_events_dead_lettered_total";
 pub const BISECTION_REQUESTS: &str = "patterns_connector_bisection_requests_total";
 pub const TOPIC_PARTITIONS: &str = "patterns_connector_topic_partitions";
+pub const TOPIC_MISSING: &str = "patterns_connector_topic_missing";
 pub const STALLED_WORKERS: &str = "patterns_connector_stalled_workers";
 pub const PARTITION_STALLED: &str = "patterns_connector_partition_stalled";
 pub const PARTITION_BLOCKED: &str = "patterns_connector_partition_blocked";
@@ -74,6 +75,7 @@ pub const ALL: &[&str] = &[
     PARTITION_LAST_COMMIT,
     BUILD_INFO,
     TOPIC_PARTITIONS,
+    TOPIC_MISSING,
     STALLED_WORKERS,
     PARTITION_STALLED,
     PARTITION_BLOCKED,
@@ -113,6 +115,7 @@ pub struct Metrics {
     pub partition_paused: IntGaugeVec,
     pub partition_last_commit: prometheus::GaugeVec,
     pub topic_partitions: IntGauge,
+    pub topic_missing: IntGaugeVec,
     pub stalled_workers: IntGauge,
     pub partition_stalled: IntGaugeVec,
     pub partition_blocked: IntGaugeVec,
@@ -135,6 +138,9 @@ impl Metrics {
         };
         let gauge =
             |name: &str, help: &str| register(r, IntGauge::with_opts(Opts::new(name, help)));
+        let int_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
         let partition_gauge = |name: &str, help: &str| {
             register(r, IntGaugeVec::new(Opts::new(name, help), PARTITION_LABELS))
         };
@@ -192,7 +198,8 @@ impl Metrics {
             partition_no_commit: partition_gauge(PARTITION_NO_COMMIT, "1 while the group has no committed offset for the partition."),
             partition_paused: partition_gauge(PARTITION_PAUSED, "1 while fetching is paused because the partition's buffer is full."),
             partition_last_commit: float_partition_gauge(PARTITION_LAST_COMMIT, "Unix time of the last successful commit that moved the partition's offset (or of its assignment to this replica)."),
-            topic_partitions: gauge(TOPIC_PARTITIONS, "Partitions of the consumed topic, from the client's metadata."),
+            topic_partitions: gauge(TOPIC_PARTITIONS, "Partitions of every topic read (listed or matching KAFKA_TOPIC), from the broker's metadata."),
+            topic_missing: int_gauge_vec(TOPIC_MISSING, "1 while a topic listed in KAFKA_TOPIC (or any topic matching its pattern) does not exist; it is read once it appears.", &["topic"]),
             stalled_workers: gauge(STALLED_WORKERS, "Partition workers whose loop has not run for 30 s (deadlocked or starved)."),
             partition_stalled: partition_gauge(PARTITION_STALLED, "1 while the partition has lag but has neither fetched nor delivered for 30 s, for no known reason (not waiting on the webhook, not paused, not blocked): /healthz fails."),
             partition_blocked: partition_gauge(PARTITION_BLOCKED, "1 while DLQ_POLICY=block holds the partition at a message it cannot deliver; it resumes only after the operator acts."),

@@ -2,14 +2,16 @@
 //! lag, stalls, log limiting, shutdown.
 //!
 //! - `metrics`: every Prometheus series (names are part of the interface).
-//! - `lag`: librdkafka statistics and probes into per-partition lag.
+//! - `stats`: librdkafka's statistics JSON, read (pure).
+//! - `lag`: statistics and probes into per-partition lag, keyed by topic-partition.
 //! - `stall`: the pure rule that tells waiting from stalled.
 //! - `health`: what `/healthz` and `/readyz` answer.
 //! - `http`: the HTTP server for `/metrics`, `/healthz`, `/readyz`.
 //! - `log_limit`: rate limits for repeated log lines.
 //! - `shutdown`: signals, the one shutdown deadline, the watchdog.
 //!
-//! Called by every other folder; calls none of them.
+//! Called by every other folder; calls none of them (it uses only the
+//! `TopicPartition` vocabulary type).
 
 pub mod health;
 pub mod http;
@@ -18,3 +20,4 @@ pub mod log_limit;
 pub mod metrics;
 pub mod shutdown;
 pub mod stall;
+pub mod stats;

@@ -31,6 +31,7 @@ use crate::partition::frontier::{Frontier, UnitId};
 use crate::sink::delivery::{Deliverer, Outcome};
 use crate::sink::dlq::DeadLetter;
 use crate::sink::webhook::Cancelled;
+use crate::topic_partition::TopicPartition;
 
 /// A consumed message, owned, as the consumer loop hands it over.
 #[derive(Debug)]
@@ -53,9 +54,9 @@ impl Message {
 }
 
 /// The worker's delivered frontier moved: `next_offset` is safe to commit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Progress {
-    pub partition: i32,
+    pub tp: TopicPartition,
     /// Which incarnation of the partition's worker sent it; stale ones are ignored.
     pub generation: u64,
     pub next_offset: i64,
@@ -191,7 +192,7 @@ impl Handle {
 pub fn spawn(
     runtime: &tokio::runtime::Handle,
     deps: Arc<Deps>,
-    partition: i32,
+    tp: TopicPartition,
     generation: u64,
 ) -> Handle {
     let (messages, rx) = mpsc::unbounded_channel();
@@ -199,7 +200,7 @@ pub fn spawn(
     let abort = CancellationToken::new();
     let shared = Arc::new(Shared::default());
     let worker = Worker {
-        partition,
+        tp,
         generation,
         batcher: Batcher::new(deps.config.batch),
         frontier: Frontier::default(),
@@ -240,7 +241,7 @@ struct InFlight {
 type DeadLetterWrite = (UnitId, usize, Result<(), Cancelled>);
 
 struct Worker {
-    partition: i32,
+    tp: TopicPartition,
     generation: u64,
     batcher: Batcher,
     frontier: Frontier,
@@ -291,7 +292,7 @@ impl Worker {
                 biased;
                 _ = self.abort.cancelled() => break,
                 _ = sleep_until_opt(drain_deadline) => {
-                    warn!(partition = self.partition, "drain deadline passed with a batch still undelivered; it stays uncommitted and will be redelivered");
+                    warn!(topic = %self.tp.topic, partition = self.tp.partition, "drain deadline passed with a batch still undelivered; it stays uncommitted and will be redelivered");
                     break;
                 }
                 done = async { (&mut self.in_flight.as_mut().expect("guarded").join).await }, if self.in_flight.is_some() => {
@@ -334,7 +335,7 @@ impl Worker {
         self.dead_letters.abort_all();
         self.shared.batch_bytes.store(0, Ordering::Relaxed);
         self.shared.queued_bytes.store(0, Ordering::Relaxed);
-        debug!(partition = self.partition, safe_offset = ?self.frontier.safe_offset(), "partition worker stopped");
+        debug!(topic = %self.tp.topic, partition = self.tp.partition, safe_offset = ?self.frontier.safe_offset(), "partition worker stopped");
         self.frontier.safe_offset()
     }
 
@@ -342,7 +343,7 @@ impl Worker {
     /// blocked by `DLQ_POLICY=block`, or its dead-letter writes are failing
     /// (each further bad message would add one more pending write).
     fn holding(&self) -> bool {
-        self.blocked || self.deps.deliverer.dead_letters.is_failing(self.partition)
+        self.blocked || self.deps.deliverer.dead_letters.is_failing(&self.tp)
     }
 
     /// Decodes, filters and batches one message.
@@ -357,7 +358,7 @@ impl Worker {
             // The frontier starts again too, or it would hold every new
             // offset back behind the old ones and nothing would be committed.
             warn!(
-                partition = self.partition,
+                topic = %self.tp.topic, partition = self.tp.partition,
                 offset = message.offset,
                 expected,
                 "offsets went backwards (topic recreated or truncated); tracking the partition from here"
@@ -402,7 +403,7 @@ impl Worker {
                 let error = decoded.err().map(|e| e.to_string());
                 if crate::ops::log_limit::worth_logging(self.undecodable_logged) {
                     warn!(
-                        partition = self.partition,
+                        topic = %self.tp.topic, partition = self.tp.partition,
                         offset = message.offset,
                         reason,
                         error = error.as_deref().unwrap_or(""),
@@ -426,7 +427,7 @@ impl Worker {
                 let max_bytes = config.batch.max_bytes;
                 metrics.events_oversized.inc();
                 warn!(
-                    partition = self.partition,
+                    topic = %self.tp.topic, partition = self.tp.partition,
                     offset = message.offset,
                     bytes = json.len(),
                     limit = max_bytes,
@@ -475,7 +476,7 @@ impl Worker {
         let unit = self.frontier.open(message.offset, message.timestamp_ms);
         if self.deps.config.dlq_policy == DlqPolicy::Block {
             if !self.blocked {
-                tracing::error!(partition = self.partition, offset = message.offset, reason,
+                tracing::error!(topic = %self.tp.topic, partition = self.tp.partition, offset = message.offset, reason,
                     "DLQ_POLICY=block: the partition stops here; fix or skip the message, or switch to DLQ_POLICY=dlq");
             }
             self.blocked = true;
@@ -485,7 +486,7 @@ impl Worker {
         let letter = DeadLetter {
             key: message.key,
             payload: message.payload,
-            partition: self.partition,
+            source: self.tp.clone(),
             offset: message.offset,
             reason: reason.to_owned(),
             error,
@@ -520,7 +521,7 @@ impl Worker {
             }
             Ok((_, size, Err(Cancelled))) => self.dead_letter_bytes -= size,
             Err(e) => {
-                tracing::error!(partition = self.partition, error = %e, "dead-letter task failed; stopping the partition worker");
+                tracing::error!(topic = %self.tp.topic, partition = self.tp.partition, error = %e, "dead-letter task failed; stopping the partition worker");
                 self.abort.cancel();
             }
         }
@@ -536,7 +537,7 @@ impl Worker {
             if batch.oversized {
                 self.deps.metrics.events_oversized.inc();
                 warn!(
-                    partition = self.partition,
+                    topic = %self.tp.topic, partition = self.tp.partition,
                     bytes = batch.body.len(),
                     limit = self.deps.config.batch.max_bytes,
                     "a single event is larger than BATCH_MAX_BYTES; sending it alone"
@@ -555,7 +556,7 @@ impl Worker {
         };
         let cancel = self.abort.child_token();
         let deps = self.deps.clone();
-        let partition = self.partition;
+        let tp = self.tp.clone();
         let token = cancel.clone();
         let (unit, events, body_bytes, held_bytes, oldest_kafka_ts_ms) = (
             batch.unit,
@@ -564,8 +565,7 @@ impl Worker {
             batch.held_bytes(),
             batch.oldest_kafka_ts_ms,
         );
-        let join =
-            tokio::spawn(async move { deps.deliverer.deliver(&batch, partition, &token).await });
+        let join = tokio::spawn(async move { deps.deliverer.deliver(&batch, &tp, &token).await });
         self.in_flight = Some(InFlight {
             unit,
             events,
@@ -602,14 +602,14 @@ impl Worker {
             }
             Ok(Err(Cancelled)) => {
                 info!(
-                    partition = self.partition,
+                    topic = %self.tp.topic, partition = self.tp.partition,
                     "delivery cancelled; the batch stays uncommitted"
                 );
             }
             Err(e) => {
                 // A panic in the delivery task: the batch stays uncommitted and the
                 // partition cannot move past it, so stop the worker loudly.
-                tracing::error!(partition = self.partition, error = %e, "delivery task failed; stopping the partition worker");
+                tracing::error!(topic = %self.tp.topic, partition = self.tp.partition, error = %e, "delivery task failed; stopping the partition worker");
                 self.abort.cancel();
             }
         }
@@ -618,7 +618,7 @@ impl Worker {
     fn report_progress(&mut self) {
         if let Some(next_offset) = self.frontier.advance() {
             let _ = self.deps.progress.send(Progress {
-                partition: self.partition,
+                tp: self.tp.clone(),
                 generation: self.generation,
                 next_offset,
             });

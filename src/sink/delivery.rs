@@ -19,6 +19,7 @@ use crate::partition::batch::Batch;
 use crate::sink::bisect::Bisection;
 use crate::sink::dlq::{header, DeadLetter, DeadLetters};
 use crate::sink::webhook::{Cancelled, Sent, Webhook};
+use crate::topic_partition::TopicPartition;
 
 /// The `dlq.error` of a rejected event whose original message was deleted.
 const GONE: &str = "the original message is no longer in Kafka (retention or compaction); the payload is the event as sent to the webhook";
@@ -43,7 +44,7 @@ impl Deliverer {
     async fn dead_letter_rejected(
         &self,
         batch: &Batch,
-        partition: i32,
+        tp: &TopicPartition,
         rejected: &[(usize, u16, String)],
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
@@ -51,7 +52,7 @@ impl Deliverer {
             .iter()
             .map(|(index, _, _)| batch.events[*index].offset)
             .collect();
-        let mut originals = self.originals.read(partition, &offsets, cancel).await?;
+        let mut originals = self.originals.read(tp, &offsets, cancel).await?;
         for (index, status, body) in rejected {
             let offset = batch.events[*index].offset;
             let (key, payload, error, sent_event) = match originals.remove(&offset) {
@@ -67,7 +68,7 @@ impl Deliverer {
             let letter = DeadLetter {
                 key,
                 payload,
-                partition,
+                source: tp.clone(),
                 offset,
                 reason: format!("webhook_{status}"),
                 error,
@@ -81,7 +82,8 @@ impl Deliverer {
                 .with_label_values(&[letter.reason.as_str()])
                 .inc();
             warn!(
-                partition,
+                topic = %tp.topic,
+                partition = tp.partition,
                 offset,
                 status,
                 topic = self.dead_letters.topic(),
@@ -99,7 +101,7 @@ impl Deliverer {
     pub async fn deliver(
         &self,
         batch: &Batch,
-        partition: i32,
+        tp: &TopicPartition,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Cancelled> {
         let mut bisection = Bisection::new(batch.events.len());
@@ -107,7 +109,7 @@ impl Deliverer {
         while let Some(range) = bisection.next() {
             match self
                 .webhook
-                .send(batch.body_for(range.clone()), partition, cancel)
+                .send(batch.body_for(range.clone()), tp, cancel)
                 .await?
             {
                 Sent::Delivered => bisection.accepted(),
@@ -117,7 +119,7 @@ impl Deliverer {
                         .with_label_values(&[status_class(status)])
                         .inc();
                     if range.len() == batch.events.len() {
-                        warn!(partition, status, events = range.len(), response = %crate::sink::dlq::truncate(&body, 200),
+                        warn!(topic = %tp.topic, partition = tp.partition, status, events = range.len(), response = %crate::sink::dlq::truncate(&body, 200),
                             "webhook rejected a batch; splitting it to find the rejected events");
                     }
                     if range.len() == 1 {
@@ -131,7 +133,7 @@ impl Deliverer {
             .bisection_requests
             .inc_by(u64::from(bisection.extra_requests()));
         if !rejected.is_empty() {
-            self.dead_letter_rejected(batch, partition, &rejected, cancel)
+            self.dead_letter_rejected(batch, tp, &rejected, cancel)
                 .await?;
         }
         Ok(Outcome {

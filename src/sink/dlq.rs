@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read::kafka_retry_delay;
 use crate::ops::shutdown::{pause, Cancelled};
+use crate::topic_partition::TopicPartition;
 
 /// Response bodies kept in the `dlq.response_body` header are cut to this size.
 pub const MAX_RESPONSE_BODY: usize = 1024;
@@ -52,7 +53,9 @@ pub mod header {
 pub struct DeadLetter {
     pub key: Option<bytes::Bytes>,
     pub payload: Option<bytes::Bytes>,
-    pub partition: i32,
+    /// Where the message came from: its own topic and partition (the
+    /// connector may read several topics).
+    pub source: TopicPartition,
     pub offset: i64,
     /// A short fixed code: a decode reason, `too_large`, or `webhook_<status>`.
     pub reason: String,
@@ -69,26 +72,25 @@ pub struct DeadLetter {
 pub struct DeadLetters {
     producer: FutureProducer<SideContext>,
     topic: String,
-    source_topic: String,
     /// Per source partition, the writes now retrying after a failure. While
     /// a partition has one, its worker takes no more messages (each bad one
     /// would add a write that cannot finish) and the consumer pauses it.
-    failing: Arc<Mutex<HashMap<i32, usize>>>,
+    failing: Arc<Mutex<HashMap<TopicPartition, usize>>>,
 }
 
 /// Counts one failing write of a partition for as long as it lives, so a
 /// write that ends any way (acknowledged, cancelled, dropped) uncounts itself.
 struct FailingWrite {
-    failing: Arc<Mutex<HashMap<i32, usize>>>,
-    partition: i32,
+    failing: Arc<Mutex<HashMap<TopicPartition, usize>>>,
+    tp: TopicPartition,
 }
 
 impl FailingWrite {
-    fn new(failing: &Arc<Mutex<HashMap<i32, usize>>>, partition: i32) -> Self {
-        *lock(failing).entry(partition).or_default() += 1;
+    fn new(failing: &Arc<Mutex<HashMap<TopicPartition, usize>>>, tp: &TopicPartition) -> Self {
+        *lock(failing).entry(tp.clone()).or_default() += 1;
         FailingWrite {
             failing: failing.clone(),
-            partition,
+            tp: tp.clone(),
         }
     }
 }
@@ -96,16 +98,18 @@ impl FailingWrite {
 impl Drop for FailingWrite {
     fn drop(&mut self) {
         let mut failing = lock(&self.failing);
-        if let Some(n) = failing.get_mut(&self.partition) {
+        if let Some(n) = failing.get_mut(&self.tp) {
             *n -= 1;
             if *n == 0 {
-                failing.remove(&self.partition);
+                failing.remove(&self.tp);
             }
         }
     }
 }
 
-fn lock(failing: &Mutex<HashMap<i32, usize>>) -> std::sync::MutexGuard<'_, HashMap<i32, usize>> {
+fn lock(
+    failing: &Mutex<HashMap<TopicPartition, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, usize>> {
     failing
         .lock()
         .expect("no code panics while holding the failing-writes lock")
@@ -136,14 +140,13 @@ impl DeadLetters {
         Ok(DeadLetters {
             producer,
             topic: config.dlq_topic.clone(),
-            source_topic: config.kafka_topic.clone(),
             failing: Arc::default(),
         })
     }
 
-    /// True while a dead-letter write of `partition` keeps failing.
-    pub fn is_failing(&self, partition: i32) -> bool {
-        lock(&self.failing).contains_key(&partition)
+    /// True while a dead-letter write of `tp` keeps failing.
+    pub fn is_failing(&self, tp: &TopicPartition) -> bool {
+        lock(&self.failing).contains_key(tp)
     }
 
     pub fn topic(&self) -> &str {
@@ -175,16 +178,15 @@ impl DeadLetters {
             match sent {
                 Ok(_) => {
                     if attempt > 0 {
-                        info!(partition = letter.partition, offset = letter.offset, attempts = attempt + 1,
+                        info!(source_topic = %letter.source.topic, partition = letter.source.partition, offset = letter.offset, attempts = attempt + 1,
                             topic = %self.topic, "dead-letter write succeeded after failures");
                     }
                     return Ok(());
                 }
                 Err((e, _)) => {
-                    failing
-                        .get_or_insert_with(|| FailingWrite::new(&self.failing, letter.partition));
+                    failing.get_or_insert_with(|| FailingWrite::new(&self.failing, &letter.source));
                     if crate::ops::log_limit::worth_logging(attempt.into()) {
-                        warn!(partition = letter.partition, offset = letter.offset, attempt = attempt + 1,
+                        warn!(source_topic = %letter.source.topic, partition = letter.source.partition, offset = letter.offset, attempt = attempt + 1,
                             topic = %self.topic, error = %e,
                             "writing to the dead-letter topic failed; retrying (does the topic exist?)");
                     }
@@ -203,11 +205,11 @@ impl DeadLetters {
             })
             .insert(Header {
                 key: header::SOURCE_TOPIC,
-                value: Some(self.source_topic.as_str()),
+                value: Some(letter.source.topic()),
             })
             .insert(Header {
                 key: header::SOURCE_PARTITION,
-                value: Some(&letter.partition.to_string()),
+                value: Some(&letter.source.partition.to_string()),
             })
             .insert(Header {
                 key: header::SOURCE_OFFSET,
@@ -279,13 +281,21 @@ mod tests {
     #[test]
     fn a_failing_write_counts_for_its_partition_while_it_lives() {
         let failing = Arc::default();
-        let first = FailingWrite::new(&failing, 3);
-        let second = FailingWrite::new(&failing, 3);
-        assert_eq!(lock(&failing).get(&3), Some(&2));
+        let (three, other) = (TopicPartition::new("a", 3), TopicPartition::new("b", 3));
+        let first = FailingWrite::new(&failing, &three);
+        let second = FailingWrite::new(&failing, &three);
+        assert_eq!(lock(&failing).get(&three), Some(&2));
+        assert!(
+            !lock(&failing).contains_key(&other),
+            "another topic's partition 3 is not failing"
+        );
         drop(first);
-        assert!(lock(&failing).contains_key(&3));
+        assert!(lock(&failing).contains_key(&three));
         drop(second);
-        assert!(!lock(&failing).contains_key(&3), "none left: not failing");
+        assert!(
+            !lock(&failing).contains_key(&three),
+            "none left: not failing"
+        );
     }
 
     #[test]

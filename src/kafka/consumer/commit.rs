@@ -5,18 +5,16 @@ use super::*;
 
 impl Context {
     /// Stores and synchronously commits explicit offsets.
-    pub(super) fn commit_sync(&self, consumer: &Consumer_, offsets: &[(i32, i64)], why: &str) {
+    pub(super) fn commit_sync(
+        &self,
+        consumer: &Consumer_,
+        offsets: &[(TopicPartition, i64)],
+        why: &str,
+    ) {
         if offsets.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in offsets {
-            if let Err(e) =
-                tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*offset))
-            {
-                error!(partition, error = %e, "cannot build the commit list");
-            }
-        }
+        let tpl = offset_list(offsets);
         self.commit_sync_tpl(consumer, &tpl, why);
     }
 
@@ -71,15 +69,12 @@ impl Context {
 /// one waiting (seen in the chaos test: the replica then stayed in the group,
 /// holding partitions nobody read). Messages polled meanwhile are dropped,
 /// uncommitted.
-pub(super) fn commit_at_shutdown(consumer: &Consumer_, topic: &str, offsets: &[(i32, i64)]) {
+pub(super) fn commit_at_shutdown(consumer: &Consumer_, offsets: &[(TopicPartition, i64)]) {
     if offsets.is_empty() {
         return;
     }
     let ctx = consumer.context();
-    let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in offsets {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-    }
+    let tpl = offset_list(offsets);
     if let Err(e) = consumer.store_offsets(&tpl) {
         warn!(error = %e, "storing final offsets failed");
     }
@@ -101,9 +96,9 @@ pub(super) fn commit_at_shutdown(consumer: &Consumer_, topic: &str, offsets: &[(
         let _ = consumer.poll(Duration::from_millis(100));
     }
     if ctx.commit_callbacks.load(Ordering::Relaxed) == before {
-        error!(offsets = ?offsets, "no answer to the final commit by the deadline; what it covers may be redelivered");
+        error!(offsets = ?tpl.to_topic_map(), "no answer to the final commit by the deadline; what it covers may be redelivered");
     } else {
-        info!(offsets = ?offsets, "final commit answered (see commits_total for its result)");
+        info!(offsets = ?tpl.to_topic_map(), "final commit answered (see commits_total for its result)");
     }
 }
 
@@ -115,22 +110,21 @@ pub(super) const COMMIT_RETRY_STEP: Duration = Duration::from_millis(250);
 /// Stores the offsets that workers report as delivered.
 pub(super) fn store_progress(
     consumer: &Consumer_,
-    topic: &str,
     progress: &mut mpsc::UnboundedReceiver<Progress>,
 ) {
     let ctx = consumer.context();
-    let mut latest: HashMap<i32, i64> = HashMap::new();
+    let mut latest: HashMap<TopicPartition, i64> = HashMap::new();
     {
         let workers = ctx.workers();
         while let Ok(p) = progress.try_recv() {
             // A report from an older incarnation of the partition's worker is stale.
             if workers
-                .get(&p.partition)
+                .get(&p.tp)
                 .is_some_and(|w| w.generation == p.generation)
             {
                 // The last report wins: a worker's reports only go up, except
                 // after its partition's log started again (`Frontier::rewind`).
-                latest.insert(p.partition, p.next_offset);
+                latest.insert(p.tp, p.next_offset);
             }
         }
     }
@@ -143,15 +137,16 @@ pub(super) fn store_progress(
     let mut rewound = TopicPartitionList::new();
     {
         let mut lag = ctx.lag.lock().expect("lag lock");
-        for (partition, offset) in &latest {
-            if lag.stored(*partition, *offset) {
-                let _ = rewound.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        for (tp, offset) in &latest {
+            if lag.stored(tp, *offset) {
+                let _ =
+                    rewound.add_partition_offset(tp.topic(), tp.partition, Offset::Offset(*offset));
             }
         }
     }
     let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in &latest {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    for (tp, offset) in &latest {
+        let _ = tpl.add_partition_offset(tp.topic(), tp.partition, Offset::Offset(*offset));
     }
     if let Err(e) = consumer.store_offsets(&tpl) {
         // Happens when a partition was revoked in between; its worker's final
@@ -167,7 +162,7 @@ pub(super) fn store_progress(
 
 /// Commits explicitly the stored offsets of partitions whose committed offset
 /// is above them (their log started again; see `LagTracker::stored`).
-pub(super) fn commit_behind(consumer: &Consumer_, topic: &str) {
+pub(super) fn commit_behind(consumer: &Consumer_) {
     let behind = consumer
         .context()
         .lag
@@ -177,11 +172,20 @@ pub(super) fn commit_behind(consumer: &Consumer_, topic: &str) {
     if behind.is_empty() {
         return;
     }
-    let mut tpl = TopicPartitionList::new();
-    for (partition, offset) in behind {
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
-    }
+    let tpl = offset_list(&behind);
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         warn!(error = %e, "committing offsets below the last commit failed; retried shortly");
     }
+}
+
+/// A list of topic-partitions at the given offsets, for a store or a commit.
+pub(super) fn offset_list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(tp.topic(), tp.partition, Offset::Offset(*offset))
+        {
+            error!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot build the offset list");
+        }
+    }
+    tpl
 }

@@ -10,7 +10,7 @@ pub(super) const HANDOVER_CHUNK: usize = 256;
 /// the worker incarnation they were polled for.
 #[derive(Default)]
 pub(super) struct Handover {
-    chunks: HashMap<i32, (u64, Vec<Message>)>,
+    chunks: HashMap<TopicPartition, (u64, Vec<Message>)>,
     count: usize,
 }
 
@@ -23,15 +23,15 @@ impl Handover {
         self.count
     }
 
-    pub(super) fn push(&mut self, ctx: &Context, partition: i32, message: Message) {
+    pub(super) fn push(&mut self, ctx: &Context, tp: TopicPartition, message: Message) {
         // A message of a partition this member does not own (any more) is
         // dropped, uncommitted: its owner reads it from the committed offset.
-        let Some(generation) = ctx.workers().get(&partition).map(|w| w.generation) else {
+        let Some(generation) = ctx.workers().get(&tp).map(|w| w.generation) else {
             return;
         };
         let (chunk_generation, chunk) = self
             .chunks
-            .entry(partition)
+            .entry(tp)
             .or_insert_with(|| (generation, Vec::new()));
         if *chunk_generation != generation {
             // The partition was revoked and assigned again in between: the
@@ -51,12 +51,12 @@ impl Handover {
             return;
         }
         let workers = ctx.workers();
-        for (partition, (generation, chunk)) in self.chunks.iter_mut() {
+        for (tp, (generation, chunk)) in self.chunks.iter_mut() {
             if chunk.is_empty() {
                 continue;
             }
             let chunk = std::mem::take(chunk);
-            match workers.get(partition) {
+            match workers.get(tp) {
                 Some(worker) if worker.generation == *generation => worker.send(chunk),
                 _ => {}
             }
@@ -85,19 +85,18 @@ pub(super) fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool
 /// `MAX_BUFFERED_BYTES`, or whose worker holds (blocked by `DLQ_POLICY=block`,
 /// dead-letter writes failing); resumes it once it no longer holds and its
 /// buffer is below half its share.
-pub(super) fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered_bytes: usize) {
+pub(super) fn apply_backpressure(consumer: &Consumer_, max_buffered_bytes: usize) {
     let ctx = consumer.context();
     let dead_letters = &ctx.deps.deliverer.dead_letters;
     let mut workers = ctx.workers();
     let share = max_buffered_bytes / workers.len().max(1);
-    for (partition, worker) in workers.iter_mut() {
+    for (tp, worker) in workers.iter_mut() {
         let buffered = worker.shared.buffered_bytes();
-        let holding =
-            worker.shared.blocked.load(Ordering::Relaxed) || dead_letters.is_failing(*partition);
+        let holding = worker.shared.blocked.load(Ordering::Relaxed) || dead_letters.is_failing(tp);
         let change = pause_change(worker.paused, holding, buffered, share);
         let Some(pause) = change else { continue };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, *partition);
+        tpl.add_partition(tp.topic(), tp.partition);
         let result = if pause {
             consumer.pause(&tpl)
         } else {
@@ -106,13 +105,14 @@ pub(super) fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered
         match result {
             Ok(()) => {
                 worker.paused = pause;
-                let label = partition.to_string();
+                let label = tp.partition.to_string();
                 ctx.metrics
                     .partition_paused
-                    .with_label_values(&[topic, label.as_str()])
+                    .with_label_values(&[tp.topic(), label.as_str()])
                     .set(i64::from(pause));
                 info!(
-                    partition,
+                    topic = %tp.topic,
+                    partition = tp.partition,
                     buffered,
                     share,
                     holding,
@@ -125,7 +125,9 @@ pub(super) fn apply_backpressure(consumer: &Consumer_, topic: &str, max_buffered
                     }
                 );
             }
-            Err(e) => warn!(partition, error = %e, "pause/resume failed"),
+            Err(e) => {
+                warn!(topic = %tp.topic, partition = tp.partition, error = %e, "pause/resume failed")
+            }
         }
     }
 }

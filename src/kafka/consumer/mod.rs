@@ -21,7 +21,7 @@
 //! - `observe`: librdkafka's statistics, errors and logs (lag, stalls, health,
 //!   the wedge watch).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,13 +39,16 @@ use tracing::{error, info, warn};
 use crate::config::{Config, StartAt};
 use crate::kafka::connection::KafkaLogs;
 use crate::kafka::read;
+use crate::kafka::topics;
 use crate::kafka::watermarks;
 use crate::kafka::wedge::{self, WedgeWatch};
 use crate::ops::health::{Health, PartitionProblems};
-use crate::ops::lag::{self, LagTracker, WorkerView};
+use crate::ops::lag::{LagTracker, WorkerView};
 use crate::ops::log_limit;
 use crate::ops::metrics::Metrics;
+use crate::ops::stats;
 use crate::partition::{self, Message, Progress};
+use crate::topic_partition::TopicPartition;
 
 pub type Consumer_ = BaseConsumer<Context>;
 
@@ -61,7 +64,6 @@ use rebalance::*;
 
 /// Shared by the consumer loop and librdkafka's callbacks.
 pub struct Context {
-    topic: String,
     runtime: tokio::runtime::Handle,
     deps: Arc<partition::Deps>,
     metrics: Arc<Metrics>,
@@ -71,8 +73,10 @@ pub struct Context {
     /// whole shutdown, a revocation drain in progress included, so that the
     /// process exits within the orchestrator's grace period.
     shutdown_deadline: Arc<OnceLock<tokio::time::Instant>>,
-    workers: Mutex<HashMap<i32, partition::Handle>>,
+    workers: Mutex<HashMap<TopicPartition, partition::Handle>>,
     next_generation: AtomicU64,
+    /// Topic names seen, shared by every `TopicPartition` of the topic.
+    topic_names: Mutex<HashMap<String, Arc<str>>>,
     lag: Mutex<LagTracker>,
     /// Failed commits so far, to log repeats less often.
     commit_failures: AtomicU64,
@@ -85,6 +89,8 @@ pub struct Context {
     fatal_seen: AtomicBool,
     /// Where a new group starts (see `Context::resolve_start`).
     start_at: StartAt,
+    /// The topics read that existed at the first `START_AT` look.
+    topics_first_seen: OnceLock<BTreeSet<String>>,
     /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
     wedge: Mutex<WedgeWatch>,
     /// The operator set `debug=` and wants librdkafka's debug lines; else
@@ -93,30 +99,51 @@ pub struct Context {
 }
 
 impl Context {
-    pub(super) fn workers(&self) -> MutexGuard<'_, HashMap<i32, partition::Handle>> {
+    pub(super) fn workers(&self) -> MutexGuard<'_, HashMap<TopicPartition, partition::Handle>> {
         self.workers
             .lock()
             .expect("no code panics while holding the workers lock")
     }
 
-    pub(crate) fn topic(&self) -> &str {
-        &self.topic
+    /// The shared name of a topic this replica reads: one allocation per
+    /// topic, not one per message.
+    pub(super) fn topic_name(&self, topic: &str) -> Arc<str> {
+        let mut names = self.topic_names.lock().expect("topic names lock");
+        if let Some(name) = names.get(topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = topic.into();
+        names.insert(topic.to_owned(), name.clone());
+        name
     }
 
-    /// The partitions assigned to this replica.
-    pub(crate) fn assigned_partitions(&self) -> Vec<i32> {
-        let mut partitions: Vec<i32> = self.workers().keys().copied().collect();
+    /// The topic-partitions assigned to this replica, sorted.
+    pub(crate) fn assigned_partitions(&self) -> Vec<TopicPartition> {
+        let mut partitions: Vec<TopicPartition> = self.workers().keys().cloned().collect();
         partitions.sort_unstable();
         partitions
     }
 
     /// A high watermark read from the broker (`kafka::watermarks`); kept
     /// only while the partition is still assigned here.
-    pub(crate) fn probed_high_watermark(&self, partition: i32, high_watermark: i64) {
+    pub(crate) fn probed_high_watermark(&self, tp: &TopicPartition, high_watermark: i64) {
         let workers = self.workers();
-        if workers.contains_key(&partition) {
+        if workers.contains_key(tp) {
             let mut lag = self.lag.lock().expect("lag lock");
-            lag.probed_high(partition, high_watermark);
+            lag.probed_high(tp, high_watermark);
+        }
+    }
+
+    /// The topic check's result (`kafka::watermarks`): partitions of the
+    /// topics read, and which listed topics are missing.
+    pub(crate) fn topics_checked(&self, listed: &[String], missing: &[String], partitions: usize) {
+        self.metrics.topic_partitions.set(partitions as i64);
+        for topic in listed {
+            let value = i64::from(missing.contains(topic));
+            self.metrics
+                .topic_missing
+                .with_label_values(&[topic.as_str()])
+                .set(value);
         }
     }
 
@@ -161,6 +188,13 @@ pub fn create(
         .set("queued.max.messages.kbytes", "4096")
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "1000")
+        // How soon a listed topic created later, a new topic matching the
+        // pattern, or partitions added to a topic are read: librdkafka finds
+        // them at its next metadata refresh (its default is 5 minutes).
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            topics::METADATA_REFRESH.as_millis().to_string(),
+        )
         .set("enable.auto.commit", "true")
         .set(
             "auto.commit.interval.ms",
@@ -184,7 +218,6 @@ pub fn create(
     client.set("enable.auto.offset.store", "false");
 
     let context = Context {
-        topic: config.kafka_topic.clone(),
         runtime,
         deps,
         metrics,
@@ -193,6 +226,7 @@ pub fn create(
         shutdown_deadline: Arc::default(),
         workers: Mutex::new(HashMap::new()),
         next_generation: AtomicU64::new(0),
+        topic_names: Mutex::default(),
         lag: Mutex::new(LagTracker::default()),
         commit_failures: AtomicU64::new(0),
         commit_callbacks: AtomicU64::new(0),
@@ -200,6 +234,7 @@ pub fn create(
         fatal: Mutex::new(None),
         fatal_seen: AtomicBool::new(false),
         start_at: config.start_at,
+        topics_first_seen: OnceLock::new(),
         wedge: Mutex::new(WedgeWatch::default()),
         debug_asked,
     };
@@ -208,13 +243,20 @@ pub fn create(
             "cannot create the Kafka consumer (check KAFKA_HOSTS and KAFKA_PROPERTIES): {e}"
         )
     })?;
-    watermarks::spawn(config, consumer.context())?;
-    consumer.subscribe(&[&config.kafka_topic]).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot subscribe to KAFKA_TOPIC {}: {e}",
-            config.kafka_topic
-        )
-    })?;
+    let refresh = consumer
+        .context()
+        .deps
+        .config
+        .kafka_properties
+        .get("topic.metadata.refresh.interval.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(topics::METADATA_REFRESH, Duration::from_millis);
+    watermarks::spawn(config, consumer.context(), refresh)?;
+    let subscription = topics::subscription(config);
+    let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to KAFKA_TOPIC {}: {e}", names.join(",")))?;
     Ok(consumer)
 }
 
@@ -228,7 +270,6 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ctx = consumer.context();
-    let topic = ctx.topic.clone();
     {
         let (deadline, shutdown) = (ctx.shutdown_deadline.clone(), shutdown.clone());
         ctx.runtime.spawn(async move {
@@ -263,8 +304,8 @@ pub fn run(
             && pacing_since.get_or_insert_with(Instant::now).elapsed() < MAX_PACING
         {
             std::thread::sleep(Duration::from_millis(1));
-            store_progress(&consumer, &topic, &mut progress);
-            apply_backpressure(&consumer, &topic, max_buffered_bytes);
+            store_progress(&consumer, &mut progress);
+            apply_backpressure(&consumer, max_buffered_bytes);
             continue;
         }
         pacing_since = None;
@@ -280,17 +321,21 @@ pub fn run(
         match polled {
             Some(Ok(m)) => {
                 ctx.metrics.events_consumed.inc();
+                let tp = TopicPartition::new(ctx.topic_name(m.topic()), m.partition());
                 let message = Message {
                     offset: m.offset(),
                     timestamp_ms: m.timestamp().to_millis(),
                     key: m.key().map(bytes::Bytes::copy_from_slice),
                     payload: m.payload().map(bytes::Bytes::copy_from_slice),
                 };
-                handover.push(ctx, m.partition(), message);
+                handover.push(ctx, tp, message);
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 ctx.set_fatal(format!("fatal Kafka consume error: {code}"));
             }
+            // A listed topic that does not exist (yet): the topic check
+            // (`kafka::topics`) reports it once, not at every metadata refresh.
+            Some(Err(e)) if topics::is_missing_topic_error(&e) => {}
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
                 ctx.logs.error("consumer poll", &e, "");
@@ -301,8 +346,8 @@ pub fn run(
             continue;
         }
         handover.flush(ctx);
-        store_progress(&consumer, &topic, &mut progress);
-        apply_backpressure(&consumer, &topic, max_buffered_bytes);
+        store_progress(&consumer, &mut progress);
+        apply_backpressure(&consumer, max_buffered_bytes);
         if last_gauges.elapsed() >= Duration::from_millis(500) {
             last_gauges = Instant::now();
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -314,7 +359,7 @@ pub fn run(
                 )
             });
             ctx.metrics.buffered_bytes.set(total as i64);
-            commit_behind(&consumer, &topic);
+            commit_behind(&consumer);
             ctx.metrics.stalled_workers.set(stalled as i64);
             ctx.health.set_stalled_workers(stalled);
         }
@@ -322,11 +367,11 @@ pub fn run(
 
     info!("shutting down: draining partition workers");
     ctx.health.set_shutting_down();
-    let workers: Vec<(i32, partition::Handle)> = ctx.workers().drain().collect();
+    let workers: Vec<(TopicPartition, partition::Handle)> = ctx.workers().drain().collect();
     ctx.metrics.assigned_partitions.set(0);
-    store_progress(&consumer, &topic, &mut progress);
+    store_progress(&consumer, &mut progress);
     let finals = ctx.stop_workers(workers, shutdown_timeout);
-    commit_at_shutdown(&consumer, &topic, &finals);
+    commit_at_shutdown(&consumer, &finals);
     consumer.unsubscribe();
     // Dropping the consumer closes it: it leaves the group so the partitions
     // move to the other replicas without waiting for the session timeout.

@@ -5,15 +5,10 @@ use super::*;
 
 impl ClientContext for Context {
     fn stats_raw(&self, statistics: &[u8]) {
-        let Some(stats) = lag::parse_stats(statistics, &self.topic) else {
+        let Some(stats) = stats::parse_stats(statistics) else {
             return;
         };
         self.health.set_broker_up(stats.broker_up);
-        if stats.topic_partitions > 0 {
-            self.metrics
-                .topic_partitions
-                .set(stats.topic_partitions as i64);
-        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let wedged = self.wedge.lock().expect("wedge lock").wedged(now_ms);
         if let Some(skipping) = wedged {
@@ -28,15 +23,15 @@ impl ClientContext for Context {
         let mut lag = self.lag.lock().expect("lag lock");
         let mut problems = PartitionProblems::default();
         let dead_letters = &self.deps.deliverer.dead_letters;
-        for (partition, p) in &stats.partitions {
-            let Some(worker) = workers.get(partition) else {
+        for (tp, p) in &stats.partitions {
+            let Some(worker) = workers.get(tp) else {
                 continue;
             };
             let shared = &worker.shared;
             let blocked = shared.blocked.load(Ordering::Relaxed);
-            let dlq_failing = dead_letters.is_failing(*partition);
+            let dlq_failing = dead_letters.is_failing(tp);
             let (view, stalled) = lag.observe_worker(
-                *partition,
+                tp,
                 p,
                 &WorkerView {
                     oldest_pending_ts_ms: shared.oldest_pending_ts_ms(),
@@ -49,11 +44,11 @@ impl ClientContext for Context {
                 },
                 now_ms,
             );
-            let name = format!("{}/{partition}", self.topic);
+            let name = tp.to_string();
             if let Some(quiet) = stalled {
                 // Once when it starts, then once a minute while it lasts.
                 if quiet.as_secs() % 60 == crate::ops::stall::STALL_AFTER.as_secs() {
-                    warn!(topic = %self.topic, partition, lag = view.lag_messages, quiet_s = quiet.as_secs(),
+                    warn!(topic = %tp.topic, partition = tp.partition, lag = view.lag_messages, quiet_s = quiet.as_secs(),
                         "partition stalled: it has lag but neither takes nor delivers, and is not waiting on the webhook, paused, or blocked; /healthz fails until it moves");
                 }
                 problems.stalled.push(format!(
@@ -71,8 +66,8 @@ impl ClientContext for Context {
             if dlq_failing {
                 problems.dead_letter_failing.push(name);
             }
-            let label = partition.to_string();
-            let labels = [self.topic.as_str(), label.as_str()];
+            let label = tp.partition.to_string();
+            let labels = [tp.topic(), label.as_str()];
             let m = &self.metrics;
             m.partition_stalled
                 .with_label_values(&labels)

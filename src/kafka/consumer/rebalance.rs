@@ -124,16 +124,17 @@ impl ConsumerContext for Context {
                 // not bring back series this replica no longer owns.
                 let workers = self.workers();
                 let mut lag = self.lag.lock().expect("lag lock");
-                for elem in offsets.elements_for_topic(&self.topic) {
-                    if !workers.contains_key(&elem.partition()) {
+                for elem in offsets.elements() {
+                    let tp = TopicPartition::new(elem.topic(), elem.partition());
+                    if !workers.contains_key(&tp) {
                         continue;
                     }
                     if let Offset::Offset(offset) = elem.offset() {
-                        if lag.committed(elem.partition(), offset) {
+                        if lag.committed(&tp, offset) {
                             let label = elem.partition().to_string();
                             self.metrics
                                 .partition_last_commit
-                                .with_label_values(&[self.topic.as_str(), label.as_str()])
+                                .with_label_values(&[elem.topic(), label.as_str()])
                                 .set(now);
                         }
                     }
@@ -161,31 +162,33 @@ impl Context {
         }
         let mut workers = self.workers();
         let mut added = Vec::new();
-        for elem in tpl.elements_for_topic(&self.topic) {
-            let partition = elem.partition();
-            if workers.contains_key(&partition) {
+        for elem in tpl.elements() {
+            let tp = TopicPartition::new(self.topic_name(elem.topic()), elem.partition());
+            if workers.contains_key(&tp) {
                 continue;
             }
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
             workers.insert(
-                partition,
-                partition::spawn(&self.runtime, self.deps.clone(), partition, generation),
+                tp.clone(),
+                partition::spawn(&self.runtime, self.deps.clone(), tp.clone(), generation),
             );
-            added.push(partition);
+            added.push(tp);
         }
         self.metrics.assigned_partitions.set(workers.len() as i64);
         // The stall alert measures time since the last commit or, for a
         // partition that just arrived, since its assignment.
         let now = unix_now();
-        for partition in &added {
-            let label = partition.to_string();
+        for tp in &added {
+            let label = tp.partition.to_string();
             self.metrics
                 .partition_last_commit
-                .with_label_values(&[self.topic.as_str(), label.as_str()])
+                .with_label_values(&[tp.topic(), label.as_str()])
                 .set(now);
         }
         added.sort_unstable();
-        info!(topic = %self.topic, partitions = ?added, assigned = workers.len(), "partitions assigned");
+        if !added.is_empty() {
+            info!(partitions = %list(&added), assigned = workers.len(), "partitions assigned");
+        }
         let config = &self.deps.config;
         if let Some(share) = too_small_share(
             config.max_buffered_bytes,
@@ -207,43 +210,48 @@ impl Context {
     /// Drains the revoked partitions' workers and commits what they delivered.
     pub(super) fn revoke(&self, consumer: &Consumer_, tpl: &TopicPartitionList) {
         let lost = consumer.assignment_lost();
-        let removed: Vec<(i32, partition::Handle)> = {
+        let removed: Vec<(TopicPartition, partition::Handle)> = {
             let mut workers = self.workers();
             let removed = tpl
-                .elements_for_topic(&self.topic)
+                .elements()
                 .iter()
-                .filter_map(|e| workers.remove(&e.partition()).map(|h| (e.partition(), h)))
+                .filter_map(|e| {
+                    let tp = TopicPartition::new(e.topic(), e.partition());
+                    workers.remove(&tp).map(|h| (tp, h))
+                })
                 .collect();
             self.metrics.assigned_partitions.set(workers.len() as i64);
             removed
         };
-        let partitions: Vec<i32> = removed.iter().map(|(p, _)| *p).collect();
+        let mut partitions: Vec<TopicPartition> =
+            removed.iter().map(|(tp, _)| tp.clone()).collect();
         if partitions.is_empty() {
             return;
         }
+        partitions.sort_unstable();
         if lost {
-            warn!(topic = %self.topic, ?partitions, "partitions lost (group membership expired); abandoning their undelivered batches without committing");
+            warn!(partitions = %list(&partitions), "partitions lost (group membership expired); abandoning their undelivered batches without committing");
             for (_, handle) in removed {
                 handle.abort();
             }
         } else {
-            info!(topic = %self.topic, ?partitions, "partitions revoked; draining in-flight batches");
+            info!(partitions = %list(&partitions), "partitions revoked; draining in-flight batches");
             let finals = self.stop_workers(removed, self.drain_timeout);
             self.commit_sync(consumer, &finals, "revoke");
         }
         let mut lag = self.lag.lock().expect("lag lock");
-        for partition in partitions {
-            lag.forget(partition);
-            self.metrics.forget_partition(&self.topic, partition);
+        for tp in partitions {
+            lag.forget(&tp);
+            self.metrics.forget_partition(tp.topic(), tp.partition);
         }
     }
 
     /// Stops workers, waiting up to `timeout`; returns each one's final safe offset.
     pub(super) fn stop_workers(
         &self,
-        workers: Vec<(i32, partition::Handle)>,
+        workers: Vec<(TopicPartition, partition::Handle)>,
         timeout: Duration,
-    ) -> Vec<(i32, i64)> {
+    ) -> Vec<(TopicPartition, i64)> {
         let deadline = drain_deadline(
             tokio::time::Instant::now(),
             timeout,
@@ -271,6 +279,15 @@ impl Context {
             .filter_map(|(p, offset)| offset.map(|o| (p, o)))
             .collect()
     }
+}
+
+/// Topic-partitions for a log line: `topic/0, topic/1, other/3`.
+pub(super) fn list(partitions: &[TopicPartition]) -> String {
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Gives up `tpl` (cooperative protocol) or the whole assignment (eager).

@@ -5,23 +5,27 @@
 use super::*;
 
 impl Context {
-    /// `START_AT` decides where a *new* group starts, once. A group is new
-    /// when no partition of the topic has a commit other than a START_AT
-    /// position (tagged `START_AT_METADATA`). Its assigned partitions without
-    /// one are then pointed at `START_AT` (`latest`: the high watermark read
-    /// now; a time: the first offset at or after it, else the high
-    /// watermark), and the returned positions are committed, tagged, right
-    /// after the assignment, so the decision is durable: an owner that
-    /// crashes before its first delivery hands over a committed position, not
-    /// a second `START_AT`, and replicas starting together each decide for
-    /// their own partitions. The tag records the topic's partition count, so
-    /// a partition added after the choice (even before any delivered offset
-    /// is committed) is not taken for one a new group has yet to place.
-    /// In a group that has commits, a partition without
-    /// one (added to the topic, or never committed) starts at the earliest
-    /// offset (`auto.offset.reset`), and so does any partition whose offset
-    /// fell out of range: nothing is skipped. When the group state cannot be
-    /// read, the group is taken as established, for the same reason.
+    /// `START_AT` decides where a *new* group starts, once, for all its
+    /// topics. A group is new when no partition of any topic it reads has a
+    /// commit other than a START_AT position (tagged `START_AT_METADATA`).
+    /// Its assigned partitions without one are then pointed at `START_AT`
+    /// (`latest`: the high watermark read now; a time: the first offset at or
+    /// after it, else the high watermark), and the returned positions are
+    /// committed, tagged, right after the assignment, so the decision is
+    /// durable: an owner that crashes before its first delivery hands over a
+    /// committed position, not a second `START_AT`, and replicas starting
+    /// together each decide for their own partitions.
+    ///
+    /// What existed when the choice was made is recorded in the tag: the
+    /// topic's partition count, and the topics read then. A partition added
+    /// after the choice, a topic created after it (or after this replica
+    /// first looked), is read from its earliest offset: the choice is made,
+    /// and events written since that topic or partition appeared are not
+    /// skipped. In a group that has commits, a partition without one starts
+    /// at the earliest offset (`auto.offset.reset`), and so does any
+    /// partition whose offset fell out of range: nothing is skipped. When the
+    /// group state cannot be read, the group is taken as established, for
+    /// the same reason.
     pub(super) fn resolve_start(
         &self,
         consumer: &Consumer_,
@@ -31,52 +35,50 @@ impl Context {
             return None;
         }
         let timeout = Duration::from_secs(10);
-        let (committed, decided_for, partitions) = match self.group_commits(consumer, tpl, timeout)
-        {
+        let (commits, counts) = match self.group_commits(consumer, tpl, timeout) {
             Ok((GroupCommits::Established, _)) => return None,
-            Ok((
-                GroupCommits::New {
-                    committed,
-                    decided_for,
-                },
-                partitions,
-            )) => (committed, decided_for, partitions),
+            Ok((GroupCommits::New(commits), counts)) => (commits, counts),
             Err(e) => {
                 warn!(error = %e, "cannot tell whether the group has commits; not applying START_AT (partitions without a commit start at the earliest offset)");
                 return None;
             }
         };
+        // The topics this replica saw at its first look: one that appears
+        // later was created after the group chose where to start.
+        let first_seen = self
+            .topics_first_seen
+            .get_or_init(|| counts.keys().cloned().collect());
+        let topics_now: Vec<&str> = counts.keys().map(String::as_str).collect();
         let mut starts = TopicPartitionList::new();
-        for elem in tpl.elements_for_topic(&self.topic) {
-            let partition = elem.partition();
-            // Another replica of the new group already fixed its start.
-            if committed.contains(&partition) {
-                continue;
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for (topic, partition) in assigned {
+            let tp = TopicPartition::new(topic.as_str(), partition);
+            match commits.placement(&tp, first_seen.contains(&topic)) {
+                Placement::Committed => continue,
+                Placement::Earliest(why) => {
+                    info!(topic, partition, why, "reading this partition from its earliest offset: the group chose its START_AT position before it existed");
+                    continue;
+                }
+                Placement::StartAt => {}
             }
-            // Added to the topic after the group chose its start: the
-            // choice is made, and this partition is read from its start.
-            if decided_for.is_some_and(|count| partition >= count) {
-                info!(
-                    partition,
-                    "partition added after the group chose its START_AT position: reading it from its earliest offset"
-                );
-                continue;
-            }
-            let offset = match self.start_offset(consumer, partition, timeout) {
+            let offset = match self.start_offset(consumer, &tp, timeout) {
                 Ok(offset) => offset,
                 Err(e) => {
-                    warn!(partition, error = %e, "cannot resolve START_AT; this partition starts at the earliest offset");
+                    warn!(topic, partition, error = %e, "cannot resolve START_AT; this partition starts at the earliest offset");
                     continue;
                 }
             };
-            info!(partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
-            let _ = starts.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
-            if let Some(mut elem) = starts.find_partition(&self.topic, partition) {
-                elem.set_metadata(start_at_metadata(partitions));
+            info!(topic, partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
+            let _ = starts.add_partition_offset(&topic, partition, Offset::Offset(offset));
+            if let Some(mut elem) = starts.find_partition(&topic, partition) {
+                let count = counts.get(&topic).copied().unwrap_or(partition + 1);
+                elem.set_metadata(start_at_metadata(count, &topics_now));
             }
-        }
-        for elem in starts.elements_for_topic(&self.topic) {
-            let _ = tpl.set_partition_offset(&self.topic, elem.partition(), elem.offset());
+            let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
         }
         (starts.count() > 0).then_some(starts)
     }
@@ -125,34 +127,42 @@ impl Context {
             // look-up, now skipped: without this, a handed-over partition
             // would report no commit (and its whole log as lag) until this
             // replica commits to it.
-            if let (Offset::Offset(offset), true) = (start, elem.topic() == self.topic) {
-                lag.committed(elem.partition(), offset);
+            if let Offset::Offset(offset) = start {
+                lag.committed(&TopicPartition::new(elem.topic(), elem.partition()), offset);
             }
         }
     }
 
-    /// Whether the group is new: no partition of the topic has a commit
-    /// other than a START_AT position (which replicas of a new group that
-    /// start together commit for their own partitions).
-    /// Also returns the topic's partition count as known now: the metadata's,
-    /// or more when the assignment names a partition the metadata answer
-    /// does not list yet (just added), whose commit is read too.
+    /// Whether the group is new: no partition of any topic it reads has a
+    /// commit other than a START_AT position (which replicas of a new group
+    /// that start together commit for their own partitions).
+    /// Also returns each topic's partition count as known now: the
+    /// metadata's, or more when the assignment names a partition the
+    /// metadata answer does not list yet (just added), whose commit is read too.
     pub(super) fn group_commits(
         &self,
         consumer: &Consumer_,
         assigned: &TopicPartitionList,
         timeout: Duration,
-    ) -> KafkaResult<(GroupCommits, i32)> {
-        let metadata = read::retrying("topic metadata", || {
-            consumer.fetch_metadata(Some(&self.topic), timeout)
-        })?;
+    ) -> KafkaResult<(GroupCommits, BTreeMap<String, i32>)> {
+        let config = &self.deps.config;
+        let metadata = read::retrying("topic metadata", || consumer.fetch_metadata(None, timeout))?;
         let mut all = TopicPartitionList::new();
-        for topic in metadata.topics().iter().filter(|t| t.name() == self.topic) {
-            if let Some(e) = topic.error() {
-                return Err(KafkaError::MetadataFetch(e.into()));
+        for topic in metadata
+            .topics()
+            .iter()
+            .filter(|t| topics::subscribed(config, t.name()))
+        {
+            if topic.error().is_some() {
+                continue;
             }
             for partition in topic.partitions() {
-                all.add_partition(&self.topic, partition.id());
+                all.add_partition(topic.name(), partition.id());
+            }
+        }
+        for elem in assigned.elements() {
+            if all.find_partition(elem.topic(), elem.partition()).is_none() {
+                all.add_partition(elem.topic(), elem.partition());
             }
         }
         // An empty list would read as "no commits" and make an established
@@ -162,40 +172,40 @@ impl Context {
                 rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
             ));
         }
-        for elem in assigned.elements_for_topic(&self.topic) {
-            if all.find_partition(&self.topic, elem.partition()).is_none() {
-                all.add_partition(&self.topic, elem.partition());
-            }
+        let mut counts: BTreeMap<String, i32> = BTreeMap::new();
+        for elem in all.elements() {
+            let count = counts.entry(elem.topic().to_owned()).or_default();
+            *count = (*count).max(elem.partition() + 1);
         }
-        let partitions = all
-            .elements()
-            .iter()
-            .map(|e| e.partition() + 1)
-            .max()
-            .unwrap_or(0);
         let committed = read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
-        let metadata: Vec<(i32, String)> = committed
+        let metadata: Vec<(TopicPartition, String)> = committed
             .elements()
             .iter()
             .filter(|e| matches!(e.offset(), Offset::Offset(_)))
-            .map(|e| (e.partition(), commit_metadata(e)))
+            .map(|e| {
+                (
+                    TopicPartition::new(e.topic(), e.partition()),
+                    commit_metadata(e),
+                )
+            })
             .collect();
-        let commits = group_commits(metadata.iter().map(|(p, m)| (*p, m.as_str())));
-        Ok((commits, partitions))
+        let commits = group_commits(metadata.iter().map(|(tp, m)| (tp.clone(), m.as_str())));
+        Ok((commits, counts))
     }
 
     /// Where `START_AT` points in one partition, as a concrete offset.
     pub(super) fn start_offset(
         &self,
         consumer: &Consumer_,
-        partition: i32,
+        tp: &TopicPartition,
         timeout: Duration,
     ) -> KafkaResult<i64> {
+        let (topic, partition) = (tp.topic(), tp.partition);
         let high = || {
             read::retrying("high watermark for START_AT", || {
-                consumer.fetch_watermarks(&self.topic, partition, timeout)
+                consumer.fetch_watermarks(topic, partition, timeout)
             })
             .map(|(_, high)| high)
         };
@@ -203,16 +213,13 @@ impl Context {
             return high();
         };
         let mut times = TopicPartitionList::new();
-        let _ = times.add_partition_offset(
-            &self.topic,
-            partition,
-            Offset::Offset(start.timestamp_millis()),
-        );
+        let _ =
+            times.add_partition_offset(topic, partition, Offset::Offset(start.timestamp_millis()));
         let resolved = read::retrying("offsets for START_AT", || {
             consumer.offsets_for_times(times.clone(), timeout)
         })?;
         match resolved
-            .find_partition(&self.topic, partition)
+            .find_partition(topic, partition)
             .map(|e| e.offset())
         {
             Some(Offset::Offset(offset)) => Ok(offset),
@@ -247,30 +254,66 @@ pub(super) fn start_position(committed: Offset, error: KafkaResult<()>) -> Optio
 /// The commit metadata of a start position chosen by `START_AT`: a group
 /// whose only commits carry it is still new (its replicas may be resolving
 /// `START_AT` for their own partitions at this very moment).
-/// It records how many partitions the topic had when the choice was made, so
-/// that a partition added later is known as such even before any delivered
-/// offset is committed (`patterns-connector:start_at;partitions=N`).
+/// It records how many partitions the topic had and which topics were read
+/// when the choice was made, so that a partition or a topic added later is
+/// known as such even before any delivered offset is committed
+/// (`patterns-connector:start_at;partitions=N;topics=a,b`).
 pub(super) const START_AT_METADATA: &str = "patterns-connector:start_at";
 
-pub(super) fn start_at_metadata(partitions: i32) -> String {
-    format!("{START_AT_METADATA};partitions={partitions}")
+/// Kafka refuses commit metadata over `offset.metadata.max.bytes` (4096 by
+/// default): a longer topic list is left out (then it constrains nothing).
+const MAX_TAG_BYTES: usize = 2048;
+
+pub(super) fn start_at_metadata(partitions: i32, topics: &[&str]) -> String {
+    let tag = format!(
+        "{START_AT_METADATA};partitions={partitions};topics={}",
+        topics.join(",")
+    );
+    if tag.len() <= MAX_TAG_BYTES {
+        tag
+    } else {
+        format!("{START_AT_METADATA};partitions={partitions}")
+    }
 }
 
-/// `Some(count)` for a START_AT position that records the topic's partition
-/// count then; `Some(None)` for one that does not (written before counts
-/// were recorded); `None` for any other commit. A count that cannot be read
-/// is taken as 0, so every partition without a commit starts at the
-/// earliest offset: a misread never skips.
-pub(super) fn parse_start_at_metadata(metadata: &str) -> Option<Option<i32>> {
+/// A START_AT position's tag, read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct StartAtTag {
+    /// The topic's partition count when the choice was made; `None` for a
+    /// tag written before counts were recorded. A count that cannot be read
+    /// is 0, so every partition without a commit starts at the earliest
+    /// offset: a misread never skips.
+    partitions: Option<i32>,
+    /// The topics read when the choice was made; `None` when not recorded.
+    topics: Option<BTreeSet<String>>,
+}
+
+/// `Some` for a START_AT position, `None` for any other commit.
+pub(super) fn parse_start_at_metadata(metadata: &str) -> Option<StartAtTag> {
     let rest = metadata.strip_prefix(START_AT_METADATA)?;
+    let mut tag = StartAtTag {
+        partitions: None,
+        topics: None,
+    };
     if rest.is_empty() {
-        return Some(None);
+        return Some(tag);
     }
-    let count = rest
-        .strip_prefix(";partitions=")
-        .and_then(|n| n.parse().ok())
-        .filter(|n: &i32| *n >= 0);
-    Some(Some(count.unwrap_or(0)))
+    // Anything after the prefix that is not understood reads as "added
+    // after the choice": the earliest offset, never a skip.
+    tag.partitions = Some(0);
+    for field in rest.split(';').skip(1) {
+        if let Some(n) = field.strip_prefix("partitions=") {
+            tag.partitions = Some(n.parse().ok().filter(|n: &i32| *n >= 0).unwrap_or(0));
+        } else if let Some(list) = field.strip_prefix("topics=") {
+            tag.topics = Some(
+                list.split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+    }
+    Some(tag)
 }
 
 /// A commit's metadata. rdkafka panics on metadata that is not UTF-8 (which
@@ -287,77 +330,204 @@ pub(super) fn commit_metadata(
 pub(super) enum GroupCommits {
     /// Some partition has a commit of delivered offsets: START_AT no longer applies.
     Established,
-    /// Only START_AT positions, for these partitions (or none at all), and
-    /// the fewest partitions the topic had when one of them was chosen:
-    /// partitions numbered from there on were added after the choice.
-    New {
-        committed: Vec<i32>,
-        decided_for: Option<i32>,
-    },
+    /// Only START_AT positions (or none at all).
+    New(NewGroup),
 }
 
-/// Decides from `(partition, commit metadata)` per committed partition.
-pub(super) fn group_commits<'a>(commits: impl Iterator<Item = (i32, &'a str)>) -> GroupCommits {
-    let mut committed = Vec::new();
-    let mut decided_for: Option<i32> = None;
-    for (partition, metadata) in commits {
-        let Some(count) = parse_start_at_metadata(metadata) else {
+/// What a new group's START_AT positions say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct NewGroup {
+    /// Partitions whose position is already fixed.
+    committed: BTreeSet<TopicPartition>,
+    /// Per topic, the fewest partitions it had when one of its positions
+    /// was chosen: partitions numbered from there on were added after.
+    decided_for: BTreeMap<String, i32>,
+    /// The topics every choice so far saw (`None` before any choice, or
+    /// when no tag records them): a topic outside it was created after.
+    topics_at_choice: Option<BTreeSet<String>>,
+}
+
+/// Where an assigned partition of a new group starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Another replica of the new group already fixed its start.
+    Committed,
+    /// It appeared after the group chose: read it whole.
+    Earliest(&'static str),
+    /// Resolve `START_AT` for it.
+    StartAt,
+}
+
+impl NewGroup {
+    /// `first_seen`: the topic existed when this replica first looked.
+    pub(super) fn placement(&self, tp: &TopicPartition, first_seen: bool) -> Placement {
+        if self.committed.contains(tp) {
+            return Placement::Committed;
+        }
+        if self
+            .decided_for
+            .get(tp.topic())
+            .is_some_and(|count| tp.partition >= *count)
+        {
+            return Placement::Earliest("partition added after the choice");
+        }
+        if self
+            .topics_at_choice
+            .as_ref()
+            .is_some_and(|topics| !topics.contains(tp.topic()))
+        {
+            return Placement::Earliest("topic created after the choice");
+        }
+        if !first_seen {
+            return Placement::Earliest("topic created after this replica started");
+        }
+        Placement::StartAt
+    }
+}
+
+/// Decides from `(topic-partition, commit metadata)` per committed partition.
+pub(super) fn group_commits<'a>(
+    commits: impl Iterator<Item = (TopicPartition, &'a str)>,
+) -> GroupCommits {
+    let mut group = NewGroup::default();
+    for (tp, metadata) in commits {
+        let Some(tag) = parse_start_at_metadata(metadata) else {
             return GroupCommits::Established;
         };
-        committed.push(partition);
-        if let Some(count) = count {
-            decided_for = Some(decided_for.map_or(count, |d| d.min(count)));
+        if let Some(count) = tag.partitions {
+            let decided = group
+                .decided_for
+                .entry(tp.topic().to_owned())
+                .or_insert(count);
+            *decided = (*decided).min(count);
         }
+        if let Some(topics) = tag.topics {
+            group.topics_at_choice = Some(match group.topics_at_choice.take() {
+                None => topics,
+                Some(seen) => seen.intersection(&topics).cloned().collect(),
+            });
+        }
+        group.committed.insert(tp);
     }
-    GroupCommits::New {
-        committed,
-        decided_for,
-    }
+    GroupCommits::New(group)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tp(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition::new(topic, partition)
+    }
+
+    fn new_group(commits: &[(TopicPartition, &str)]) -> NewGroup {
+        match group_commits(commits.iter().map(|(tp, m)| (tp.clone(), *m))) {
+            GroupCommits::New(group) => group,
+            GroupCommits::Established => panic!("expected a new group"),
+        }
+    }
+
     #[test]
-    fn a_group_is_new_until_a_partition_has_a_commit_that_is_not_a_start_at_position() {
+    fn a_group_is_new_until_a_partition_of_any_topic_has_a_commit_that_is_not_a_start_at_position()
+    {
         assert_eq!(
             group_commits(std::iter::empty()),
-            GroupCommits::New {
-                committed: vec![],
-                decided_for: None
-            }
+            GroupCommits::New(NewGroup::default())
         );
-        let tagged = start_at_metadata(4);
+        let tagged = start_at_metadata(4, &["a", "b"]);
+        let group = new_group(&[
+            (tp("a", 0), tagged.as_str()),
+            (tp("a", 3), START_AT_METADATA),
+        ]);
         assert_eq!(
-            group_commits([(0, tagged.as_str()), (3, START_AT_METADATA)].into_iter()),
-            GroupCommits::New {
-                committed: vec![0, 3],
-                decided_for: Some(4)
-            }
+            group.committed,
+            [tp("a", 0), tp("a", 3)].into_iter().collect()
         );
-        let fewer = start_at_metadata(2);
+        assert_eq!(group.decided_for.get("a"), Some(&4));
         assert_eq!(
-            group_commits([(0, tagged.as_str()), (1, fewer.as_str())].into_iter()),
-            GroupCommits::New {
-                committed: vec![0, 1],
-                decided_for: Some(2)
-            }
+            group_commits([(tp("a", 0), tagged.as_str()), (tp("b", 1), "")].into_iter()),
+            GroupCommits::Established,
+            "a delivered commit in another topic makes the group established"
         );
-        assert_eq!(
-            group_commits([(0, tagged.as_str()), (1, "")].into_iter()),
-            GroupCommits::Established
-        );
+    }
+
+    #[test]
+    fn in_a_new_group_partitions_and_topics_that_appeared_after_the_choice_are_read_whole() {
+        let a4 = start_at_metadata(4, &["a", "b"]);
+        let b2 = start_at_metadata(2, &["a", "b"]);
+        let group = new_group(&[(tp("a", 0), a4.as_str()), (tp("b", 0), b2.as_str())]);
+        // Fixed by another replica.
+        assert_eq!(group.placement(&tp("a", 0), true), Placement::Committed);
+        // Existed at the choice, not placed yet: START_AT.
+        assert_eq!(group.placement(&tp("a", 3), true), Placement::StartAt);
+        assert_eq!(group.placement(&tp("b", 1), true), Placement::StartAt);
+        // Added to a topic after the choice.
+        assert!(matches!(
+            group.placement(&tp("b", 2), true),
+            Placement::Earliest(_)
+        ));
+        // A topic the choice did not see, even if this replica saw it first.
+        assert!(matches!(
+            group.placement(&tp("c", 0), true),
+            Placement::Earliest(_)
+        ));
+        // No choice yet: a topic this replica saw at its first look starts
+        // at START_AT; one that appeared later is read whole.
+        let none = NewGroup::default();
+        assert_eq!(none.placement(&tp("c", 0), true), Placement::StartAt);
+        assert!(matches!(
+            none.placement(&tp("c", 0), false),
+            Placement::Earliest(_)
+        ));
+        // Choices that saw different topics: only the topics all of them saw count.
+        let older = start_at_metadata(1, &["a"]);
+        let group = new_group(&[(tp("a", 0), older.as_str()), (tp("b", 0), b2.as_str())]);
+        assert!(matches!(
+            group.placement(&tp("b", 1), true),
+            Placement::Earliest(_)
+        ));
+    }
+
+    #[test]
+    fn start_at_tags_read_back_and_unreadable_ones_never_skip() {
         assert_eq!(parse_start_at_metadata("other"), None);
         assert_eq!(parse_start_at_metadata(""), None);
-        assert_eq!(parse_start_at_metadata(START_AT_METADATA), Some(None));
+        assert_eq!(
+            parse_start_at_metadata(START_AT_METADATA),
+            Some(StartAtTag {
+                partitions: None,
+                topics: None
+            })
+        );
+        assert_eq!(
+            parse_start_at_metadata(&start_at_metadata(3, &["x", "y"])),
+            Some(StartAtTag {
+                partitions: Some(3),
+                topics: Some(["x".to_owned(), "y".to_owned()].into_iter().collect())
+            })
+        );
+        // The tag of the single-topic versions (a count, no topics).
+        assert_eq!(
+            parse_start_at_metadata(&format!("{START_AT_METADATA};partitions=5")),
+            Some(StartAtTag {
+                partitions: Some(5),
+                topics: None
+            })
+        );
         for unreadable in [";partitions=x", ";partitions=", ";partitions=-3", ";v=2"] {
             assert_eq!(
-                parse_start_at_metadata(&format!("{START_AT_METADATA}{unreadable}")),
-                Some(Some(0)),
+                parse_start_at_metadata(&format!("{START_AT_METADATA}{unreadable}"))
+                    .and_then(|t| t.partitions),
+                Some(0),
                 "{unreadable}"
             );
         }
+        // A topic list too long for Kafka's metadata limit is left out.
+        let many: Vec<String> = (0..500).map(|i| format!("topic_{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let tag = start_at_metadata(1, &many);
+        assert!(tag.len() <= MAX_TAG_BYTES);
+        assert_eq!(parse_start_at_metadata(&tag).and_then(|t| t.topics), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use url::Url;
 
 use crate::config::{redact_url, Config, DlqPolicy, StatusSet};
 use crate::ops::metrics::{status_class, Metrics};
+use crate::topic_partition::TopicPartition;
 use retry::Verdict;
 
 pub const USER_AGENT_VALUE: &str = concat!("patterns-connector/", env!("CARGO_PKG_VERSION"));
@@ -135,7 +136,7 @@ impl Webhook {
     pub async fn send(
         &self,
         body: Bytes,
-        partition: i32,
+        tp: &TopicPartition,
         cancel: &CancellationToken,
     ) -> Result<Sent, Cancelled> {
         let mut attempt: u32 = 0;
@@ -148,7 +149,7 @@ impl Webhook {
             match outcome.verdict {
                 Verdict::Delivered => {
                     if attempt > 0 {
-                        info!(partition, attempts = attempt + 1, url = %self.url_for_logs, "webhook accepted the batch after failures");
+                        info!(topic = %tp.topic, partition = tp.partition, attempts = attempt + 1, url = %self.url_for_logs, "webhook accepted the batch after failures");
                     }
                     return Ok(Sent::Delivered);
                 }
@@ -164,11 +165,11 @@ impl Webhook {
                 } => {
                     if crate::ops::log_limit::worth_logging(attempt.into()) {
                         if suspicious {
-                            error!(partition, attempt = attempt + 1, status = outcome.status, detail = %outcome.detail,
+                            error!(topic = %tp.topic, partition = tp.partition, attempt = attempt + 1, status = outcome.status, detail = %outcome.detail,
                                 url = %self.url_for_logs,
                                 "webhook answered with a status that usually means a wrong URL or credentials; retrying (repeats are logged less often)");
                         } else {
-                            warn!(partition, attempt = attempt + 1, status = outcome.status, class = outcome.class,
+                            warn!(topic = %tp.topic, partition = tp.partition, attempt = attempt + 1, status = outcome.status, class = outcome.class,
                                 detail = %outcome.detail, url = %self.url_for_logs,
                                 "webhook request failed; retrying (repeats are logged less often)");
                         }
