@@ -192,8 +192,13 @@ func main() {
 		fail("scaledobject: maxReplicaCount must be set and at most the partition count (12)")
 	}
 	for _, t := range scaled.Spec.Triggers {
-		if t.Type != "kafka" || t.Metadata["consumerGroup"] != configMap.Data["KAFKA_CONSUMER_GROUP"] || t.Metadata["topic"] != configMap.Data["KAFKA_TOPIC"] {
-			fail("scaledobject: the kafka trigger must watch the connector's group and topic")
+		// A trigger without a topic watches the group's lag over all its
+		// topics: right for a list or a pattern. With a topic, it must be the
+		// one topic the connector reads.
+		topic, named := t.Metadata["topic"]
+		single := !strings.ContainsAny(configMap.Data["KAFKA_TOPIC"], ",^")
+		if t.Type != "kafka" || t.Metadata["consumerGroup"] != configMap.Data["KAFKA_CONSUMER_GROUP"] || (named && (!single || topic != configMap.Data["KAFKA_TOPIC"])) {
+			fail("scaledobject: the kafka trigger must watch the connector's group (and, if it names a topic, the one topic KAFKA_TOPIC names)")
 		}
 	}
 	resources := map[string]bool{}
