@@ -62,6 +62,8 @@ use commit::*;
 use handover::*;
 use rebalance::*;
 
+const METADATA_REFRESH_KEY: &str = "topic.metadata.refresh.interval.ms";
+
 /// Shared by the consumer loop and librdkafka's callbacks.
 pub struct Context {
     runtime: tokio::runtime::Handle,
@@ -188,19 +190,22 @@ pub fn create(
         .set("queued.max.messages.kbytes", "4096")
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "1000")
-        // How soon a listed topic created later, a new topic matching the
-        // pattern, or partitions added to a topic are read: librdkafka finds
-        // them at its next metadata refresh (its default is 5 minutes).
-        .set(
-            "topic.metadata.refresh.interval.ms",
-            topics::METADATA_REFRESH.as_millis().to_string(),
-        )
         .set("enable.auto.commit", "true")
         .set(
             "auto.commit.interval.ms",
             config.commit_interval.as_millis().to_string(),
         )
         .set_log_level(RDKafkaLogLevel::Warning);
+    // How soon a listed topic created later, a new topic matching the
+    // pattern, or partitions added to a topic are read: librdkafka finds them
+    // at its next metadata refresh (its default is 5 minutes). A connection
+    // property, so `client_config` may already hold the operator's value.
+    if client.get(METADATA_REFRESH_KEY).is_none() {
+        client.set(
+            METADATA_REFRESH_KEY,
+            topics::METADATA_REFRESH.as_millis().to_string(),
+        );
+    }
     // Then the user's own consumer settings (group membership, fetching),
     // which win over the defaults above.
     for (key, value) in connection.consumer_properties() {
@@ -248,7 +253,7 @@ pub fn create(
         .deps
         .config
         .kafka_properties
-        .get("topic.metadata.refresh.interval.ms")
+        .get(METADATA_REFRESH_KEY)
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(topics::METADATA_REFRESH, Duration::from_millis);
     watermarks::spawn(config, consumer.context(), refresh)?;
