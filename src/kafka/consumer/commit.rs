@@ -125,12 +125,12 @@ pub(super) fn store_progress(
         while let Ok(p) = progress.try_recv() {
             // A report from an older incarnation of the partition's worker is stale.
             if workers
-                .get(&p.partition)
+                .get(&p.tp.partition)
                 .is_some_and(|w| w.generation == p.generation)
             {
                 // The last report wins: a worker's reports only go up, except
                 // after its partition's log started again (`Frontier::rewind`).
-                latest.insert(p.partition, p.next_offset);
+                latest.insert(p.tp.partition, p.next_offset);
             }
         }
     }

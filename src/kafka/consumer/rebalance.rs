@@ -169,7 +169,12 @@ impl Context {
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
             workers.insert(
                 partition,
-                partition::spawn(&self.runtime, self.deps.clone(), partition, generation),
+                partition::spawn(
+                    &self.runtime,
+                    self.deps.clone(),
+                    crate::topic_partition::TopicPartition::new(self.topic.as_str(), partition),
+                    generation,
+                ),
             );
             added.push(partition);
         }
