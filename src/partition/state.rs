@@ -119,6 +119,11 @@ impl PartitionState {
             // started again (topic deleted and created anew, or truncated).
             // The frontier starts again too, or it would hold every new
             // offset back behind the old ones and nothing would be committed.
+            // The open batch is sealed first: its unit is forgotten with the
+            // old offsets, so new offsets joining it would be pending nowhere
+            // and a later filtered message or dead letter would release them
+            // before their delivery.
+            self.seal();
             self.outbox.push(Action::Rewound {
                 offset: message.offset,
                 expected,
