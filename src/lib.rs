@@ -7,9 +7,10 @@
 //!  consumer loop (kafka/consumer.rs, one thread) ── pause/resume when a partition's buffer is full
 //!      │  one channel per assigned partition
 //!      ▼
-//!  partition worker (partition/worker.rs, one task per partition)
+//!  partition worker (partition/handle.rs → partition/worker.rs, one task per partition)
 //!      decode (event/decode.rs, event/timestamp.rs) → filter (event/filter.rs)
-//!      → batch (partition/batch.rs)
+//!      → decide (partition/decide.rs) → state machine (partition/state.rs, pure):
+//!      batch (partition/batch.rs), seal, dead-letter, block, drain
 //!      │  one batch in flight per partition: order is kept
 //!      ▼
 //!  delivery (sink/delivery.rs): POST the JSON array (sink/webhook/); 2xx done;
