@@ -23,18 +23,18 @@ pub const METADATA_REFRESH: Duration = Duration::from_secs(30);
 
 /// What `consumer.subscribe` takes: the listed names, or the one pattern.
 pub fn subscription(config: &Config) -> Vec<String> {
-    vec![config.kafka_topic.clone()]
+    config.topics.subscription()
 }
 
 /// Whether `topic` is one the consumer reads (listed, or matching the pattern).
 pub fn subscribed(config: &Config, topic: &str) -> bool {
-    topic == config.kafka_topic
+    config.topics.matches(topic)
 }
 
 /// The names to report missing one by one: the listed topics, or none for
 /// a pattern (a pattern that matches nothing is reported as such).
 pub fn listed(config: &Config) -> Option<Vec<String>> {
-    Some(vec![config.kafka_topic.clone()])
+    config.topics.listed().map(<[String]>::to_vec)
 }
 
 /// librdkafka's answer for a subscribed topic that does not exist.

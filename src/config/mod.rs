@@ -6,6 +6,9 @@
 //! `KAFKA_PROPERTIES`) never reach a log line: [`Config`]'s `Debug` and
 //! [`Config::redacted_summary`] print them redacted.
 
+mod topics;
+pub use topics::Topics;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -49,8 +52,11 @@ pub struct Cli {
     #[arg(long, env = "KAFKA_HOSTS", default_value = "localhost:9092")]
     pub kafka_hosts: String,
 
-    /// Topic to read (PostHog's topics may carry a KAFKA_PREFIX).
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "events_plugin_ingestion")]
+    /// Topics to read: comma-separated names, or one pattern starting with ^
+    /// (which also reads matching topics created later). PostHog's topics
+    /// may carry a KAFKA_PREFIX. Listed topics that do not exist are
+    /// reported once and read when created.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = DEFAULT_TOPICS)]
     pub kafka_topic: String,
 
     /// Consumer group id; replicas with the same group share the partitions.
@@ -258,7 +264,8 @@ pub enum DlqPolicy {
 #[derive(Clone)]
 pub struct Config {
     pub kafka_hosts: String,
-    pub kafka_topic: String,
+    /// What `KAFKA_TOPIC` names (a list or a pattern).
+    pub topics: Topics,
     pub kafka_consumer_group: String,
     pub kafka_properties: BTreeMap<String, String>,
     pub webhook_url: Url,
@@ -479,7 +486,7 @@ fn check_poll_interval(
     Ok(())
 }
 
-fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(option: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         option,
         problem: problem.into(),
@@ -598,10 +605,15 @@ pub fn refused_kafka_property(key: &str) -> Option<&'static str> {
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_NAME: usize = 249;
 
+/// `KAFKA_TOPIC`'s default: where PostHog's capture writes analytics events,
+/// across its generations (README, "Which topics to read"). Topics a version
+/// never creates are reported once as missing and skipped.
+pub const DEFAULT_TOPICS: &str = "events_plugin_ingestion,events_plugin_ingestion_historical,events_plugin_ingestion_overflow,error_tracking_events,events_plugin_ingestion_ai";
+
 /// A topic name, as `option` gives it: one topic, named. librdkafka reads a
 /// name starting with `^` as a regex subscription, which the connector's
 /// per-topic code cannot follow (it would deliver nothing).
-fn topic_name(option: &'static str, raw: &str) -> Result<String, ConfigError> {
+pub(crate) fn topic_name(option: &'static str, raw: &str) -> Result<String, ConfigError> {
     let topic = raw.trim();
     if topic.is_empty() {
         return Err(bad(option, "expected a topic name, got an empty value"));
@@ -720,13 +732,13 @@ impl Config {
             kafka_properties.insert("sasl.password".into(), password);
         }
         let start_at = StartAt::parse(&cli.start_at)?;
-        let kafka_topic = topic_name("KAFKA_TOPIC", &cli.kafka_topic)?;
+        let topics = Topics::parse("KAFKA_TOPIC", &cli.kafka_topic)?;
         let dlq_topic = topic_name("DLQ_TOPIC", &cli.dlq_topic)?;
-        if dlq_topic == kafka_topic {
+        if topics.matches(&dlq_topic) {
             return Err(bad(
                 "DLQ_TOPIC",
                 format!(
-                    "expected a topic other than KAFKA_TOPIC ({kafka_topic}): dead letters would be read again as input"
+                    "expected a topic other than KAFKA_TOPIC ({topics}), listed or matched: dead letters would be read again as input"
                 ),
             ));
         }
@@ -785,7 +797,7 @@ impl Config {
         }
         Ok(Config {
             kafka_hosts: non_empty("KAFKA_HOSTS", &cli.kafka_hosts)?,
-            kafka_topic,
+            topics,
             kafka_consumer_group: non_empty("KAFKA_CONSUMER_GROUP", &cli.kafka_consumer_group)?,
             kafka_properties,
             webhook_url,
@@ -883,7 +895,7 @@ impl Config {
             .join(",");
         vec![
             ("KAFKA_HOSTS", self.kafka_hosts.clone()),
-            ("KAFKA_TOPIC", self.kafka_topic.clone()),
+            ("KAFKA_TOPIC", self.topics.to_string()),
             ("KAFKA_CONSUMER_GROUP", self.kafka_consumer_group.clone()),
             ("KAFKA_PROPERTIES", props),
             ("PATTERNS_WEBHOOK_URL", redact_url(&self.webhook_url)),
@@ -1003,7 +1015,10 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_values() {
         let config = cli(&[]).expect("defaults are valid");
-        assert_eq!(config.kafka_topic, "events_plugin_ingestion");
+        assert_eq!(
+            config.topics.subscription(),
+            DEFAULT_TOPICS.split(',').map(str::trim).collect::<Vec<_>>()
+        );
         assert_eq!(config.kafka_consumer_group, "patterns-connector");
         assert_eq!(config.batch.max_events, 500);
         assert_eq!(config.batch.max_bytes, 1 << 20);
@@ -1070,22 +1085,21 @@ mod tests {
     }
 
     #[test]
-    fn a_topic_pattern_a_topic_list_or_an_empty_topic_is_refused() {
-        let err = cli(&["--kafka-topic", "^events_.*"]).unwrap_err();
-        assert!(
-            err.contains("KAFKA_TOPIC")
-                && err.contains("topic patterns are not supported; name the topic"),
-            "{err}"
-        );
-        let err = cli(&[
+    fn kafka_topic_takes_a_list_or_a_pattern_and_refuses_empty_or_bad_names() {
+        let config = cli(&[
             "--kafka-topic",
-            "events_plugin_ingestion,clickhouse_events_json",
+            "events_plugin_ingestion, events_plugin_ingestion_historical",
         ])
-        .unwrap_err();
-        assert!(
-            err.contains("KAFKA_TOPIC") && err.contains("lists of topics are not supported"),
-            "{err}"
+        .expect("a list");
+        assert_eq!(
+            config.topics.subscription(),
+            [
+                "events_plugin_ingestion",
+                "events_plugin_ingestion_historical"
+            ]
         );
+        let config = cli(&["--kafka-topic", "^events_.*"]).expect("a pattern");
+        assert!(config.topics.matches("events_x") && config.topics.listed().is_none());
         let err = cli(&["--kafka-topic", "  "]).unwrap_err();
         assert!(
             err.contains("KAFKA_TOPIC") && err.contains("empty"),
@@ -1100,7 +1114,10 @@ mod tests {
         assert!(err.contains("DLQ_TOPIC"), "{err}");
         // PostHog's prefixed topic names are fine, and spaces around are trimmed.
         let config = cli(&["--kafka-topic", " prod_events_plugin_ingestion.v2-x "]).expect("valid");
-        assert_eq!(config.kafka_topic, "prod_events_plugin_ingestion.v2-x");
+        assert_eq!(
+            config.topics.subscription(),
+            ["prod_events_plugin_ingestion.v2-x"]
+        );
     }
 
     #[test]
@@ -1111,6 +1128,16 @@ mod tests {
             "{err}"
         );
         assert!(cli(&["--kafka-topic", "events", "--dlq-topic", "events_dlq"]).is_ok());
+        let err = cli(&["--kafka-topic", "a,events", "--dlq-topic", "events"]).unwrap_err();
+        assert!(
+            err.contains("DLQ_TOPIC") && err.contains("KAFKA_TOPIC (a,events)"),
+            "{err}"
+        );
+        let err = cli(&["--kafka-topic", "^ev.*", "--dlq-topic", "events_dlq"]).unwrap_err();
+        assert!(
+            err.contains("DLQ_TOPIC") && err.contains("matched"),
+            "{err}"
+        );
     }
 
     #[test]
