@@ -28,44 +28,61 @@ use crate::topic_partition::TopicPartition;
 /// How often the assigned partitions' high watermarks are read.
 pub const INTERVAL: Duration = Duration::from_secs(3);
 
-/// Starts the probe for the consumer whose context this is. It stops by
-/// itself when the consumer (and so its context) is dropped. Every
-/// `topic_check` it also checks which of the topics read exist
-/// (`kafka::topics`).
+/// Starts the probe for the consumer whose context this is, and the check
+/// of which topics read exist (`kafka::topics`, every `topic_check`). Both
+/// stop by themselves when the consumer (and so its context) is dropped.
 pub fn spawn(config: &Config, context: &Arc<Context>, topic_check: Duration) -> anyhow::Result<()> {
     let client: BaseConsumer<SideContext> = Connection::from_config(config)
         .client_config("patterns-connector-watermarks")
         .create_with_context(SideContext::new("watermark probe"))
         .map_err(|e| anyhow::anyhow!("cannot create the watermark client: {e}"))?;
-    let context = Arc::downgrade(context);
-    let config = config.clone();
+    // The topic check has its own client and thread: a slow metadata answer
+    // (up to 10 s) must not hold up the watermarks, which lag relies on.
+    let checker: BaseConsumer<SideContext> = Connection::from_config(config)
+        .client_config("patterns-connector-topics")
+        .create_with_context(SideContext::new("topic check"))
+        .map_err(|e| anyhow::anyhow!("cannot create the topic-check client: {e}"))?;
+    let (probe_context, check_context) = (Arc::downgrade(context), Arc::downgrade(context));
     std::thread::Builder::new()
         .name("watermark-probe".into())
-        .spawn(move || run(&client, &context, &config, topic_check))?;
+        .spawn(move || run(&client, &probe_context))?;
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("topic-check".into())
+        .spawn(move || check_topics(&checker, &check_context, &config, topic_check))?;
     Ok(())
 }
 
-fn run(
+/// Checks which topics read exist, every `every`, until the consumer is gone.
+fn check_topics(
     client: &BaseConsumer<SideContext>,
     context: &Weak<Context>,
     config: &Config,
-    topic_check: Duration,
+    every: Duration,
 ) {
+    let mut topics = TopicProbe::default();
+    loop {
+        let _ = client.poll(Duration::ZERO);
+        if context.strong_count() == 0 {
+            return;
+        }
+        if topics.due(every) {
+            topics.check(client, context, config);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
     let step = Duration::from_millis(250);
     let mut waited = Duration::ZERO;
     let mut failures: u64 = 0;
-    let mut topics = TopicProbe::default();
     loop {
         std::thread::sleep(step);
         waited += step;
         // Serves the client's log and error callbacks (it has no group, so
         // nothing else polls its queue).
         let _ = client.poll(Duration::ZERO);
-        if topics.due(topic_check) {
-            let Some(ctx) = context.upgrade() else { return };
-            drop(ctx);
-            topics.check(client, context, config);
-        }
         if waited < INTERVAL {
             // Only check that the consumer still exists.
             if context.strong_count() == 0 {

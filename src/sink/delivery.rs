@@ -86,7 +86,7 @@ impl Deliverer {
                 partition = tp.partition,
                 offset,
                 status,
-                topic = self.dead_letters.topic(),
+                dlq_topic = self.dead_letters.topic(),
                 payload = if letter.sent_event {
                     header::PAYLOAD_SENT_EVENT
                 } else {

@@ -340,7 +340,7 @@ pub fn run(
             }
             // A listed topic that does not exist (yet): the topic check
             // (`kafka::topics`) reports it once, not at every metadata refresh.
-            Some(Err(e)) if topics::is_missing_topic_error(&e) => {}
+            Some(Err(e)) if topics::is_missing_topic_error(&e) => ctx.metrics.consume_errors.inc(),
             Some(Err(e)) => {
                 ctx.metrics.consume_errors.inc();
                 ctx.logs.error("consumer poll", &e, "");

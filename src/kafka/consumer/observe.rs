@@ -2,6 +2,7 @@
 //! watch), client errors and log lines.
 
 use super::*;
+use crate::kafka::topics;
 
 impl ClientContext for Context {
     fn stats_raw(&self, statistics: &[u8]) {
@@ -111,6 +112,12 @@ impl ClientContext for Context {
             // librdkafka raised a fatal error (e.g. this group.instance.id was
             // fenced by another member): the client is unusable from now on.
             Some(Code::Fatal) => self.set_fatal(format!("fatal Kafka client error: {reason}")),
+            // A listed topic that does not exist (yet): the topic check
+            // (`kafka::topics`) reports it once, not at every metadata refresh.
+            _ if topics::is_missing_topic_error(&error) => {
+                self.metrics.consume_errors.inc();
+                return;
+            }
             _ => {}
         }
         self.logs.error("consumer", &error, reason);

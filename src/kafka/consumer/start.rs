@@ -48,7 +48,14 @@ impl Context {
         let first_seen = self
             .topics_first_seen
             .get_or_init(|| counts.keys().cloned().collect());
-        let topics_now: Vec<&str> = counts.keys().map(String::as_str).collect();
+        // The topics the choice is made with: those this replica saw at its
+        // first look (a topic created since is read whole, and must not be
+        // recorded as present at the choice), and still there.
+        let topics_at_choice: Vec<&str> = counts
+            .keys()
+            .filter(|t| first_seen.contains(*t))
+            .map(String::as_str)
+            .collect();
         let mut starts = TopicPartitionList::new();
         let assigned: Vec<(String, i32)> = tpl
             .elements()
@@ -76,7 +83,7 @@ impl Context {
             let _ = starts.add_partition_offset(&topic, partition, Offset::Offset(offset));
             if let Some(mut elem) = starts.find_partition(&topic, partition) {
                 let count = counts.get(&topic).copied().unwrap_or(partition + 1);
-                elem.set_metadata(start_at_metadata(count, &topics_now));
+                elem.set_metadata(start_at_metadata(count, &topics_at_choice));
             }
             let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
         }
@@ -147,39 +154,40 @@ impl Context {
     ) -> KafkaResult<(GroupCommits, BTreeMap<String, i32>)> {
         let config = &self.deps.config;
         let metadata = read::retrying("topic metadata", || consumer.fetch_metadata(None, timeout))?;
-        let mut all = TopicPartitionList::new();
-        for topic in metadata
+        let known: Vec<KnownTopic> = metadata
             .topics()
             .iter()
             .filter(|t| topics::subscribed(config, t.name()))
-        {
-            if topic.error().is_some() {
-                continue;
-            }
-            for partition in topic.partitions() {
-                all.add_partition(topic.name(), partition.id());
-            }
-        }
-        for elem in assigned.elements() {
-            if all.find_partition(elem.topic(), elem.partition()).is_none() {
-                all.add_partition(elem.topic(), elem.partition());
-            }
-        }
-        // An empty list would read as "no commits" and make an established
-        // group start again at START_AT, past undelivered events.
-        if all.count() == 0 {
-            return Err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            ));
-        }
+            .map(|t| KnownTopic {
+                name: t.name().to_owned(),
+                error: t.error().is_some(),
+                partitions: t.partitions().iter().map(|p| p.id()).collect(),
+            })
+            .collect();
+        let assigned: Vec<(String, i32)> = assigned
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let to_read = commits_to_read(&known, &assigned).map_err(|_| {
+            KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+        })?;
+        let mut all = TopicPartitionList::new();
         let mut counts: BTreeMap<String, i32> = BTreeMap::new();
-        for elem in all.elements() {
-            let count = counts.entry(elem.topic().to_owned()).or_default();
-            *count = (*count).max(elem.partition() + 1);
+        for (topic, partitions) in &to_read {
+            for partition in partitions {
+                all.add_partition(topic, *partition);
+            }
+            counts.insert(topic.clone(), partitions.iter().max().map_or(0, |p| p + 1));
         }
         let committed = read::retrying("committed offsets", || {
             consumer.committed_offsets(all.clone(), timeout)
         })?;
+        // A partition whose commit could not be read would look uncommitted,
+        // and an established group new.
+        if let Some(e) = committed.elements().iter().find_map(|e| e.error().err()) {
+            return Err(e);
+        }
         let metadata: Vec<(TopicPartition, String)> = committed
             .elements()
             .iter()
@@ -249,6 +257,45 @@ pub(super) fn start_position(committed: Offset, error: KafkaResult<()>) -> Optio
         Offset::Invalid => Some(Offset::Beginning),
         _ => None,
     }
+}
+
+/// A subscribed topic as the metadata answer describes it.
+pub(super) struct KnownTopic {
+    pub name: String,
+    /// The answer flags the topic with an error.
+    pub error: bool,
+    pub partitions: Vec<i32>,
+}
+
+/// The partitions whose commits decide whether the group is new: every
+/// partition of every subscribed topic, plus assigned ones the (stale)
+/// metadata does not list yet. `Err` whenever the answer may leave a commit
+/// out (a topic with an error, an assigned topic the answer lacks, nothing
+/// at all): a commit left unread could make an established group look new,
+/// and START_AT would then skip events.
+pub(super) fn commits_to_read(
+    known: &[KnownTopic],
+    assigned: &[(String, i32)],
+) -> Result<BTreeMap<String, BTreeSet<i32>>, &'static str> {
+    if let Some(_bad) = known.iter().find(|t| t.error) {
+        return Err("a subscribed topic's metadata has an error");
+    }
+    let mut out: BTreeMap<String, BTreeSet<i32>> = known
+        .iter()
+        .map(|t| (t.name.clone(), t.partitions.iter().copied().collect()))
+        .collect();
+    for (topic, partition) in assigned {
+        match out.get_mut(topic) {
+            Some(partitions) => {
+                partitions.insert(*partition);
+            }
+            None => return Err("an assigned topic is missing from the metadata"),
+        }
+    }
+    if out.values().all(BTreeSet::is_empty) {
+        return Err("no partitions in the metadata");
+    }
+    Ok(out)
 }
 
 /// The commit metadata of a start position chosen by `START_AT`: a group
@@ -486,6 +533,38 @@ mod tests {
             group.placement(&tp("b", 1), true),
             Placement::Earliest(_)
         ));
+    }
+
+    fn known(name: &str, error: bool, partitions: &[i32]) -> KnownTopic {
+        KnownTopic {
+            name: name.to_owned(),
+            error,
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn commits_are_read_for_every_partition_and_a_doubtful_metadata_answer_is_an_error() {
+        let read = commits_to_read(
+            &[known("a", false, &[0, 1]), known("b", false, &[0])],
+            &[("a".into(), 2), ("b".into(), 0)],
+        )
+        .expect("complete");
+        assert_eq!(
+            read["a"],
+            [0, 1, 2].into_iter().collect(),
+            "an assigned partition the metadata lags on is read too"
+        );
+        assert_eq!(read["b"], [0].into_iter().collect());
+        // The commits of "a" would go unread: the group could look new.
+        assert!(commits_to_read(
+            &[known("a", true, &[]), known("b", false, &[0])],
+            &[("b".into(), 0)]
+        )
+        .is_err());
+        assert!(commits_to_read(&[known("b", false, &[0])], &[("a".into(), 0)]).is_err());
+        assert!(commits_to_read(&[], &[]).is_err());
+        assert!(commits_to_read(&[known("a", false, &[])], &[]).is_err());
     }
 
     #[test]
