@@ -5,6 +5,7 @@
 //! - `lag`: librdkafka statistics and probes into per-partition lag.
 //! - `stall`: the pure rule that tells waiting from stalled.
 //! - `health`: what `/healthz` and `/readyz` answer.
+//! - `healthcheck`: the `healthcheck` subcommand, a client of `/healthz`.
 //! - `http`: the HTTP server for `/metrics`, `/healthz`, `/readyz`.
 //! - `log_limit`: rate limits for repeated log lines.
 //! - `shutdown`: signals, the one shutdown deadline, the watchdog.
@@ -12,6 +13,7 @@
 //! Called by every other folder; calls none of them.
 
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod lag;
 pub mod log_limit;
