@@ -5,6 +5,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before the configuration is validated: a health probe exits 0 or 1
+    // only (Docker reserves 2), and needs nothing but HTTP_ADDR.
+    if let Some(Command::Healthcheck) = cli.command {
+        return patterns_connector::ops::healthcheck::run(&cli.http_addr);
+    }
     let command = cli.command.clone();
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
@@ -45,6 +50,7 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
+            Some(Command::Healthcheck) => Ok(()), // answered above
         }
     });
     match result {

@@ -249,6 +249,9 @@ pub enum Command {
         #[arg(long, env = "REPLAY_GROUP")]
         group: Option<String>,
     },
+    /// Exits 0 when the running connector's /healthz (at HTTP_ADDR, on
+    /// loopback for a wildcard address) answers 200, else 1: the image's HEALTHCHECK.
+    Healthcheck,
 }
 
 /// What happens to a message that cannot be delivered.

@@ -6,6 +6,7 @@
 //! - `lag`: statistics and probes into per-partition lag, keyed by topic-partition.
 //! - `stall`: the pure rule that tells waiting from stalled.
 //! - `health`: what `/healthz` and `/readyz` answer.
+//! - `healthcheck`: the `healthcheck` subcommand, a client of `/healthz`.
 //! - `http`: the HTTP server for `/metrics`, `/healthz`, `/readyz`.
 //! - `log_limit`: rate limits for repeated log lines.
 //! - `shutdown`: signals, the one shutdown deadline, the watchdog.
@@ -14,6 +15,7 @@
 //! `TopicPartition` vocabulary type).
 
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod lag;
 pub mod log_limit;
