@@ -688,3 +688,46 @@ async fn start_at_positions_committed_by_another_replica_keep_the_group_new() {
         .count();
     assert_eq!(replayed, 0, "old events delivered although START_AT=latest");
 }
+
+/// A clean stop commits what was delivered and exits as soon as the commit
+/// is confirmed, not at the end of SHUTDOWN_TIMEOUT_MS. Auto-commit is made
+/// too rare to help, so the final commit alone must cover every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_confirms_its_final_commit_and_exits_without_waiting_out_the_deadline() {
+    let (topic, group) = (unique("cleanstop"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    let produced = produce(&topic, run_id(), 0..50).await;
+    let mut connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("SHUTDOWN_TIMEOUT_MS", "10000"),
+            ("COMMIT_INTERVAL_MS", "600000"),
+        ],
+    );
+    eventually(WAIT, "every event delivered", || {
+        receiver.delivered_uuids().len() >= produced.len()
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    connector.signal("TERM");
+    let status = connector.wait(Duration::from_secs(30)).await;
+    let took = stopped.elapsed();
+    assert!(status.success(), "exited with {status}");
+    assert_eq!(
+        committed(&group, &topic, 2)
+            .iter()
+            .map(|c| c.unwrap_or(0))
+            .sum::<i64>(),
+        50,
+        "the final commit covers every delivered event"
+    );
+    // The old wait lasted until SIGTERM + SHUTDOWN_TIMEOUT_MS + 5 s (15 s).
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?}; log:\n{}",
+        connector.logs()
+    );
+}

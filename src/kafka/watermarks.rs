@@ -36,12 +36,11 @@ pub fn spawn(config: &Config, context: &Arc<Context>, topic_check: Duration) -> 
         .client_config("patterns-connector-watermarks")
         .create_with_context(SideContext::new("watermark probe"))
         .map_err(|e| anyhow::anyhow!("cannot create the watermark client: {e}"))?;
-    // The topic check has its own client and thread: a slow metadata answer
-    // (up to 10 s) must not hold up the watermarks, which lag relies on.
-    let checker: BaseConsumer<SideContext> = Connection::from_config(config)
-        .client_config("patterns-connector-topics")
-        .create_with_context(SideContext::new("topic check"))
-        .map_err(|e| anyhow::anyhow!("cannot create the topic-check client: {e}"))?;
+    // The topic check runs on its own thread, with the same client (one
+    // client less to connect and log): a slow metadata answer (up to 10 s)
+    // must not hold up the watermarks, which lag relies on.
+    let client = Arc::new(client);
+    let checker = client.clone();
     let (probe_context, check_context) = (Arc::downgrade(context), Arc::downgrade(context));
     std::thread::Builder::new()
         .name("watermark-probe".into())
@@ -62,7 +61,6 @@ fn check_topics(
 ) {
     let mut topics = TopicProbe::default();
     loop {
-        let _ = client.poll(Duration::ZERO);
         if context.strong_count() == 0 {
             return;
         }

@@ -90,12 +90,27 @@ pub(super) fn commit_at_shutdown(consumer: &Consumer_, offsets: &[(TopicPartitio
         .unwrap_or_else(tokio::time::Instant::now)
         .max(tokio::time::Instant::now())
         + COMMIT_RETRY_FOR;
+    // librdkafka does not always call back for an asynchronous manual
+    // commit (its event API swallows the answer), so the commit is also
+    // confirmed by reading the group's offsets back: without that, a clean
+    // stop waited out the whole deadline.
+    let mut confirmed = false;
+    let mut last_read = std::time::Instant::now();
     while ctx.commit_callbacks.load(Ordering::Relaxed) == before
+        && !confirmed
         && tokio::time::Instant::now() < limit
     {
         let _ = consumer.poll(Duration::from_millis(100));
+        if last_read.elapsed() >= Duration::from_millis(300) {
+            last_read = std::time::Instant::now();
+            confirmed = consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(1))
+                .is_ok_and(|read| covers(&read, &tpl));
+        }
     }
-    if ctx.commit_callbacks.load(Ordering::Relaxed) == before {
+    if confirmed {
+        info!(offsets = ?tpl.to_topic_map(), "final commit confirmed (read back from the group)");
+    } else if ctx.commit_callbacks.load(Ordering::Relaxed) == before {
         error!(offsets = ?tpl.to_topic_map(), "no answer to the final commit by the deadline; what it covers may be redelivered");
     } else {
         info!(offsets = ?tpl.to_topic_map(), "final commit answered (see commits_total for its result)");
@@ -188,4 +203,50 @@ pub(super) fn offset_list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionLi
         }
     }
     tpl
+}
+
+/// Whether the group's committed offsets `read` are at or past every offset of `wanted`.
+pub(super) fn covers(read: &TopicPartitionList, wanted: &TopicPartitionList) -> bool {
+    wanted.elements().iter().all(|w| {
+        let Offset::Offset(want) = w.offset() else {
+            return true;
+        };
+        matches!(
+            read.find_partition(w.topic(), w.partition()).map(|e| e.offset()),
+            Some(Offset::Offset(got)) if got >= want
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_is_confirmed_only_when_every_partition_reads_back_at_or_past_it() {
+        let wanted = offset_list(&[
+            (TopicPartition::new("a", 0), 10),
+            (TopicPartition::new("b", 0), 5),
+        ]);
+        let read = |a: i64, b: Option<i64>| {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset("a", 0, Offset::Offset(a));
+            match b {
+                Some(b) => {
+                    let _ = tpl.add_partition_offset("b", 0, Offset::Offset(b));
+                }
+                None => {
+                    let _ = tpl.add_partition_offset("b", 0, Offset::Invalid);
+                }
+            }
+            tpl
+        };
+        assert!(covers(&read(10, Some(5)), &wanted));
+        assert!(covers(&read(12, Some(5)), &wanted));
+        assert!(!covers(&read(9, Some(5)), &wanted));
+        assert!(
+            !covers(&read(10, None), &wanted),
+            "another topic's partition not committed yet"
+        );
+    }
 }
