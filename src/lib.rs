@@ -1,11 +1,12 @@
 //! patterns-connector: PostHog's events, from Kafka to a Patterns webhook, at least once.
 //!
 //! ```text
-//!  Kafka topic (events_plugin_ingestion or clickhouse_events_json)
-//!      │  consumer group, cooperative-sticky assignment
+//!  Kafka topics (KAFKA_TOPIC: a list or a ^pattern, config/topics.rs;
+//!      missing ones reported by kafka/topics.rs)
+//!      │  one consumer group, cooperative-sticky assignment
 //!      ▼
-//!  consumer loop (kafka/consumer.rs, one thread) ── pause/resume when a partition's buffer is full
-//!      │  one channel per assigned partition
+//!  consumer loop (kafka/consumer/, one thread) ── pause/resume when a partition's buffer is full
+//!      │  one channel per assigned topic-partition (topic_partition.rs keys everything)
 //!      ▼
 //!  partition worker (partition/handle.rs → partition/worker.rs, one task per partition)
 //!      decode (event/decode.rs, event/timestamp.rs) → filter (event/filter.rs)
@@ -23,10 +24,11 @@
 //!  frontier (partition/frontier.rs) → consumer loop stores the offset → auto-commit
 //! ```
 //!
-//! The folders: `event` (pure decoding and filters), `partition` (the
-//! worker, batches, the frontier), `sink` (webhook, bisection, dead
-//! letters), `kafka` (the clients), `ops` (metrics, lag, stalls, health,
-//! HTTP, shutdown). `event` and `sink` never reach into the consumer; `ops`
+//! The folders: `config` (options, topics), `event` (pure decoding and
+//! filters), `partition` (the worker, its state machine, batches, the
+//! frontier), `sink` (webhook, bisection, dead letters), `kafka` (the
+//! clients, topics), `ops` (metrics, statistics, lag, stalls, health, HTTP,
+//! shutdown). `event` and `sink` never reach into the consumer; `ops`
 //! calls none of the others. This file only wires them together.
 //!
 //! **The guarantee.** An offset is stored, and so committed, only when every
