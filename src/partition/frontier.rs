@@ -161,6 +161,12 @@ impl Frontier {
             .and_then(|u| u.first_ts_ms)
     }
 
+    /// True while `unit` still holds the frontier back: it is not done, or
+    /// an earlier offset is not.
+    pub fn holds(&self, unit: UnitId) -> bool {
+        self.units.contains_key(&unit.0)
+    }
+
     /// True when nothing is waiting for delivery.
     pub fn is_idle(&self) -> bool {
         self.units.values().all(|u| u.done)
