@@ -12,7 +12,8 @@
 //!      decode (event/decode.rs, event/timestamp.rs) → filter (event/filter.rs)
 //!      → decide (partition/decide.rs) → state machine (partition/state.rs, pure):
 //!      batch (partition/batch.rs), seal, dead-letter, block, drain
-//!      │  one batch in flight per partition: order is kept
+//!      │  one batch in flight per partition (ORDERING=partition), or per
+//!      │  key-hashed lane (ORDERING=key): each key's order is kept
 //!      ▼
 //!  delivery (sink/delivery.rs): POST the JSON array (sink/webhook/); 2xx done;
 //!      transient failures retried forever with backoff and Retry-After

@@ -128,6 +128,16 @@ pub struct Cli {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value = "16")]
     pub max_concurrent_requests: String,
 
+    /// Order kept at the webhook: `partition` (one batch in flight per
+    /// partition, the whole partition in order) or `key` (up to KEY_LANES
+    /// batches in flight per partition, each message key's events in order).
+    #[arg(long, env = "ORDERING", value_enum, default_value = "partition")]
+    pub ordering: DeliveryOrder,
+
+    /// Under ORDERING=key, most lanes (batches in flight) per partition, 1 to 64.
+    #[arg(long, env = "KEY_LANES", default_value = "8")]
+    pub key_lanes: String,
+
     /// Cap on bytes of consumed-but-undelivered messages held in memory; partitions
     /// over their share are paused until deliveries catch up.
     #[arg(long, env = "MAX_BUFFERED_BYTES", default_value = "67108864")]
@@ -263,6 +273,16 @@ pub enum DlqPolicy {
     Block,
 }
 
+/// The order deliveries keep (`ORDERING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryOrder {
+    /// One batch in flight per partition: the partition's order.
+    Partition,
+    /// Batches in flight per lane of a partition, messages assigned to a
+    /// lane by a hash of their key: each key's order.
+    Key,
+}
+
 /// A validated configuration, passed whole to the parts that need it.
 #[derive(Clone)]
 pub struct Config {
@@ -281,6 +301,9 @@ pub struct Config {
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
     pub max_concurrent_requests: usize,
+    pub ordering: DeliveryOrder,
+    /// Most lanes per partition under `ORDERING=key` (`KEY_LANES`).
+    pub key_lanes: usize,
     pub max_buffered_bytes: usize,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -819,6 +842,8 @@ impl Config {
                 10_000,
                 "requests",
             )?,
+            ordering: cli.ordering,
+            key_lanes: number("KEY_LANES", &cli.key_lanes, 1, 64, "lanes")?,
             max_buffered_bytes: number(
                 "MAX_BUFFERED_BYTES",
                 &cli.max_buffered_bytes,
@@ -931,6 +956,8 @@ impl Config {
                 "MAX_CONCURRENT_REQUESTS",
                 self.max_concurrent_requests.to_string(),
             ),
+            ("ORDERING", format!("{:?}", self.ordering)),
+            ("KEY_LANES", self.key_lanes.to_string()),
             ("MAX_BUFFERED_BYTES", self.max_buffered_bytes.to_string()),
             (
                 "COMMIT_INTERVAL_MS",
@@ -1028,6 +1055,22 @@ mod tests {
         assert_eq!(config.batch.linger, Duration::from_millis(1000));
         assert!(config.allowed_event_types.is_empty());
         assert_eq!(config.project_token, None);
+    }
+
+    #[test]
+    fn ordering_defaults_to_partition_with_eight_key_lanes_and_key_lanes_are_bounded() {
+        let config = cli(&[]).expect("defaults are valid");
+        assert_eq!(config.ordering, DeliveryOrder::Partition);
+        assert_eq!(config.key_lanes, 8);
+        let config = cli(&["--ordering", "key", "--key-lanes", "64"]).expect("64 lanes are valid");
+        assert_eq!(config.ordering, DeliveryOrder::Key);
+        assert_eq!(config.key_lanes, 64);
+        for bad in ["0", "65", "many"] {
+            let err = cli(&["--key-lanes", bad]).unwrap_err();
+            assert!(err.contains("KEY_LANES"), "{err}");
+            assert!(err.contains("between 1 and 64"), "{err}");
+        }
+        assert!(cli(&["--ordering", "none"]).is_err());
     }
 
     #[test]

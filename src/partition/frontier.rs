@@ -1,30 +1,44 @@
 //! The delivered frontier of one partition: which offset is safe to commit.
 //!
-//! Messages are grouped into *units* in offset order: a batch (pending until
-//! the webhook accepts it) or a run of messages that needed no delivery
-//! (filtered out). The safe offset is one past the highest offset of the
-//! longest prefix of done units, so an offset is committed only when every
-//! message before it was delivered or filtered: at-least-once, never a skip.
-//! Pure and synchronous; the partition worker owns one per partition.
+//! Every message taken belongs to a *unit*: a batch (pending until the
+//! webhook accepts it), a dead letter (pending until Kafka acknowledges it)
+//! or a run of messages that needed no delivery (filtered out). Units may
+//! interleave: with key lanes, lane A's batch can hold offsets 0, 2, 4 and
+//! lane B's 1, 3, 5. So the frontier keeps the partition's offsets in order
+//! as *segments* (runs of consecutive messages of one unit) and releases
+//! only the longest prefix of segments whose units are done: one past its
+//! highest offset is the safe offset. An offset is committed only when every
+//! message before it was delivered, dead-lettered or filtered:
+//! at-least-once, never a skip. Pure and synchronous; the partition's state
+//! machine owns one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-/// Identifies a pending unit (a batch) in its partition's frontier.
+/// Identifies a pending unit (a batch or a dead letter) in its partition's frontier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnitId(u64);
 
+/// Consecutive messages of one unit, in offset order.
+#[derive(Debug)]
+struct Segment {
+    /// `None`: filtered messages, done from the start.
+    unit: Option<u64>,
+    max_offset: i64,
+}
+
 #[derive(Debug)]
 struct Unit {
-    id: u64,
-    max_offset: i64,
     done: bool,
+    /// Segments of the unit not yet released.
+    segments: usize,
     /// Kafka timestamp (ms) of the unit's first message.
     first_ts_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
 pub struct Frontier {
-    units: VecDeque<Unit>,
+    segments: VecDeque<Segment>,
+    units: HashMap<u64, Unit>,
     next_id: u64,
     /// The last safe offset handed out by `advance`.
     safe: Option<i64>,
@@ -35,39 +49,62 @@ impl Frontier {
     pub fn open(&mut self, offset: i64, kafka_ts_ms: Option<i64>) -> UnitId {
         let id = self.next_id;
         self.next_id += 1;
-        self.units.push_back(Unit {
+        self.units.insert(
             id,
+            Unit {
+                done: false,
+                segments: 1,
+                first_ts_ms: kafka_ts_ms,
+            },
+        );
+        self.segments.push_back(Segment {
+            unit: Some(id),
             max_offset: offset,
-            done: false,
-            first_ts_ms: kafka_ts_ms,
         });
         UnitId(id)
     }
 
-    /// Adds a later offset to a pending unit.
+    /// Adds a later offset (later than every offset recorded so far) to a
+    /// pending unit. A unit forgotten by a rewind gains nothing.
     pub fn extend(&mut self, unit: UnitId, offset: i64) {
-        if let Some(u) = self.units.iter_mut().rev().find(|u| u.id == unit.0) {
-            u.max_offset = u.max_offset.max(offset);
+        if let Some(last) = self.segments.back_mut() {
+            if last.unit == Some(unit.0) {
+                last.max_offset = last.max_offset.max(offset);
+                return;
+            }
         }
+        let Some(u) = self.units.get_mut(&unit.0) else {
+            return;
+        };
+        u.segments += 1;
+        self.segments.push_back(Segment {
+            unit: Some(unit.0),
+            max_offset: offset,
+        });
     }
 
     /// Records a message that needs no delivery (filtered out).
     pub fn skip(&mut self, offset: i64) {
-        match self.units.back_mut() {
-            Some(last) if last.done => last.max_offset = last.max_offset.max(offset),
-            _ => self.units.push_back(Unit {
-                id: u64::MAX,
+        match self.segments.back_mut() {
+            Some(last) if last.unit.is_none() => last.max_offset = last.max_offset.max(offset),
+            _ => self.segments.push_back(Segment {
+                unit: None,
                 max_offset: offset,
-                done: true,
-                first_ts_ms: None,
             }),
         }
     }
 
     /// Marks a pending unit delivered.
     pub fn complete(&mut self, unit: UnitId) {
-        if let Some(u) = self.units.iter_mut().find(|u| u.id == unit.0) {
+        if let Some(u) = self.units.get_mut(&unit.0) {
             u.done = true;
+        }
+    }
+
+    fn is_done(&self, segment: &Segment) -> bool {
+        match segment.unit {
+            None => true,
+            Some(id) => self.units.get(&id).map_or(true, |u| u.done),
         }
     }
 
@@ -75,9 +112,20 @@ impl Frontier {
     /// to read: one past the highest done offset) if it moved.
     pub fn advance(&mut self) -> Option<i64> {
         let mut highest = None;
-        while self.units.front().is_some_and(|u| u.done) {
-            let unit = self.units.pop_front().expect("front exists");
-            highest = Some(highest.map_or(unit.max_offset, |h: i64| h.max(unit.max_offset)));
+        while let Some(segment) = self.segments.front() {
+            if !self.is_done(segment) {
+                break;
+            }
+            highest = Some(highest.map_or(segment.max_offset, |h: i64| h.max(segment.max_offset)));
+            if let Some(id) = segment.unit {
+                if let Some(u) = self.units.get_mut(&id) {
+                    u.segments -= 1;
+                    if u.segments == 0 {
+                        self.units.remove(&id);
+                    }
+                }
+            }
+            self.segments.pop_front();
         }
         let next = highest? + 1;
         if self.safe.is_some_and(|safe| safe >= next) {
@@ -92,6 +140,7 @@ impl Frontier {
     /// or truncated), so the old offsets mean nothing for it any more. Unit
     /// ids keep counting, so a late completion of an old unit matches nothing.
     pub fn rewind(&mut self) {
+        self.segments.clear();
         self.units.clear();
         self.safe = None;
     }
@@ -101,17 +150,26 @@ impl Frontier {
         self.safe
     }
 
-    /// Kafka timestamp of the oldest message not yet delivered, if any.
+    /// Kafka timestamp of the first message of the unit holding the oldest
+    /// offset not yet done, if any.
     pub fn oldest_pending_ts_ms(&self) -> Option<i64> {
-        self.units
+        self.segments
             .iter()
-            .find(|u| !u.done)
+            .find(|s| !self.is_done(s))
+            .and_then(|s| s.unit)
+            .and_then(|id| self.units.get(&id))
             .and_then(|u| u.first_ts_ms)
+    }
+
+    /// True while `unit` still holds the frontier back: it is not done, or
+    /// an earlier offset is not.
+    pub fn holds(&self, unit: UnitId) -> bool {
+        self.units.contains_key(&unit.0)
     }
 
     /// True when nothing is waiting for delivery.
     pub fn is_idle(&self) -> bool {
-        self.units.iter().all(|u| u.done)
+        self.units.values().all(|u| u.done)
     }
 }
 
@@ -134,6 +192,37 @@ mod tests {
         assert_eq!(f.advance(), None, "an old unit's completion moves nothing");
         f.complete(new);
         assert_eq!(f.advance(), Some(10), "lower than before the rewind");
+    }
+
+    #[test]
+    fn interleaved_units_release_only_the_contiguous_done_prefix() {
+        // Two lanes: A holds offsets 0, 2, 4 and B holds 1, 3, 5.
+        let mut f = Frontier::default();
+        let a = f.open(0, Some(100));
+        let b = f.open(1, Some(101));
+        for offset in 2..6 {
+            f.extend(if offset % 2 == 0 { a } else { b }, offset);
+        }
+        f.complete(a);
+        assert_eq!(f.advance(), Some(1), "only offset 0 is done before B's 1");
+        assert_eq!(f.oldest_pending_ts_ms(), Some(101));
+        f.complete(b);
+        assert_eq!(f.advance(), Some(6));
+        assert!(f.is_idle());
+    }
+
+    #[test]
+    fn a_later_interleaved_unit_done_first_releases_nothing_before_the_earlier_one() {
+        let mut f = Frontier::default();
+        let a = f.open(0, None);
+        let b = f.open(1, None);
+        f.extend(a, 2);
+        f.skip(3);
+        f.extend(b, 4);
+        f.complete(b);
+        assert_eq!(f.advance(), None, "offset 0 is still pending");
+        f.complete(a);
+        assert_eq!(f.advance(), Some(5));
     }
 
     #[test]

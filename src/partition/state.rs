@@ -3,25 +3,78 @@
 //! it what happened (a message taken, a delivery or dead letter finished, the
 //! linger time up, a drain) and carries out the [`Action`]s it returns.
 //!
-//! It owns the open batch, the sealed batches waiting for a delivery slot,
-//! the units in flight (batches being delivered, dead letters being written)
-//! and the frontier over all of them. Units complete in any order; the
-//! frontier releases only the contiguous done prefix, so the number of
-//! deliveries in flight is a limit here ([`MAX_DELIVERIES`]), not an
-//! assumption of the frontier.
+//! It owns the partition's *lanes*, each with its open batch, its sealed
+//! batches waiting and at most one batch in flight, the dead letters being
+//! written and the frontier over all of them. Under `ORDERING=partition`
+//! there is one lane: one batch in flight, the partition's order. Under
+//! `ORDERING=key` a message goes to the lane of its key's hash, so each key's
+//! events reach the webhook in Kafka order while the lanes deliver together;
+//! keyless messages fill one lane until its batch is sealed, then the next.
+//! Units complete in any order and interleave in offset order; the frontier
+//! releases only the contiguous done prefix of the partition.
+//!
+//! Memory stays the partition's: [`PartitionState::held_bytes`] sums every
+//! lane, and the consumer loop pauses the partition past its share. A stuck
+//! lane cannot let the others run ahead without end: once a lane has
+//! [`MAX_PENDING_PER_LANE`] units the frontier has not released, the
+//! partition takes no more messages ([`PartitionState::is_saturated`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::config::{BatchLimits, DlqPolicy};
+use crate::config::{BatchLimits, DeliveryOrder, DlqPolicy};
 use crate::partition::batch::{Batch, Batcher};
 use crate::partition::decide::Disposition;
 use crate::partition::frontier::{Frontier, UnitId};
 use crate::partition::Message;
 
-/// Batches delivered at once per partition. One keeps the partition's order
-/// at the webhook; key-hashed lanes (each with its own order) may raise it.
-pub const MAX_DELIVERIES: usize = 1;
+/// Under `ORDERING=key`, units per lane not yet released by the frontier
+/// after which the partition takes no more messages.
+pub const MAX_PENDING_PER_LANE: usize = 32;
+
+/// How a partition's deliveries are laid out: the order kept and the lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lanes {
+    pub ordering: DeliveryOrder,
+    /// Lanes of the partition; always 1 under `ORDERING=partition`.
+    pub count: usize,
+}
+
+impl Lanes {
+    /// One lane, the partition's order.
+    pub const PARTITION: Lanes = Lanes {
+        ordering: DeliveryOrder::Partition,
+        count: 1,
+    };
+
+    /// The lanes of each partition of a replica owning `assigned`
+    /// partitions: `max(1, MAX_CONCURRENT_REQUESTS / assigned)`, at most
+    /// `KEY_LANES`, so the requests in flight are shared, not oversubscribed.
+    pub fn per_partition(
+        ordering: DeliveryOrder,
+        key_lanes: usize,
+        max_concurrent_requests: usize,
+        assigned: usize,
+    ) -> Lanes {
+        let count = match ordering {
+            DeliveryOrder::Partition => 1,
+            DeliveryOrder::Key => (max_concurrent_requests / assigned.max(1))
+                .max(1)
+                .min(key_lanes.max(1)),
+        };
+        Lanes { ordering, count }
+    }
+}
+
+/// The lane of a message key: FNV-1a, stable across runs and builds.
+pub fn lane_of(key: &[u8], lanes: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in key {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % lanes.max(1) as u64) as usize
+}
 
 /// What the I/O side must do, in the order given.
 #[derive(Debug)]
@@ -64,15 +117,39 @@ struct DeadLettering {
     bytes: usize,
 }
 
+/// One lane: batches in offset order, one in flight at a time.
+#[derive(Debug)]
+struct Lane {
+    batcher: Batcher,
+    /// Sealed batches waiting for the lane's delivery slot, in offset order.
+    sealed: VecDeque<Batch>,
+    delivering: Option<Delivering>,
+    /// The lane's units the frontier has not released yet (open, sealed, in
+    /// flight, or delivered behind an earlier pending offset), in order.
+    unreleased: VecDeque<UnitId>,
+}
+
+impl Lane {
+    fn forget_released(&mut self, frontier: &Frontier) {
+        while self.unreleased.front().is_some_and(|&u| !frontier.holds(u)) {
+            self.unreleased.pop_front();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.delivering.is_none() && self.sealed.is_empty() && self.batcher.open_unit().is_none()
+    }
+}
+
 #[derive(Debug)]
 pub struct PartitionState {
     limits: BatchLimits,
     policy: DlqPolicy,
-    batcher: Batcher,
+    ordering: DeliveryOrder,
+    lanes: Vec<Lane>,
+    /// The lane keyless messages fill under `ORDERING=key`.
+    keyless_lane: usize,
     frontier: Frontier,
-    /// Sealed batches waiting for a delivery slot, in offset order.
-    sealed: VecDeque<Batch>,
-    delivering: Vec<Delivering>,
     dead_letters: Vec<DeadLettering>,
     /// Set under `DLQ_POLICY=block` once a message could not be delivered:
     /// the frontier stays behind it from then on.
@@ -86,14 +163,25 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    pub fn new(limits: BatchLimits, policy: DlqPolicy) -> Self {
+    pub fn new(limits: BatchLimits, policy: DlqPolicy, lanes: Lanes) -> Self {
+        let count = match lanes.ordering {
+            DeliveryOrder::Partition => 1,
+            DeliveryOrder::Key => lanes.count.max(1),
+        };
         PartitionState {
             limits,
             policy,
-            batcher: Batcher::new(limits),
+            ordering: lanes.ordering,
+            lanes: (0..count)
+                .map(|_| Lane {
+                    batcher: Batcher::new(limits),
+                    sealed: VecDeque::new(),
+                    delivering: None,
+                    unreleased: VecDeque::new(),
+                })
+                .collect(),
+            keyless_lane: 0,
             frontier: Frontier::default(),
-            sealed: VecDeque::new(),
-            delivering: Vec::new(),
             dead_letters: Vec::new(),
             blocked: false,
             draining: false,
@@ -123,7 +211,7 @@ impl PartitionState {
             // old offsets, so new offsets joining it would be pending nowhere
             // and a later filtered message or dead letter would release them
             // before their delivery.
-            self.seal();
+            self.seal_all();
             self.outbox.push(Action::Rewound {
                 offset: message.offset,
                 expected,
@@ -147,20 +235,42 @@ impl PartitionState {
     }
 
     fn batch(&mut self, message: &Message, json: &[u8], now: Instant) {
-        if !self.batcher.fits(json.len()) {
-            self.seal();
+        let keyed = message.key.as_deref().filter(|_| self.lanes.len() > 1);
+        let mut lane = match keyed {
+            Some(key) => lane_of(key, self.lanes.len()),
+            None => self.keyless_lane,
+        };
+        if !self.lanes[lane].batcher.fits(json.len()) {
+            self.seal_lane(lane);
+            if keyed.is_none() && lane != self.keyless_lane {
+                // A keyless message moves on with the rotation rather than
+                // opening a new batch in the lane just sealed.
+                lane = self.keyless_lane;
+                if !self.lanes[lane].batcher.fits(json.len()) {
+                    self.seal_lane(lane);
+                }
+            }
         }
-        let unit = match self.batcher.open_unit() {
+        let frontier = &mut self.frontier;
+        let Lane {
+            batcher,
+            unreleased,
+            ..
+        } = &mut self.lanes[lane];
+        let unit = match batcher.open_unit() {
             Some(unit) => {
-                self.frontier.extend(unit, message.offset);
+                frontier.extend(unit, message.offset);
                 unit
             }
-            None => self.frontier.open(message.offset, message.timestamp_ms),
+            None => {
+                let unit = frontier.open(message.offset, message.timestamp_ms);
+                unreleased.push_back(unit);
+                unit
+            }
         };
-        self.batcher
-            .push(json, message.offset, message.timestamp_ms, now, || unit);
-        if self.batcher.is_full() {
-            self.seal();
+        batcher.push(json, message.offset, message.timestamp_ms, now, || unit);
+        if batcher.is_full() {
+            self.seal_lane(lane);
         }
     }
 
@@ -168,9 +278,12 @@ impl PartitionState {
     /// dead-letter topic acknowledges it. Under `DLQ_POLICY=block` the
     /// partition stops at it instead.
     fn dead_letter(&mut self, message: Message, reason: &'static str, error: Option<String>) {
-        // A pending unit must not sit inside the open batch's offset range:
-        // the batch's delivery would release it.
-        self.seal();
+        // Under ORDERING=partition the open batch is sealed first, so the
+        // batches' boundaries stay those of one ordered stream (the frontier
+        // would handle the interleaving either way).
+        if self.ordering == DeliveryOrder::Partition {
+            self.seal_all();
+        }
         let unit = self.frontier.open(message.offset, message.timestamp_ms);
         if self.policy == DlqPolicy::Block {
             if !self.blocked {
@@ -194,40 +307,61 @@ impl PartitionState {
         });
     }
 
-    /// Seals the open batch if its linger time is up at `now`.
+    /// Seals every lane's open batch whose linger time is up at `now`.
     pub fn linger(&mut self, now: Instant) {
-        if self.batcher.is_due(now) {
-            self.seal();
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].batcher.is_due(now) {
+                self.seal_lane(lane);
+            }
         }
     }
 
-    /// Stop taking messages; the open batch is sealed and sent.
+    /// Stop taking messages; every lane's open batch is sealed and sent.
     pub fn drain(&mut self) {
         self.draining = true;
-        self.seal();
+        self.seal_all();
     }
 
-    fn seal(&mut self) {
-        if let Some(batch) = self.batcher.seal() {
+    fn seal_all(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.seal_lane(lane);
+        }
+    }
+
+    fn seal_lane(&mut self, lane: usize) {
+        if let Some(batch) = self.lanes[lane].batcher.seal() {
             if batch.oversized {
                 self.outbox.push(Action::Oversized {
                     bytes: batch.body.len(),
                 });
             }
-            self.sealed.push_back(batch);
+            self.lanes[lane].sealed.push_back(batch);
+            if lane == self.keyless_lane {
+                self.keyless_lane = (lane + 1) % self.lanes.len();
+            }
+        }
+    }
+
+    fn finish_delivery(&mut self, unit: UnitId) {
+        if let Some(lane) = self
+            .lanes
+            .iter_mut()
+            .find(|l| l.delivering.as_ref().is_some_and(|d| d.unit == unit))
+        {
+            lane.delivering = None;
         }
     }
 
     /// The batch of `unit` was delivered (every event accepted or dead-lettered).
     pub fn delivered(&mut self, unit: UnitId) {
-        self.delivering.retain(|d| d.unit != unit);
+        self.finish_delivery(unit);
         self.frontier.complete(unit);
     }
 
     /// The delivery of `unit` stopped before it finished (cancelled): the
     /// unit stays pending, so the frontier stays behind it.
     pub fn delivery_abandoned(&mut self, unit: UnitId) {
-        self.delivering.retain(|d| d.unit != unit);
+        self.finish_delivery(unit);
     }
 
     /// Kafka acknowledged the dead letter of `unit`.
@@ -242,16 +376,19 @@ impl PartitionState {
     }
 
     /// What to do now: the actions decided since the last call, then
-    /// deliveries for free slots, then at most one progress report. Called
+    /// deliveries for the lanes with none in flight, then at most one progress report. Called
     /// once per turn of the worker (after a whole chunk of messages, after
     /// each completion), so a chunk makes one report, not one per message.
     pub fn actions(&mut self) -> Vec<Action> {
         let mut actions = std::mem::take(&mut self.outbox);
-        while self.delivering.len() < MAX_DELIVERIES {
-            let Some(batch) = self.sealed.pop_front() else {
-                break;
+        for lane in &mut self.lanes {
+            if lane.delivering.is_some() {
+                continue;
+            }
+            let Some(batch) = lane.sealed.pop_front() else {
+                continue;
             };
-            self.delivering.push(Delivering {
+            lane.delivering = Some(Delivering {
                 unit: batch.unit,
                 held_bytes: batch.held_bytes(),
             });
@@ -260,16 +397,38 @@ impl PartitionState {
         if let Some(next_offset) = self.frontier.advance() {
             actions.push(Action::Progress(next_offset));
         }
+        for lane in &mut self.lanes {
+            lane.forget_released(&self.frontier);
+        }
         actions
     }
 
     /// True once a drain was asked for and nothing is left to send or wait for.
     pub fn is_drained(&self) -> bool {
-        self.draining
-            && self.delivering.is_empty()
-            && self.dead_letters.is_empty()
-            && self.sealed.is_empty()
-            && self.batcher.open_unit().is_none()
+        self.draining && self.dead_letters.is_empty() && self.lanes.iter().all(Lane::is_empty)
+    }
+
+    /// True under `ORDERING=key` while a lane has [`MAX_PENDING_PER_LANE`]
+    /// units the frontier has not released (open, sealed, in flight, or
+    /// delivered behind a stuck lane): the caller takes no more messages
+    /// until the frontier moves. So a stuck lane stops the others after
+    /// that many units each, rather than letting them run ahead without
+    /// end. (Under `ORDERING=partition` the buffer share alone bounds the
+    /// partition, as before lanes.)
+    pub fn is_saturated(&self) -> bool {
+        self.ordering == DeliveryOrder::Key
+            && self.lanes.iter().any(|l| {
+                l.unreleased
+                    .iter()
+                    .filter(|&&u| self.frontier.holds(u))
+                    .count()
+                    >= MAX_PENDING_PER_LANE
+            })
+    }
+
+    /// The partition's lanes (1 under `ORDERING=partition`).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -284,22 +443,29 @@ impl PartitionState {
     /// a dead letter in flight, or an open batch waiting for its linger
     /// (which may be longer than the stall limit).
     pub fn is_waiting(&self) -> bool {
-        !self.delivering.is_empty()
-            || !self.dead_letters.is_empty()
-            || self.batcher.open_unit().is_some()
+        !self.dead_letters.is_empty()
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.delivering.is_some() || l.batcher.open_unit().is_some())
     }
 
-    /// When the open batch must be sealed, if one is open.
+    /// When the first open batch must be sealed, if one is open.
     pub fn linger_deadline(&self) -> Option<Instant> {
-        self.batcher.deadline()
+        self.lanes.iter().filter_map(|l| l.batcher.deadline()).min()
     }
 
-    /// Bytes held: the open batch, sealed batches, batches in flight and
-    /// dead letters being written.
+    /// Bytes held, over every lane: open batches, sealed batches, batches
+    /// in flight, and the dead letters being written.
     pub fn held_bytes(&self) -> usize {
-        self.batcher.open_bytes()
-            + self.sealed.iter().map(Batch::held_bytes).sum::<usize>()
-            + self.delivering.iter().map(|d| d.held_bytes).sum::<usize>()
+        self.lanes
+            .iter()
+            .map(|l| {
+                l.batcher.open_bytes()
+                    + l.sealed.iter().map(Batch::held_bytes).sum::<usize>()
+                    + l.delivering.as_ref().map_or(0, |d| d.held_bytes)
+            })
+            .sum::<usize>()
             + self.dead_letters.iter().map(|d| d.bytes).sum::<usize>()
     }
 

@@ -28,7 +28,7 @@ use crate::ops::metrics::Metrics;
 use crate::partition::batch::Batch;
 use crate::partition::decide::{dispose, Disposition};
 use crate::partition::frontier::UnitId;
-use crate::partition::state::{Action, PartitionState};
+use crate::partition::state::{Action, Lanes, PartitionState};
 use crate::partition::{Handle, Message, Progress, Shared};
 use crate::sink::delivery::{Deliverer, Outcome};
 use crate::sink::dlq::DeadLetter;
@@ -44,12 +44,15 @@ pub struct Deps {
     pub progress: mpsc::UnboundedSender<Progress>,
 }
 
-/// Starts the worker of one partition.
+/// Starts the worker of one partition, delivering through `lanes` (see
+/// [`Lanes::per_partition`]: the consumer loop knows how many partitions
+/// this replica owns).
 pub fn spawn(
     runtime: &tokio::runtime::Handle,
     deps: Arc<Deps>,
     tp: TopicPartition,
     generation: u64,
+    lanes: Lanes,
 ) -> Handle {
     let (messages, rx) = mpsc::unbounded_channel();
     let (drain, drain_rx) = oneshot::channel();
@@ -58,7 +61,7 @@ pub fn spawn(
     let worker = Worker {
         tp,
         generation,
-        state: PartitionState::new(deps.config.batch, deps.config.dlq_policy),
+        state: PartitionState::new(deps.config.batch, deps.config.dlq_policy, lanes),
         deliveries: JoinSet::new(),
         deliveries_cancel: abort.child_token(),
         dead_letters: JoinSet::new(),
@@ -192,10 +195,14 @@ impl Worker {
     }
 
     /// True while the worker must take no more messages: the partition is
-    /// blocked by `DLQ_POLICY=block`, or its dead-letter writes are failing
-    /// (each further bad message would add one more pending write).
+    /// blocked by `DLQ_POLICY=block`, its dead-letter writes are failing
+    /// (each further bad message would add one more pending write), or a
+    /// lane has as many units pending as it may (a stuck lane holds the
+    /// others back; the check is per chunk, so a chunk may pass the cap).
     fn holding(&self) -> bool {
-        self.state.is_blocked() || self.deps.deliverer.dead_letters.is_failing(&self.tp)
+        self.state.is_blocked()
+            || self.state.is_saturated()
+            || self.deps.deliverer.dead_letters.is_failing(&self.tp)
     }
 
     /// Decodes and decides one message, records what it became, and hands

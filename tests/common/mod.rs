@@ -466,6 +466,9 @@ impl Reply {
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// When its handling began.
+    pub started: Instant,
+    /// When it was answered.
     pub at: Instant,
     pub status: u16,
     pub headers: HashMap<String, String>,
@@ -592,6 +595,7 @@ async fn handle(
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Response {
+    let started = Instant::now();
     let gzipped = headers
         .get("content-encoding")
         .is_some_and(|v| v.as_bytes() == b"gzip");
@@ -640,6 +644,7 @@ async fn handle(
         tokio::time::sleep(reply.delay).await;
     }
     let request = Request {
+        started,
         at: Instant::now(),
         status: reply.status,
         headers: headers

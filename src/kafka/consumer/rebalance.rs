@@ -3,6 +3,7 @@
 //! commits what they delivered before it returns.
 
 use super::*;
+use crate::partition::state::Lanes;
 
 impl ConsumerContext for Context {
     /// librdkafka's rebalance flow (as rdkafka's default), plus START_AT.
@@ -162,6 +163,26 @@ impl Context {
         }
         let mut workers = self.workers();
         let mut added = Vec::new();
+        // Each new worker learns its lanes from the partitions this replica
+        // will own once the assignment is done.
+        let owned = workers.len()
+            + tpl
+                .elements()
+                .iter()
+                .filter(|e| {
+                    !workers.contains_key(&TopicPartition::new(
+                        self.topic_name(e.topic()),
+                        e.partition(),
+                    ))
+                })
+                .count();
+        let config = &self.deps.config;
+        let lanes = Lanes::per_partition(
+            config.ordering,
+            config.key_lanes,
+            config.max_concurrent_requests,
+            owned,
+        );
         for elem in tpl.elements() {
             let tp = TopicPartition::new(self.topic_name(elem.topic()), elem.partition());
             if workers.contains_key(&tp) {
@@ -170,7 +191,13 @@ impl Context {
             let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
             workers.insert(
                 tp.clone(),
-                partition::spawn(&self.runtime, self.deps.clone(), tp.clone(), generation),
+                partition::spawn(
+                    &self.runtime,
+                    self.deps.clone(),
+                    tp.clone(),
+                    generation,
+                    lanes,
+                ),
             );
             added.push(tp);
         }
@@ -189,7 +216,6 @@ impl Context {
         if !added.is_empty() {
             info!(partitions = %list(&added), assigned = workers.len(), "partitions assigned");
         }
-        let config = &self.deps.config;
         if let Some(share) = too_small_share(
             config.max_buffered_bytes,
             workers.len(),

@@ -47,22 +47,60 @@ impl Play {
             linger: Duration::from_millis(100),
         };
         Play {
-            state: PartitionState::new(limits, policy),
+            state: PartitionState::new(limits, policy, Lanes::PARTITION),
             t0: Instant::now(),
             units: HashMap::new(),
             errors: HashMap::new(),
         }
     }
 
+    /// A partition delivering through `lanes` key lanes.
+    fn with_lanes(max_events: usize, lanes: usize) -> Self {
+        let mut play = Play::new(max_events, DlqPolicy::Dlq);
+        play.state = PartitionState::new(
+            play.state.limits,
+            DlqPolicy::Dlq,
+            Lanes {
+                ordering: DeliveryOrder::Key,
+                count: lanes,
+            },
+        );
+        play
+    }
+
     fn take(&mut self, offset: i64, disposition: Disposition, json: &[u8]) {
+        self.take_at(offset, None, disposition, json, self.t0);
+    }
+
+    fn take_at(
+        &mut self,
+        offset: i64,
+        key: Option<&str>,
+        disposition: Disposition,
+        json: &[u8],
+        now: Instant,
+    ) {
         let message = Message {
             offset,
             timestamp_ms: Some(1_000 + offset),
-            key: None,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
             payload: Some(Bytes::from_static(b"payload")),
         };
         let error = matches!(disposition, Disposition::Undecodable(_)).then(|| "bad".to_owned());
-        self.state.take(message, disposition, json, error, self.t0);
+        self.state.take(message, disposition, json, error, now);
+    }
+
+    /// Events with keys, `(offset, key)`.
+    fn keyed(&mut self, events: &[(i64, &str)]) {
+        for &(offset, key) in events {
+            self.take_at(
+                offset,
+                Some(key),
+                Disposition::Batch,
+                br#"{"e":1}"#,
+                self.t0,
+            );
+        }
     }
 
     fn events(&mut self, offsets: impl IntoIterator<Item = i64>) {
@@ -489,4 +527,203 @@ fn held_bytes_and_waiting_cover_every_batch_and_dead_letter_until_done() {
     assert_eq!(p.state.held_bytes(), 0);
     assert!(!p.state.is_waiting());
     assert_eq!(p.state.oldest_pending_ts_ms(), None);
+}
+
+// Key lanes (ORDERING=key).
+
+/// PostHog-style keys that hash to `lanes` different lanes, one per lane, in lane order.
+fn keys_by_lane(lanes: usize) -> Vec<String> {
+    let mut keys: Vec<Option<String>> = vec![None; lanes];
+    for i in 0.. {
+        let key = format!("phc_token:user-{i}");
+        let lane = lane_of(key.as_bytes(), lanes);
+        keys[lane].get_or_insert(key);
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    keys.into_iter().flatten().collect()
+}
+
+#[test]
+fn lanes_deliver_together_and_each_key_stays_in_one_lane_in_kafka_order() {
+    let keys = keys_by_lane(2);
+    let (a, b) = (keys[0].as_str(), keys[1].as_str());
+    let mut p = Play::with_lanes(2, 2);
+    p.keyed(&[(0, a), (1, b), (2, a), (3, b), (4, a), (5, a), (6, b)]);
+    assert_eq!(
+        p.step(),
+        vec![Deliver(vec![0, 2]), Deliver(vec![1, 3])],
+        "two batches of one partition in flight together"
+    );
+    assert_eq!(
+        p.delivered(1),
+        vec![],
+        "key b's batch done first releases nothing before offset 0"
+    );
+    assert_eq!(
+        p.delivered(0),
+        vec![Deliver(vec![4, 5]), Progress(4)],
+        "key a's next batch waits for its previous one; the frontier stops at b's open 6"
+    );
+    p.state.drain();
+    assert_eq!(p.step(), vec![Deliver(vec![6])]);
+    assert_eq!(p.delivered(6), vec![]);
+    assert_eq!(p.delivered(4), vec![Progress(7)]);
+    assert!(p.state.is_drained());
+}
+
+#[test]
+fn keyless_messages_fill_one_lane_until_it_is_sealed_then_move_to_the_next() {
+    let mut p = Play::with_lanes(2, 3);
+    p.events(0..6);
+    assert_eq!(
+        p.step(),
+        vec![
+            Deliver(vec![0, 1]),
+            Deliver(vec![2, 3]),
+            Deliver(vec![4, 5])
+        ],
+        "one full batch per lane"
+    );
+    p.events(6..7);
+    p.state.drain();
+    assert_eq!(
+        p.step(),
+        vec![],
+        "the fourth batch is back in the first lane, behind 0..1"
+    );
+    assert_eq!(p.delivered(0), vec![Deliver(vec![6]), Progress(2)]);
+}
+
+#[test]
+fn a_keyless_message_that_does_not_fit_opens_the_next_lane_not_the_sealed_one() {
+    let mut p = Play::with_lanes(100, 2);
+    let big = [b'7'; 600];
+    p.take(0, Disposition::Batch, &big);
+    p.take(1, Disposition::Batch, &big);
+    assert_eq!(p.step(), vec![Deliver(vec![0])], "sealed by size");
+    p.state.drain();
+    assert_eq!(
+        p.step(),
+        vec![Deliver(vec![1])],
+        "in flight beside 0: it moved to the next lane"
+    );
+}
+
+#[test]
+fn a_stuck_lane_stops_the_partition_once_another_lane_has_the_cap_of_unreleased_units() {
+    let keys = keys_by_lane(2);
+    let (stuck, moving) = (keys[0].as_str(), keys[1].as_str());
+    let mut p = Play::with_lanes(1, 2);
+    p.keyed(&[(0, stuck)]);
+    assert_eq!(p.step(), vec![Deliver(vec![0])], "never answered");
+    let cap = MAX_PENDING_PER_LANE as i64;
+    for offset in 1..=cap {
+        assert!(!p.state.is_saturated(), "below the cap at offset {offset}");
+        p.keyed(&[(offset, moving)]);
+        assert_eq!(p.step(), vec![Deliver(vec![offset])]);
+        assert_eq!(p.delivered(offset), vec![], "held behind offset 0");
+    }
+    assert!(
+        p.state.is_saturated(),
+        "{cap} units delivered behind the stuck lane"
+    );
+    assert_eq!(p.delivered(0), vec![Progress(cap + 1)]);
+    assert!(
+        !p.state.is_saturated(),
+        "the frontier moved: the partition takes more"
+    );
+}
+
+#[test]
+fn a_drain_seals_and_sends_every_lane_and_ends_when_all_are_done_or_abandoned() {
+    let keys = keys_by_lane(3);
+    let mut p = Play::with_lanes(2, 3);
+    p.keyed(&[
+        (0, &keys[0]),
+        (1, &keys[0]),
+        (2, &keys[0]),
+        (3, &keys[1]),
+        (4, &keys[2]),
+    ]);
+    assert_eq!(p.step(), vec![Deliver(vec![0, 1])]);
+    p.state.drain();
+    assert_eq!(
+        p.step(),
+        vec![Deliver(vec![3]), Deliver(vec![4])],
+        "the open batches of the idle lanes go at once; lane 0's waits"
+    );
+    assert_eq!(p.delivered(3), vec![]);
+    p.state.delivery_abandoned(p.unit(0));
+    assert_eq!(p.step(), vec![Deliver(vec![2])]);
+    assert_eq!(p.delivered(2), vec![]);
+    assert!(!p.state.is_drained(), "offset 4 is still in flight");
+    assert_eq!(p.delivered(4), vec![]);
+    assert!(p.state.is_drained(), "every lane is done or abandoned");
+    assert_eq!(
+        p.state.safe_offset(),
+        None,
+        "the abandoned 0..1 holds the frontier"
+    );
+}
+
+#[test]
+fn each_lane_lingers_from_its_own_first_event() {
+    let keys = keys_by_lane(2);
+    let mut p = Play::with_lanes(10, 2);
+    let t0 = p.t0;
+    let later = t0 + Duration::from_millis(50);
+    p.take_at(0, Some(&keys[0]), Disposition::Batch, b"1", t0);
+    p.take_at(1, Some(&keys[1]), Disposition::Batch, b"2", later);
+    assert_eq!(
+        p.state.linger_deadline(),
+        Some(t0 + Duration::from_millis(100))
+    );
+    p.state.linger(t0 + Duration::from_millis(100));
+    assert_eq!(
+        p.step(),
+        vec![Deliver(vec![0])],
+        "only the first lane is due"
+    );
+    assert_eq!(
+        p.state.linger_deadline(),
+        Some(later + Duration::from_millis(100))
+    );
+    p.state.linger(later + Duration::from_millis(100));
+    assert_eq!(p.step(), vec![Deliver(vec![1])]);
+}
+
+#[test]
+fn lanes_per_partition_share_the_concurrent_requests_among_the_assigned_partitions() {
+    let lanes = |ordering, key_lanes, requests, assigned| {
+        Lanes::per_partition(ordering, key_lanes, requests, assigned).count
+    };
+    use DeliveryOrder::{Key, Partition};
+    assert_eq!(lanes(Key, 8, 16, 1), 8, "capped by KEY_LANES");
+    assert_eq!(lanes(Key, 64, 16, 1), 16);
+    assert_eq!(lanes(Key, 8, 16, 4), 4);
+    assert_eq!(lanes(Key, 8, 16, 12), 1);
+    assert_eq!(lanes(Key, 8, 16, 96), 1, "at least one");
+    assert_eq!(lanes(Key, 8, 16, 0), 8, "no partition counts as one");
+    assert_eq!(lanes(Partition, 8, 16, 1), 1);
+}
+
+#[test]
+fn under_ordering_partition_keys_share_one_lane_and_one_batch_is_in_flight() {
+    let keys = keys_by_lane(8);
+    let mut p = Play::new(2, DlqPolicy::Dlq);
+    p.state = PartitionState::new(
+        p.state.limits,
+        DlqPolicy::Dlq,
+        Lanes {
+            ordering: DeliveryOrder::Partition,
+            count: 8,
+        },
+    );
+    assert_eq!(p.state.lanes(), 1);
+    p.keyed(&[(0, &keys[0]), (1, &keys[1]), (2, &keys[2]), (3, &keys[3])]);
+    assert_eq!(p.step(), vec![Deliver(vec![0, 1])], "one batch at a time");
+    assert_eq!(p.delivered(0), vec![Deliver(vec![2, 3]), Progress(2)]);
+    assert!(!p.state.is_saturated());
 }
