@@ -216,17 +216,7 @@ mod tests {
         TopicPartition::new("t", partition)
     }
 
-    fn stats(hi: i64, lo: i64, committed: i64) -> PartitionStats {
-        PartitionStats {
-            hi_offset: hi,
-            lo_offset: lo,
-            committed_offset: committed,
-            next_offset: -1,
-            ls_offset: -1,
-            leader: 0,
-            fetch_state: FetchState::Other,
-        }
-    }
+    use crate::ops::stats::test_stats as stats;
 
     #[test]
     fn lag_is_high_watermark_minus_committed() {

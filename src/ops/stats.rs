@@ -117,21 +117,25 @@ pub fn parse_stats(json: &[u8]) -> Option<Stats> {
     })
 }
 
+/// A partition's statistics with these watermarks and commit, for tests.
+#[cfg(test)]
+pub(crate) fn test_stats(hi: i64, lo: i64, committed: i64) -> PartitionStats {
+    PartitionStats {
+        hi_offset: hi,
+        lo_offset: lo,
+        committed_offset: committed,
+        next_offset: -1,
+        ls_offset: -1,
+        leader: 0,
+        fetch_state: FetchState::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stats(hi: i64, lo: i64, committed: i64) -> PartitionStats {
-        PartitionStats {
-            hi_offset: hi,
-            lo_offset: lo,
-            committed_offset: committed,
-            next_offset: -1,
-            ls_offset: -1,
-            leader: 0,
-            fetch_state: FetchState::Other,
-        }
-    }
+    use crate::ops::stats::test_stats as stats;
 
     #[test]
     fn statistics_json_is_read_for_every_topic_and_the_brokers() {
