@@ -286,6 +286,7 @@ pub fn run(
     let mut fatal = None;
     let mut pacing_since: Option<Instant> = None;
     let mut handover = Handover::default();
+    let mut last_topic: Option<Arc<str>> = None;
     while !shutdown.is_cancelled() {
         ctx.health.beat(SystemTime::now());
         if let Some((code, reason)) = consumer.client().fatal_error() {
@@ -326,7 +327,13 @@ pub fn run(
         match polled {
             Some(Ok(m)) => {
                 ctx.metrics.events_consumed.inc();
-                let tp = TopicPartition::new(ctx.topic_name(m.topic()), m.partition());
+                // The topic's shared name, looked up only when it changes
+                // (the poll returns runs of one partition's messages).
+                let topic = match &last_topic {
+                    Some(name) if **name == *m.topic() => name.clone(),
+                    _ => last_topic.insert(ctx.topic_name(m.topic())).clone(),
+                };
+                let tp = TopicPartition::new(topic, m.partition());
                 let message = Message {
                     offset: m.offset(),
                     timestamp_ms: m.timestamp().to_millis(),
