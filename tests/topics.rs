@@ -12,6 +12,20 @@ use common::*;
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 
+/// Topics created later, and added partitions, are found within 2 s.
+const FAST_REFRESH: (&str, &str) = (
+    "KAFKA_PROPERTIES",
+    "topic.metadata.refresh.interval.ms=2000",
+);
+
+/// Waits until the receiver has `n` distinct events, or panics with `what`.
+async fn delivered_at_least(receiver: &Receiver, n: usize, seconds: u64, what: &str) {
+    eventually(Duration::from_secs(seconds), what, || {
+        receiver.delivered_uuids().len() >= n
+    })
+    .await;
+}
+
 /// Where a produced event went.
 type Placed = HashMap<String, (String, i32, i64)>;
 
@@ -145,10 +159,7 @@ async fn a_list_of_topics_with_one_created_while_running_delivers_every_event_pe
         &group,
         &receiver.url(),
         // Topics created later are found at the metadata refresh.
-        &[(
-            "KAFKA_PROPERTIES",
-            "topic.metadata.refresh.interval.ms=2000",
-        )],
+        &[FAST_REFRESH],
     );
     let text = connector
         .metrics_until(Duration::from_secs(60), "the missing topic reported", |t| {
@@ -159,21 +170,11 @@ async fn a_list_of_topics_with_one_created_while_running_delivers_every_event_pe
         topics_of(&text, "patterns_connector_topic_missing").get(&main),
         Some(&0.0)
     );
-    eventually(
-        Duration::from_secs(90),
-        "the two existing topics delivered",
-        || receiver.delivered_uuids().len() >= 660,
-    )
-    .await;
+    delivered_at_least(&receiver, 660, 90, "the two existing topics delivered").await;
 
     create_topic(&later, 2).await;
     placed.extend(produce_samples(&later, 0..40).await);
-    eventually(
-        Duration::from_secs(90),
-        "the created topic delivered",
-        || receiver.delivered_uuids().len() >= 700,
-    )
-    .await;
+    delivered_at_least(&receiver, 700, 90, "the created topic delivered").await;
     connector
         .metrics_until(
             Duration::from_secs(60),
@@ -246,25 +247,12 @@ async fn a_pattern_reads_matching_topics_including_one_created_later_and_nothing
         &format!("^{prefix}_.*"),
         &group,
         &receiver.url(),
-        &[(
-            "KAFKA_PROPERTIES",
-            "topic.metadata.refresh.interval.ms=2000",
-        )],
+        &[FAST_REFRESH],
     );
-    eventually(
-        Duration::from_secs(60),
-        "the matching topic delivered",
-        || receiver.delivered_uuids().len() >= 30,
-    )
-    .await;
+    delivered_at_least(&receiver, 30, 60, "the matching topic delivered").await;
     create_topic(&second, 1).await;
     placed.extend(produce_samples(&second, 200..220).await);
-    eventually(
-        Duration::from_secs(90),
-        "the topic created later delivered",
-        || receiver.delivered_uuids().len() >= 50,
-    )
-    .await;
+    delivered_at_least(&receiver, 50, 90, "the topic created later delivered").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let delivered = receiver.delivered_uuids();
     assert_eq!(delivered, placed.keys().cloned().collect::<HashSet<_>>());
@@ -297,12 +285,7 @@ async fn a_rebalance_and_a_sigkill_while_reading_several_topics_lose_nothing() {
     let topics = format!("{a},{b}");
     let env = [("BATCH_MAX_EVENTS", "20")];
     let first = Connector::start(&topics, &group, &receiver.url(), &env);
-    eventually(
-        Duration::from_secs(60),
-        "the first replica delivers",
-        || receiver.delivered_uuids().len() >= 60,
-    )
-    .await;
+    delivered_at_least(&receiver, 60, 60, "the first replica delivers").await;
     let second = Connector::start(&topics, &group, &receiver.url(), &env);
     eventually(
         Duration::from_secs(60),
@@ -386,13 +369,7 @@ async fn start_at_latest_is_chosen_once_for_the_group_and_a_topic_created_later_
     let history = produce_samples(&old, 0..20).await;
     let receiver = Receiver::start().await;
     let group = unique("group");
-    let env = [
-        ("START_AT", "latest"),
-        (
-            "KAFKA_PROPERTIES",
-            "topic.metadata.refresh.interval.ms=2000",
-        ),
-    ];
+    let env = [("START_AT", "latest"), FAST_REFRESH];
     let topics = format!("{old},{later}");
     let connector = Connector::start(&topics, &group, &receiver.url(), &env);
     eventually(
@@ -407,10 +384,11 @@ async fn start_at_latest_is_chosen_once_for_the_group_and_a_topic_created_later_
     // sees it: read from its start, nothing skipped.
     create_topic(&later, 1).await;
     let created = produce_samples(&later, 30..45).await;
-    eventually(
-        Duration::from_secs(90),
+    delivered_at_least(
+        &receiver,
+        25,
+        90,
         "new events and the created topic delivered",
-        || receiver.delivered_uuids().len() >= 25,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
