@@ -384,6 +384,47 @@ async fn a_bad_config_value_fails_at_start_with_a_clear_error() {
     );
 }
 
+/// A replica owning many partitions gives each a share of `MAX_BUFFERED_BYTES`
+/// smaller than one full batch (96 partitions with the defaults: 0.7 MB each
+/// against 1 MiB batches). Here one partition's share (1 MiB) is a quarter of
+/// `BATCH_MAX_BYTES`: the partition pauses before its batch is full, and must
+/// send what it holds then, not after the linger time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_paused_for_memory_sends_its_batch_at_once_not_after_the_linger_time() {
+    let (topic, group) = (unique("pressed"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    produce(&topic, run_id(), 0..2000).await;
+    let linger_ms = 120_000;
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("ORDERING", "partition"),
+            ("MAX_BUFFERED_BYTES", "1048576"),
+            ("BATCH_MAX_BYTES", "4194304"),
+            ("BATCH_MAX_EVENTS", "10000"),
+            ("BATCH_LINGER_MS", &linger_ms.to_string()),
+        ],
+    );
+    // Half the linger time: only batches sealed early can arrive in time.
+    // The last, partial batch of the backlog is not under pressure and waits
+    // for its linger as it should: the test waits for three quarters.
+    eventually(
+        Duration::from_millis(linger_ms / 2),
+        "1,500 of 2,000 events delivered before any linger time is up",
+        || receiver.delivered_uuids().len() >= 1500,
+    )
+    .await;
+    let requests = receiver.requests().len();
+    assert!(
+        requests > 1,
+        "one batch of everything ({requests} requests)"
+    );
+    drop(connector);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_buffer_pauses_the_partition_and_memory_stays_bounded() {
     let (topic, group) = (unique("backpressure"), unique("g"));

@@ -66,8 +66,14 @@ impl Batch {
     }
 }
 
-/// A new batch body reserves `BATCH_MAX_BYTES` up to this much at once.
-const MAX_PREALLOCATED: usize = 8 << 20;
+/// A new batch body's first allocation. It grows by doubling up to
+/// `BATCH_MAX_BYTES` (at most [`MAX_RESERVED`] at once): a few sizes only, so
+/// few holes of odd sizes in the allocator, while a partition that holds a
+/// small batch (many partitions, a slow topic, several lanes) reserves little.
+const FIRST_RESERVED: usize = 128 << 10;
+
+/// The most a batch body reserves ahead of its events.
+const MAX_RESERVED: usize = 8 << 20;
 
 #[derive(Debug)]
 struct Open {
@@ -127,17 +133,19 @@ impl Batcher {
         now: Instant,
         new_unit: impl FnOnce() -> UnitId,
     ) {
+        let ceiling = self.limits.max_bytes.min(MAX_RESERVED);
         let open = self.open.get_or_insert_with(|| Open {
-            // One allocation of the final size: growing by doubling copies the
-            // body and leaves holes of every size behind in the allocator.
-            body: Vec::with_capacity(
-                (event.len() + 2).max(self.limits.max_bytes.min(MAX_PREALLOCATED)),
-            ),
+            body: Vec::with_capacity((event.len() + 2).max(FIRST_RESERVED.min(ceiling))),
             events: Vec::new(),
             unit: new_unit(),
             oldest_kafka_ts_ms: None,
             deadline: now + self.limits.linger,
         });
+        let needed = open.body.len() + event.len() + 2;
+        if needed > open.body.capacity() {
+            let target = (open.body.capacity() * 2).min(ceiling).max(needed);
+            open.body.reserve_exact(target - open.body.len());
+        }
         open.body
             .push(if open.events.is_empty() { b'[' } else { b',' });
         let start = open.body.len();
@@ -220,6 +228,31 @@ mod tests {
     fn the_body_is_a_json_array_of_the_events_in_order() {
         let bodies = run(limits(10, 1000), &[r#"{"a":1}"#, r#"{"b":2}"#]);
         assert_eq!(bodies, vec![r#"[{"a":1},{"b":2}]"#]);
+    }
+
+    #[test]
+    fn an_open_batch_reserves_what_it_holds_not_batch_max_bytes() {
+        const MIB: usize = 1 << 20;
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(10_000, MIB));
+        let now = Instant::now();
+        let event = vec![b'1'; 1000];
+        batcher.push(&event, 0, None, now, || frontier.open(0, None));
+        // One small event: the first allocation, not the 1 MiB a full batch needs.
+        assert_eq!(batcher.open_bytes(), FIRST_RESERVED);
+        let mut sizes = vec![batcher.open_bytes()];
+        let mut offset = 1;
+        while batcher.fits(event.len()) {
+            batcher.push(&event, offset, None, now, || unreachable!());
+            offset += 1;
+            if sizes.last() != Some(&batcher.open_bytes()) {
+                sizes.push(batcher.open_bytes());
+            }
+        }
+        // Doubling, never past BATCH_MAX_BYTES: four allocations in all.
+        assert_eq!(sizes, vec![128 << 10, 256 << 10, 512 << 10, MIB]);
+        let body = batcher.seal().expect("open").body;
+        assert!(body.len() <= MIB, "{}", body.len());
     }
 
     #[test]

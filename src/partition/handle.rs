@@ -67,6 +67,13 @@ pub struct Shared {
     /// the worker takes no more messages and the consumer keeps the
     /// partition paused until the operator acts.
     pub blocked: AtomicBool,
+    /// Set while the consumer keeps the partition paused because its buffer
+    /// is full: no more messages come until deliveries free memory, so the
+    /// worker seals its open batches at once rather than at their linger
+    /// time (see [`Shared::press`]).
+    pub pressed: AtomicBool,
+    /// Wakes the worker when `pressed` is set.
+    pub pressure: tokio::sync::Notify,
 }
 
 impl Default for Shared {
@@ -80,11 +87,22 @@ impl Default for Shared {
             completions: AtomicU64::new(0),
             waiting: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
+            pressed: AtomicBool::new(false),
+            pressure: tokio::sync::Notify::new(),
         }
     }
 }
 
 impl Shared {
+    /// The consumer paused (`true`) or resumed (`false`) the partition for
+    /// its buffer; a pause wakes the worker.
+    pub fn press(&self, pressed: bool) {
+        self.pressed.store(pressed, Ordering::Relaxed);
+        if pressed {
+            self.pressure.notify_one();
+        }
+    }
+
     pub fn buffered_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed) + self.batch_bytes.load(Ordering::Relaxed)
     }

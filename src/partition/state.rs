@@ -316,6 +316,12 @@ impl PartitionState {
         }
     }
 
+    /// Seals every lane's open batch now, before its linger time: the
+    /// partition is paused for memory, so they would only wait.
+    pub fn seal_open(&mut self) {
+        self.seal_all();
+    }
+
     /// Stop taking messages; every lane's open batch is sealed and sent.
     pub fn drain(&mut self) {
         self.draining = true;

@@ -132,6 +132,13 @@ impl Worker {
         let mut drain_deadline: Option<Instant> = None;
         let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
+            if self.shared.pressed.load(Ordering::Relaxed)
+                && self.shared.queued_bytes.load(Ordering::Relaxed) == 0
+            {
+                // Paused for a full buffer, with nothing more queued: the
+                // open batches grow no further until deliveries free memory.
+                self.state.seal_open();
+            }
             self.carry_out();
             self.publish_state();
             if self.state.is_drained() {
@@ -176,6 +183,7 @@ impl Worker {
                     }
                 },
                 _ = sleep_until_opt(linger), if drain_deadline.is_none() => self.state.linger(now()),
+                _ = self.shared.pressure.notified() => {}
                 _ = heartbeat.tick() => {}
             }
         }

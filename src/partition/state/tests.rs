@@ -487,6 +487,23 @@ fn a_drain_with_nothing_pending_is_done_at_once() {
 }
 
 #[test]
+fn a_partition_paused_for_memory_seals_its_open_batches_before_their_linger_time() {
+    let mut p = Play::with_lanes(10, 2);
+    p.keyed(&[(0, "a"), (1, "b"), (2, "a")]);
+    assert_eq!(p.step(), vec![], "both lanes open, linger not up");
+    p.state.seal_open();
+    let mut did = p.step();
+    did.sort_by_key(|d| format!("{d:?}"));
+    assert_eq!(did, vec![Deliver(vec![0, 2]), Deliver(vec![1])]);
+    assert_eq!(p.state.linger_deadline(), None, "nothing left open");
+    // Nothing open: sealing again is a no-op, and new events open a new batch.
+    p.state.seal_open();
+    assert_eq!(p.step(), vec![]);
+    p.keyed(&[(3, "a")]);
+    assert!(p.state.linger_deadline().is_some());
+}
+
+#[test]
 fn the_open_batch_is_sealed_when_its_linger_time_is_up() {
     let mut p = Play::new(10, DlqPolicy::Dlq);
     p.events([0]);
