@@ -58,7 +58,7 @@ enum Command {
         /// Messages per second; 0 means as fast as possible.
         #[arg(long, default_value = "0")]
         rate: u64,
-        /// Appends `uuid partition offset` of every produced message to this file.
+        /// Appends `uuid partition offset key` of every produced message to this file.
         #[arg(long)]
         record: Option<String>,
     },
@@ -112,6 +112,11 @@ struct ReceiverOptions {
     /// for devkit events).
     #[arg(long)]
     latency_file: Option<String>,
+    /// Checks per-key and per-partition arrival order against this file
+    /// (written by `produce --record`) and adds `key_order_violations
+    /// partition_order_violations` to the stats file's line.
+    #[arg(long)]
+    order_file: Option<String>,
 }
 
 #[tokio::main]
@@ -229,7 +234,10 @@ async fn produce(
         None => None,
     };
     let started = std::time::Instant::now();
-    let mut pending = Vec::with_capacity(256);
+    // Enqueued one by one in `n` order (`send_result` queues synchronously;
+    // idempotence keeps that order on retries), so each partition, and each
+    // key, holds its events in `n` order: the receiver's order check relies on it.
+    let mut pending = std::collections::VecDeque::with_capacity(1024);
     for n in 0..count {
         if rate > 0 {
             let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
@@ -239,34 +247,65 @@ async fn produce(
             .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
             .to_string();
         let sample = patterns_connector::event::sample::captured(run_id, n, &now);
-        let producer = producer.clone();
-        let topic = topic.to_owned();
-        pending.push(tokio::spawn(async move {
-            let message = FutureRecord::to(&topic)
+        loop {
+            let message = FutureRecord::to(topic)
                 .key(&sample.key)
                 .payload(&sample.value);
-            let delivery = producer
-                .send(message, Duration::from_secs(120))
-                .await
-                .map_err(|(e, _)| e)?;
-            Ok::<_, rdkafka::error::KafkaError>((sample.uuid, delivery.partition, delivery.offset))
-        }));
-        if pending.len() >= 256 || n + 1 == count {
-            for p in pending.drain(..) {
-                let (uuid, partition, offset) = p.await??;
-                if let Some(r) = record.as_mut() {
-                    writeln!(r, "{uuid} {partition} {offset}")?;
+            match producer.send_result(message) {
+                Ok(delivery) => {
+                    pending.push_back((sample.uuid.clone(), sample.key.clone(), delivery));
+                    break;
                 }
-            }
-            if let Some(r) = record.as_mut() {
-                r.flush()?;
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    // The producer's queue is full: wait for the oldest delivery.
+                    let Some(oldest) = pending.pop_front() else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    settle(oldest, record.as_mut()).await?;
+                }
+                Err((e, _)) => return Err(e.into()),
             }
         }
+        while pending.len() >= 1024 || (n + 1 == count && !pending.is_empty()) {
+            let oldest = pending.pop_front().expect("not empty");
+            settle(oldest, record.as_mut()).await?;
+        }
+    }
+    if let Some(r) = record.as_mut() {
+        r.flush()?;
     }
     println!(
         "produced {count} events to {topic} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+type Pending = (String, String, rdkafka::producer::DeliveryFuture);
+
+/// Waits for one produced message and records `uuid partition offset key`.
+async fn settle(
+    (uuid, key, delivery): Pending,
+    record: Option<&mut std::io::BufWriter<std::fs::File>>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let delivered = delivery
+        .await
+        .map_err(|_| anyhow::anyhow!("the producer went away"))?
+        .map_err(|(e, _)| e)?;
+    if let Some(r) = record {
+        writeln!(
+            r,
+            "{uuid} {} {} {key}",
+            delivered.partition, delivered.offset
+        )?;
+    }
     Ok(())
 }
 
@@ -276,10 +315,71 @@ struct Received {
     events: u64,
     uuids: HashSet<String>,
     latencies_ms: Vec<f64>,
+    order: Option<OrderCheck>,
+}
+
+/// Checks the order events arrive in against the order they were produced
+/// in (`produce --record`): each key's events, and each partition's, must
+/// arrive in offset order. An event arriving after a later one of its key
+/// (or partition) counts as one violation; redeliveries count too, so run
+/// it without failures.
+#[derive(Default)]
+struct OrderCheck {
+    /// uuid -> (partition, offset, key index).
+    produced: std::collections::HashMap<String, (i32, i64, usize)>,
+    last_of_key: Vec<i64>,
+    last_of_partition: std::collections::HashMap<i32, i64>,
+    key_violations: u64,
+    partition_violations: u64,
+}
+
+impl OrderCheck {
+    fn load(path: &str) -> anyhow::Result<Self> {
+        let mut check = OrderCheck::default();
+        let mut keys = std::collections::HashMap::new();
+        for line in std::fs::read_to_string(path)?.lines() {
+            let mut fields = line.split(' ');
+            let (Some(uuid), Some(partition), Some(offset), Some(key)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                anyhow::bail!("{path}: expected `uuid partition offset key` lines, got {line:?}");
+            };
+            let next = keys.len();
+            let key = *keys.entry(key.to_owned()).or_insert(next);
+            check
+                .produced
+                .insert(uuid.to_owned(), (partition.parse()?, offset.parse()?, key));
+        }
+        check.last_of_key = vec![-1; keys.len()];
+        Ok(check)
+    }
+
+    fn observe(&mut self, uuid: &str) {
+        let Some(&(partition, offset, key)) = self.produced.get(uuid) else {
+            return;
+        };
+        if self.last_of_key[key] >= offset {
+            self.key_violations += 1;
+        }
+        self.last_of_key[key] = offset;
+        let last = self.last_of_partition.entry(partition).or_insert(-1);
+        if *last >= offset {
+            self.partition_violations += 1;
+        }
+        *last = offset;
+    }
 }
 
 async fn receive(addr: &str, options: ReceiverOptions) -> anyhow::Result<()> {
-    let state = Arc::new((Mutex::new(Received::default()), options));
+    let received = Received {
+        order: options
+            .order_file
+            .as_deref()
+            .map(OrderCheck::load)
+            .transpose()?,
+        ..Received::default()
+    };
+    let state = Arc::new((Mutex::new(received), options));
     let app = Router::new()
         .route("/{*path}", post(batch))
         .route("/", post(batch))
@@ -356,6 +456,9 @@ async fn batch(
     for e in &events {
         if let Some(uuid) = text(&e.uuid) {
             r.uuids.insert(uuid.to_owned());
+            if let Some(order) = r.order.as_mut() {
+                order.observe(uuid);
+            }
         }
     }
     if let Some(path) = &options.latency_file {
@@ -426,9 +529,12 @@ async fn batch(
         );
     }
     if let Some(path) = stats_file {
+        let order = r.order.as_ref().map_or(String::new(), |o| {
+            format!(" {} {}", o.key_violations, o.partition_violations)
+        });
         let _ = std::fs::write(
             path,
-            format!("{} {} {}\n", r.batches, r.events, r.uuids.len()),
+            format!("{} {} {}{order}\n", r.batches, r.events, r.uuids.len()),
         );
     }
     StatusCode::OK.into_response()
