@@ -1,15 +1,28 @@
 use clap::Parser;
-use patterns_connector::config::{Cli, Command, Config, LogFormat};
+use patterns_connector::config::{
+    healthcheck_address, option_error, Cli, Command, Config, LogFormat,
+};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    // Before the configuration is validated: a health probe exits 0 or 1
+    // Before the configuration is parsed: a health probe exits 0 or 1
     // only (Docker reserves 2), and needs nothing but HTTP_ADDR.
-    if let Some(Command::Healthcheck) = cli.command {
-        return patterns_connector::ops::healthcheck::run(&cli.http_addr);
+    if let Some(http_addr) = healthcheck_address() {
+        return patterns_connector::ops::healthcheck::run(&http_addr);
     }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A refused value: named, never echoed (it may be a secret).
+        Err(e) => match option_error(&e) {
+            Some(e) => {
+                eprintln!("patterns-connector: {e}");
+                return std::process::ExitCode::from(2);
+            }
+            // Missing or unknown options, --help, --version: clap's own text.
+            None => e.exit(),
+        },
+    };
     let command = cli.command.clone();
     let config = match Config::from_cli(cli) {
         Ok(config) => config,

@@ -175,6 +175,50 @@ async fn secrets_stay_out_of_the_logs_of_a_failing_run_and_of_help() {
     }
 }
 
+#[test]
+fn a_refused_secret_value_is_named_and_never_echoed() {
+    // Clap's own message would quote the refused value; each of these holds
+    // a token or a secret.
+    for (option, value, problem) in [
+        (
+            "PATTERNS_WEBHOOK_URL",
+            "ftp://hooks.example/hook/TOKEN-REFUSED-1?key=TOKEN-REFUSED-2",
+            "expected an absolute http:// or https:// URL with a host",
+        ),
+        (
+            "PATTERNS_WEBHOOK_URL",
+            "https://user:TOKEN-REFUSED-1@hooks.example/TOKEN-REFUSED-2",
+            "credentials in the URL (user:password@) are not supported",
+        ),
+        (
+            "WEBHOOK_HEADERS",
+            "X-Api-Key TOKEN-REFUSED-1",
+            "expected `Name: value` entries separated by `;` or new lines",
+        ),
+        (
+            "KAFKA_PROPERTIES",
+            "sasl.password TOKEN-REFUSED-1",
+            "expected comma-separated key=value pairs, got an entry without '=' (\"<redacted>\")",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
+        cmd.env_clear()
+            .env(
+                "PATTERNS_WEBHOOK_URL",
+                "https://hooks.example/TOKEN-REFUSED-3",
+            )
+            .env(option, value);
+        let out = cmd.output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            format!("patterns-connector: invalid value for {option}: {problem}\n")
+        );
+        assert!(!stderr.contains("TOKEN-REFUSED"), "{stderr}");
+    }
+}
+
 /// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 fn make_certificates(dir: &std::path::Path) {
     let run = |args: &[&str]| {

@@ -1,7 +1,20 @@
 //! Offsets: storing what the workers delivered (auto-commit commits it), and
 //! the synchronous commits of a revocation and a shutdown.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use super::rebalance::drain_deadline;
+use super::{Consumer_, Context};
+use crate::kafka::read;
+use crate::partition::Progress;
+use crate::topic_partition::TopicPartition;
 
 impl Context {
     /// Stores and synchronously commits explicit offsets.

@@ -1,7 +1,17 @@
 //! Messages to the workers: handed over in chunks, paced while the workers
 //! are busy, and partitions paused while their buffers are full.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+use tracing::{info, warn};
+
+use super::{Consumer_, Context};
+use crate::partition::Message;
+use crate::topic_partition::TopicPartition;
 
 /// At most this many messages are polled before they are handed over.
 pub(super) const HANDOVER_CHUNK: usize = 256;

@@ -21,32 +21,27 @@
 //! - `observe`: librdkafka's statistics, errors and logs (lag, stalls, health,
 //!   the wedge watch).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::{Config, StartAt};
 use crate::kafka::connection::KafkaLogs;
-use crate::kafka::read;
 use crate::kafka::topics;
 use crate::kafka::watermarks;
-use crate::kafka::wedge::{self, WedgeWatch};
-use crate::ops::health::{Health, PartitionProblems};
-use crate::ops::lag::{LagTracker, WorkerView};
-use crate::ops::log_limit;
+use crate::kafka::wedge::WedgeWatch;
+use crate::ops::health::Health;
+use crate::ops::lag::LagTracker;
 use crate::ops::metrics::Metrics;
-use crate::ops::stats;
 use crate::partition::{self, Message, Progress};
 use crate::topic_partition::TopicPartition;
 
@@ -60,7 +55,6 @@ mod start;
 
 use commit::*;
 use handover::*;
-use rebalance::*;
 
 const METADATA_REFRESH_KEY: &str = "topic.metadata.refresh.interval.ms";
 

@@ -1,7 +1,19 @@
 //! What librdkafka reports: statistics (lag, stalls, health, the wedge
 //! watch), client errors and log lines.
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use tracing::warn;
+
+use super::Context;
+use crate::kafka::wedge;
+use crate::ops::health::PartitionProblems;
+use crate::ops::lag::WorkerView;
+use crate::ops::stats;
+
 use crate::kafka::topics;
 
 impl ClientContext for Context {

@@ -2,7 +2,19 @@
 //! consumer thread; a revocation drains the revoked partitions' workers and
 //! commits what they delivered before it returns.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::{unix_now, Consumer_, Context};
+use crate::ops::log_limit;
+use crate::partition;
+use crate::topic_partition::TopicPartition;
+
 use crate::partition::state::Lanes;
 
 impl ConsumerContext for Context {

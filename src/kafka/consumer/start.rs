@@ -2,7 +2,18 @@
 //! once and committed), else the committed offset, read here rather than by
 //! librdkafka (whose own look-up can hang).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{Consumer_, Context};
+use crate::config::StartAt;
+use crate::kafka::{read, topics};
+use crate::topic_partition::TopicPartition;
 
 impl Context {
     /// `START_AT` decides where a *new* group starts, once, for all its

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -81,15 +82,16 @@ impl Webhook {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 anyhow::anyhow!("WEBHOOK_HEADERS: {name:?} is not a valid header name")
             })?;
-            let mut value = HeaderValue::from_str(value).map_err(|_| {
+            let mut value = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
                 anyhow::anyhow!("WEBHOOK_HEADERS: the value of {name} is not a valid header value")
             })?;
             // Keeps the value out of reqwest's and hyper's debug output.
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        if config.webhook_url.scheme() == "http" && !is_loopback(&config.webhook_url) {
-            warn!(url = %redact_url(&config.webhook_url),
+        let url: &Url = config.webhook_url.expose_secret();
+        if url.scheme() == "http" && !is_loopback(url) {
+            warn!(url = %redact_url(url),
                 "PATTERNS_WEBHOOK_URL uses plain http:// to a non-loopback host: events and credentials travel unencrypted");
         }
         let mut builder = reqwest::Client::builder();
@@ -112,8 +114,8 @@ impl Webhook {
             .build()?;
         Ok(Webhook {
             http,
-            url: config.webhook_url.clone(),
-            url_for_logs: redact_url(&config.webhook_url),
+            url: url.clone(),
+            url_for_logs: redact_url(url),
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             backoff_min: config.retry_backoff_min,
             backoff_max: config.retry_backoff_max,
@@ -121,7 +123,7 @@ impl Webhook {
             signing_secret: config
                 .signing_secret
                 .as_ref()
-                .map(|s| Arc::from(s.as_bytes())),
+                .map(|s| Arc::from(s.expose_secret().as_bytes())),
             gzip: config.webhook_gzip,
             reject: match config.dlq_policy {
                 DlqPolicy::Dlq => config.reject_statuses.clone(),
