@@ -205,10 +205,10 @@ pub struct Config {
           value_parser = values::number(1usize, 10_000, "requests"))]
     pub max_concurrent_requests: usize,
 
-    /// Order kept at the webhook: `partition` (one batch in flight per
-    /// partition, the whole partition in order) or `key` (up to KEY_LANES
-    /// batches in flight per partition, each message key's events in order).
-    #[arg(long, env = "ORDERING", value_enum, default_value = "partition")]
+    /// Order kept at the webhook: `key` (up to KEY_LANES batches in flight
+    /// per partition, each message key's events in order) or `partition`
+    /// (one batch in flight per partition, the whole partition in order).
+    #[arg(long, env = "ORDERING", value_enum, default_value = "key")]
     #[serde(serialize_with = "summary::debug")]
     pub ordering: DeliveryOrder,
 

@@ -40,12 +40,13 @@ fn defaults_match_the_documented_values() {
 }
 
 #[test]
-fn ordering_defaults_to_partition_with_eight_key_lanes_and_key_lanes_are_bounded() {
+fn ordering_defaults_to_key_with_eight_key_lanes_and_key_lanes_are_bounded() {
     let config = cli(&[]).expect("defaults are valid");
-    assert_eq!(config.ordering, DeliveryOrder::Partition);
-    assert_eq!(config.key_lanes, 8);
-    let config = cli(&["--ordering", "key", "--key-lanes", "64"]).expect("64 lanes are valid");
     assert_eq!(config.ordering, DeliveryOrder::Key);
+    assert_eq!(config.key_lanes, 8);
+    let config =
+        cli(&["--ordering", "partition", "--key-lanes", "64"]).expect("64 lanes are valid");
+    assert_eq!(config.ordering, DeliveryOrder::Partition);
     assert_eq!(config.key_lanes, 64);
     for bad in ["0", "65", "many"] {
         let err = cli(&["--key-lanes", bad]).unwrap_err();
