@@ -47,8 +47,9 @@
 //! (`replay`) sends such events again later.
 //!
 //! Memory is bounded: a partition whose undelivered bytes pass its share of
-//! `MAX_BUFFERED_BYTES` is paused until deliveries catch up, while the consumer
-//! keeps polling (so it stays in the group). A message is dropped once decoded
+//! `MAX_BUFFERED_BYTES` is paused until deliveries catch up (and sends its open
+//! batch at once: nothing more can join it), while the consumer keeps polling
+//! (so it stays in the group). A message is dropped once decoded
 //! (`event::rawjson` reads it in one pass, borrowing); batches hold only their
 //! request body, and the rare event the webhook refuses is read back from
 //! Kafka by offset for the dead-letter topic.

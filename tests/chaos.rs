@@ -15,7 +15,8 @@
 //! hold: every produced event delivered; every partition committed up to its
 //! high watermark; no `patterns_connector_partition_stalled` reading during
 //! the drain; no commit sampled during the run past an event the webhook had
-//! not received by then; per-partition order among first deliveries; lag and
+//! not received by then; each key's order among first deliveries (the
+//! default `ORDERING=key`: several lanes per partition); lag and
 //! high-watermark gauges equal to the broker's view; `/healthz` 200 on every
 //! surviving replica. Duplicates are counted, not asserted (SIGKILL redelivers).
 //!
@@ -586,6 +587,7 @@ fn high_watermarks(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Opt
 #[derive(Clone, Debug)]
 struct Sent {
     uuid: String,
+    key: String,
     partition: i32,
     offset: i64,
 }
@@ -636,11 +638,12 @@ impl SteadyProducer {
                     }
                 };
                 let (sent, errors) = (sent2.clone(), errors2.clone());
-                let uuid = sample.uuid;
+                let (uuid, key) = (sample.uuid, sample.key);
                 pending.push(tokio::spawn(async move {
                     match delivery.await {
                         Ok(Ok(d)) => sent.lock().expect("lock").push(Sent {
                             uuid,
+                            key,
                             partition: d.partition,
                             offset: d.offset,
                         }),
@@ -1220,9 +1223,9 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
     let drain_start = Instant::now();
     let (sent, producer_errors) = producer.stop().await;
     let n = partitions.load(Ordering::Relaxed);
-    let position: HashMap<&str, (i32, i64)> = sent
+    let position: HashMap<&str, (i32, &str, i64)> = sent
         .iter()
-        .map(|s| (s.uuid.as_str(), (s.partition, s.offset)))
+        .map(|s| (s.uuid.as_str(), (s.partition, s.key.as_str(), s.offset)))
         .collect();
     let mut delivered_set: HashSet<String> = HashSet::new();
     let mut delivered_read = 0;
@@ -1286,11 +1289,14 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
     // Order among first deliveries, duplicates, what was never delivered.
     let delivered_all = receiver.delivered_since(0);
     let mut first_index: HashMap<&str, usize> = HashMap::new();
-    let mut last_offset: HashMap<i32, i64> = HashMap::new();
+    // Each key's events in their partition's order: what ORDERING=key (the
+    // default) promises. A key moves to another partition when partitions are
+    // added, so order is checked per partition and key.
+    let mut last_offset: HashMap<(i32, &str), i64> = HashMap::new();
     let mut duplicates = 0usize;
     let mut order_violations = Vec::new();
     for (i, uuid) in delivered_all.iter().enumerate() {
-        let Some(&(partition, offset)) = position.get(uuid.as_str()) else {
+        let Some(&(partition, key, offset)) = position.get(uuid.as_str()) else {
             continue;
         };
         if first_index.contains_key(uuid.as_str()) {
@@ -1298,10 +1304,10 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
             continue;
         }
         first_index.insert(uuid.as_str(), i);
-        let previous = last_offset.entry(partition).or_insert(-1);
+        let previous = last_offset.entry((partition, key)).or_insert(-1);
         if offset <= *previous {
             order_violations.push(format!(
-                "partition {partition}: first delivery of offset {offset} after offset {previous}"
+                "partition {partition}, key {key}: first delivery of offset {offset} after offset {previous}"
             ));
         }
         *previous = offset;

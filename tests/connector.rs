@@ -43,7 +43,9 @@ async fn delivers_every_event_in_the_documented_shape_in_order_within_batch_limi
         &topic,
         &group,
         &receiver.url(),
+        // It checks each partition's order, which ORDERING=partition keeps.
         &[
+            ("ORDERING", "partition"),
             ("BATCH_MAX_EVENTS", "50"),
             ("BATCH_MAX_BYTES", "40000"),
             ("BATCH_LINGER_MS", "300"),

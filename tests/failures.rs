@@ -258,7 +258,9 @@ async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_
         &topic,
         &group,
         &receiver.url(),
+        // It checks the partition's order, which ORDERING=partition keeps.
         &[
+            ("ORDERING", "partition"),
             ("DLQ_TOPIC", dlq.as_str()),
             ("BATCH_MAX_BYTES", "65536"),
             ("BATCH_MAX_EVENTS", "7"),
@@ -353,7 +355,9 @@ async fn bisection_isolates_exactly_the_events_the_webhook_rejects() {
         &topic,
         &group,
         &receiver.url(),
+        // It checks the partition's order, which ORDERING=partition keeps.
         &[
+            ("ORDERING", "partition"),
             ("DLQ_TOPIC", dlq.as_str()),
             ("BATCH_MAX_EVENTS", "100"),
             ("BATCH_LINGER_MS", "2000"),

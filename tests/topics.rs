@@ -12,6 +12,9 @@ use common::*;
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;
 
+/// The tests that check each topic-partition's order ask for it.
+const PARTITION_ORDER: (&str, &str) = ("ORDERING", "partition");
+
 /// Topics created later, and added partitions, are found within 2 s.
 const FAST_REFRESH: (&str, &str) = (
     "KAFKA_PROPERTIES",
@@ -159,7 +162,7 @@ async fn a_list_of_topics_with_one_created_while_running_delivers_every_event_pe
         &group,
         &receiver.url(),
         // Topics created later are found at the metadata refresh.
-        &[FAST_REFRESH],
+        &[FAST_REFRESH, PARTITION_ORDER],
     );
     let text = connector
         .metrics_until(Duration::from_secs(60), "the missing topic reported", |t| {
@@ -247,7 +250,7 @@ async fn a_pattern_reads_matching_topics_including_one_created_later_and_nothing
         &format!("^{prefix}_.*"),
         &group,
         &receiver.url(),
-        &[FAST_REFRESH],
+        &[FAST_REFRESH, PARTITION_ORDER],
     );
     delivered_at_least(&receiver, 30, 60, "the matching topic delivered").await;
     create_topic(&second, 1).await;
@@ -283,7 +286,7 @@ async fn a_rebalance_and_a_sigkill_while_reading_several_topics_lose_nothing() {
     receiver.set_default(Reply::ok().delayed(Duration::from_millis(150)));
     let group = unique("group");
     let topics = format!("{a},{b}");
-    let env = [("BATCH_MAX_EVENTS", "20")];
+    let env = [("BATCH_MAX_EVENTS", "20"), PARTITION_ORDER];
     let first = Connector::start(&topics, &group, &receiver.url(), &env);
     delivered_at_least(&receiver, 60, 60, "the first replica delivers").await;
     let second = Connector::start(&topics, &group, &receiver.url(), &env);

@@ -32,6 +32,8 @@ pub struct Batch {
     pub oldest_kafka_ts_ms: Option<i64>,
     /// True when a single event alone exceeds `BATCH_MAX_BYTES`.
     pub oversized: bool,
+    /// The body's allocation (a `Bytes` made from a `Vec` keeps all of it).
+    reserved: usize,
 }
 
 impl Batch {
@@ -60,20 +62,20 @@ impl Batch {
     }
 
     /// Bytes held by the batch. The original messages are not kept (see
-    /// [`crate::kafka::originals`]), so this is its body.
+    /// [`crate::kafka::originals`]), so this is its body's allocation.
     pub fn held_bytes(&self) -> usize {
-        self.body.len()
+        self.reserved
     }
 }
 
-/// A new batch body's first allocation. It grows by doubling up to
-/// `BATCH_MAX_BYTES` (at most [`MAX_RESERVED`] at once): a few sizes only, so
-/// few holes of odd sizes in the allocator, while a partition that holds a
-/// small batch (many partitions, a slow topic, several lanes) reserves little.
+/// A new batch body's first allocation. It grows by doubling, by at most
+/// [`MAX_GROWTH`] at once, up to `BATCH_MAX_BYTES`: a few sizes only, so few
+/// holes of odd sizes in the allocator, while a partition that holds a small
+/// batch (many partitions, a slow topic, several lanes) reserves little.
 const FIRST_RESERVED: usize = 128 << 10;
 
-/// The most a batch body reserves ahead of its events.
-const MAX_RESERVED: usize = 8 << 20;
+/// The most a batch body grows by at once.
+const MAX_GROWTH: usize = 8 << 20;
 
 #[derive(Debug)]
 struct Open {
@@ -133,7 +135,7 @@ impl Batcher {
         now: Instant,
         new_unit: impl FnOnce() -> UnitId,
     ) {
-        let ceiling = self.limits.max_bytes.min(MAX_RESERVED);
+        let ceiling = self.limits.max_bytes;
         let open = self.open.get_or_insert_with(|| Open {
             body: Vec::with_capacity((event.len() + 2).max(FIRST_RESERVED.min(ceiling))),
             events: Vec::new(),
@@ -142,8 +144,11 @@ impl Batcher {
             deadline: now + self.limits.linger,
         });
         let needed = open.body.len() + event.len() + 2;
-        if needed > open.body.capacity() {
-            let target = (open.body.capacity() * 2).min(ceiling).max(needed);
+        let capacity = open.body.capacity();
+        if needed > capacity {
+            let target = (capacity + capacity.min(MAX_GROWTH))
+                .min(ceiling)
+                .max(needed);
             open.body.reserve_exact(target - open.body.len());
         }
         open.body
@@ -176,7 +181,13 @@ impl Batcher {
         let mut open = self.open.take()?;
         open.body.push(b']');
         let oversized = open.body.len() > self.limits.max_bytes;
+        // Sealed early (linger, pressure, a drain): give back what it will not use.
+        if open.body.capacity() > 2 * open.body.len() {
+            open.body.shrink_to_fit();
+        }
+        let reserved = open.body.capacity();
         Some(Batch {
+            reserved,
             body: Bytes::from(open.body),
             events: open.events,
             unit: open.unit,
@@ -251,8 +262,50 @@ mod tests {
         }
         // Doubling, never past BATCH_MAX_BYTES: four allocations in all.
         assert_eq!(sizes, vec![128 << 10, 256 << 10, 512 << 10, MIB]);
-        let body = batcher.seal().expect("open").body;
-        assert!(body.len() <= MIB, "{}", body.len());
+        let batch = batcher.seal().expect("open");
+        assert!(batch.body.len() <= MIB, "{}", batch.body.len());
+        assert_eq!(batch.held_bytes(), MIB, "a full batch holds its allocation");
+    }
+
+    #[test]
+    fn a_large_batch_grows_by_at_most_eight_mib_at_once_not_by_each_event() {
+        const MIB: usize = 1 << 20;
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(100_000, 20 * MIB));
+        let now = Instant::now();
+        let event = vec![b'1'; 1000];
+        batcher.push(&event, 0, None, now, || frontier.open(0, None));
+        let mut sizes = vec![batcher.open_bytes()];
+        let mut offset = 1;
+        while batcher.fits(event.len()) {
+            batcher.push(&event, offset, None, now, || unreachable!());
+            offset += 1;
+            if sizes.last() != Some(&batcher.open_bytes()) {
+                sizes.push(batcher.open_bytes());
+            }
+        }
+        let steps: Vec<usize> = sizes.iter().map(|s| s >> 10).collect();
+        assert_eq!(
+            steps,
+            vec![128, 256, 512, 1024, 2048, 4096, 8192, 16384, 20480],
+            "KiB"
+        );
+    }
+
+    #[test]
+    fn a_batch_sealed_early_gives_back_what_it_reserved_and_counts_what_it_keeps() {
+        let mut frontier = Frontier::default();
+        let mut batcher = Batcher::new(limits(100, 1 << 20));
+        batcher.push(b"{}", 0, None, Instant::now(), || frontier.open(0, None));
+        assert_eq!(batcher.open_bytes(), FIRST_RESERVED);
+        let batch = batcher.seal().expect("open");
+        assert_eq!(&batch.body[..], b"[{}]");
+        assert!(
+            batch.held_bytes() >= batch.body.len() && batch.held_bytes() < 64,
+            "holds {} bytes for a body of {}",
+            batch.held_bytes(),
+            batch.body.len()
+        );
     }
 
     #[test]

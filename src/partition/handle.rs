@@ -67,9 +67,9 @@ pub struct Shared {
     /// the worker takes no more messages and the consumer keeps the
     /// partition paused until the operator acts.
     pub blocked: AtomicBool,
-    /// Set while the consumer keeps the partition paused because its buffer
-    /// is full: no more messages come until deliveries free memory, so the
-    /// worker seals its open batches at once rather than at their linger
+    /// Set while the consumer keeps the partition paused (its buffer is
+    /// full, or its worker holds): no more messages come until it resumes, so
+    /// the worker seals its open batches at once rather than at their linger
     /// time (see [`Shared::press`]).
     pub pressed: AtomicBool,
     /// Wakes the worker when `pressed` is set.
@@ -94,8 +94,8 @@ impl Default for Shared {
 }
 
 impl Shared {
-    /// The consumer paused (`true`) or resumed (`false`) the partition for
-    /// its buffer; a pause wakes the worker.
+    /// The consumer paused (`true`) or resumed (`false`) the partition; a
+    /// pause wakes the worker.
     pub fn press(&self, pressed: bool) {
         self.pressed.store(pressed, Ordering::Relaxed);
         if pressed {

@@ -135,8 +135,9 @@ impl Worker {
             if self.shared.pressed.load(Ordering::Relaxed)
                 && self.shared.queued_bytes.load(Ordering::Relaxed) == 0
             {
-                // Paused for a full buffer, with nothing more queued: the
-                // open batches grow no further until deliveries free memory.
+                // Paused (a full buffer, or the worker holds) with nothing
+                // more queued: the open batches grow no further until the
+                // partition resumes, so they go now rather than at linger.
                 self.state.seal_open();
             }
             self.carry_out();

@@ -115,7 +115,7 @@ pub(super) fn apply_backpressure(consumer: &Consumer_, max_buffered_bytes: usize
         match result {
             Ok(()) => {
                 worker.paused = pause;
-                worker.shared.press(pause && !holding);
+                worker.shared.press(pause);
                 let label = tp.partition.to_string();
                 ctx.metrics
                     .partition_paused
