@@ -87,20 +87,24 @@ struct Texts<'a> {
 }
 
 impl<'a> Texts<'a> {
+    #[inline]
     fn text(&self, src: Src) -> &'a str {
         match src {
             Src::Envelope => self.envelope,
             Src::Data => self.data,
         }
     }
+    #[inline]
     fn key(&self, field: &Field) -> &'a str {
         &self.text(field.src)[field.key.0..field.key.1]
     }
+    #[inline]
     fn raw(&self, field: &Field) -> &'a str {
         &self.text(field.src)[field.value.0..field.value.1]
     }
 }
 
+#[inline]
 fn find<'f>(texts: Texts<'_>, fields: &'f [Field], key: &str) -> Option<&'f Field> {
     fields.iter().find(|f| texts.key(f) == key)
 }
@@ -125,19 +129,23 @@ fn decode(
         objects,
         hashes,
     } = scratch;
-    data.clear();
     envelope_fields.clear();
     event.clear();
     properties.clear();
 
     let mut parser = Parser::new(envelope.as_bytes(), Src::Envelope);
     parser.space();
-    let found = parser.object(1, envelope_fields, Special::Unescape(b"data", &mut *data))?;
+    let mut data_len = 0;
+    let found = parser.object(
+        1,
+        envelope_fields,
+        Special::Unescape(b"data", &mut *data, &mut data_len),
+    )?;
     parser.end()?;
     if found != Found::Once {
         return Err(Unsure);
     }
-    let data = std::str::from_utf8(data).map_err(|_| Unsure)?;
+    let data = std::str::from_utf8(&data[..data_len]).map_err(|_| Unsure)?;
     let texts = Texts { envelope, data };
 
     let mut parser = Parser::new(data.as_bytes(), Src::Data);
@@ -169,15 +177,19 @@ fn decode(
     }
 
     let event: &[Field] = event;
-    let get = |key: &str| find(texts, event, key).map(|f| texts.raw(f));
-    let uuid_raw = get("uuid").ok_or(Unsure)?;
+    let mut keys = EventKeys::default();
+    for (i, field) in event.iter().enumerate() {
+        keys.see(texts.key(field), i);
+    }
+    let get = |slot: Option<usize>| slot.map(|i| texts.raw(&event[i]));
+    let uuid_raw = get(keys.uuid).ok_or(Unsure)?;
     let uuid = as_str(uuid_raw).filter(|s| !s.is_empty()).ok_or(Unsure)?;
-    let name_raw = get("event").ok_or(Unsure)?;
+    let name_raw = get(keys.event).ok_or(Unsure)?;
     let name = as_str(name_raw).filter(|s| !s.is_empty()).ok_or(Unsure)?;
-    let distinct_id_raw = get("distinct_id").ok_or(Unsure)?;
-    let string_field = |key: &str| get(key).and_then(as_str).filter(|s| !s.is_empty());
-    let ip = string_field("ip");
-    let sent_at = string_field("sent_at");
+    let distinct_id_raw = get(keys.distinct_id).ok_or(Unsure)?;
+    let string_field = |slot| get(slot).and_then(as_str).filter(|s| !s.is_empty());
+    let ip = string_field(keys.ip);
+    let sent_at = string_field(keys.sent_at);
 
     let mut prop = PropertyKeys::default();
     for (i, field) in properties.iter().enumerate() {
@@ -188,14 +200,14 @@ fn decode(
     let time = match envelope_time {
         Some(time) => time,
         None => {
-            let timestamp = string_field("timestamp");
-            let now = string_field("now");
+            let timestamp = string_field(keys.timestamp);
+            let now = string_field(keys.now);
             timestamp::event_time(
                 &TimestampInputs {
                     timestamp: timestamp.as_deref(),
                     sent_at: sent_at.as_deref(),
                     now: now.as_deref(),
-                    offset_ms: get("offset").and_then(as_f64),
+                    offset_ms: get(keys.offset).and_then(as_f64),
                     ignore_sent_at: prop_raw(prop.ignore_sent_at)
                         .and_then(as_bool)
                         .unwrap_or(false),
@@ -204,18 +216,18 @@ fn decode(
             )
         }
     };
-    let token = get("token")
+    let token = get(keys.token)
         .or_else(|| prop_raw(prop.token))
         .and_then(as_str)
         .filter(|t| !t.is_empty())
         .map(Cow::into_owned);
-    let team_id = get("team_id").and_then(as_i64);
+    let team_id = get(keys.team_id).and_then(as_i64);
 
     // Top-level `$set`/`$set_once` objects, and the properties' own, as fields.
     let [set_top, set_once_top, set_base, set_once_base] = objects;
-    let top = |key: &str, fields: &mut Vec<Field>, hashes: &mut Vec<u64>| -> Fast<bool> {
+    let top = |slot: Option<usize>, fields: &mut Vec<Field>, hashes: &mut Vec<u64>| {
         fields.clear();
-        match find(texts, event, key) {
+        match slot.map(|i| &event[i]) {
             Some(field) if texts.raw(field).starts_with('{') => {
                 object_fields(texts, field, fields, hashes)?;
                 Ok(true)
@@ -223,8 +235,8 @@ fn decode(
             _ => Ok(false),
         }
     };
-    let has_set = top("$set", set_top, hashes)?;
-    let has_set_once = top("$set_once", set_once_top, hashes)?;
+    let has_set = top(keys.set, set_top, hashes)?;
+    let has_set_once = top(keys.set_once, set_once_top, hashes)?;
     for (has, at, base) in [
         (has_set, prop.set, &mut *set_base),
         (has_set_once, prop.set_once, &mut *set_once_base),
@@ -264,7 +276,7 @@ fn decode(
     }
     out.extend_from_slice(b",\"ip\":");
     match &ip {
-        Some(ip) => write_str(out, get("ip").unwrap_or_default(), ip),
+        Some(ip) => write_str(out, get(keys.ip).unwrap_or_default(), ip),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"timestamp\":\"");
@@ -280,7 +292,7 @@ fn decode(
     }
 
     out.extend_from_slice(b",\"properties\":{");
-    let sent_at_raw = get("sent_at").unwrap_or_default();
+    let sent_at_raw = get(keys.sent_at).unwrap_or_default();
     for (i, field) in properties.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -313,7 +325,7 @@ fn decode(
     }
     if let (Some(ip), None) = (&ip, prop.ip) {
         append(out, "$ip");
-        write_str(out, get("ip").unwrap_or_default(), ip);
+        write_str(out, get(keys.ip).unwrap_or_default(), ip);
     }
     if let (Some(sent_at), None) = (&sent_at, prop.sent_at) {
         append(out, "$sent_at");
@@ -327,6 +339,44 @@ fn decode(
         token,
         team_id,
     })
+}
+
+/// Where the event's fields hold the keys the decoder reads.
+#[derive(Default)]
+struct EventKeys {
+    uuid: Option<usize>,
+    event: Option<usize>,
+    distinct_id: Option<usize>,
+    ip: Option<usize>,
+    sent_at: Option<usize>,
+    timestamp: Option<usize>,
+    now: Option<usize>,
+    offset: Option<usize>,
+    token: Option<usize>,
+    team_id: Option<usize>,
+    set: Option<usize>,
+    set_once: Option<usize>,
+}
+
+impl EventKeys {
+    fn see(&mut self, key: &str, i: usize) {
+        let slot = match key {
+            "uuid" => &mut self.uuid,
+            "event" => &mut self.event,
+            "distinct_id" => &mut self.distinct_id,
+            "ip" => &mut self.ip,
+            "sent_at" => &mut self.sent_at,
+            "timestamp" => &mut self.timestamp,
+            "now" => &mut self.now,
+            "offset" => &mut self.offset,
+            "token" => &mut self.token,
+            "team_id" => &mut self.team_id,
+            "$set" => &mut self.set,
+            "$set_once" => &mut self.set_once,
+            _ => return,
+        };
+        *slot = Some(i);
+    }
 }
 
 /// Where the properties hold the keys the decoder reads or replaces.
@@ -398,6 +448,7 @@ fn write_merged(out: &mut Vec<u8>, texts: Texts<'_>, base: &[Field], top: &[Fiel
 }
 
 /// Writes `"key":`.
+#[inline]
 fn write_key(out: &mut Vec<u8>, key: &str) {
     out.push(b'"');
     out.extend_from_slice(key.as_bytes());
@@ -451,35 +502,47 @@ fn as_bool(raw: &str) -> Option<bool> {
     }
 }
 
-/// Fails on a key that appears twice (or on a hash collision: rare, and the
-/// general decoder then merges them exactly).
+/// Fails on a key that appears twice (or whose cheap hash repeats: rare, and
+/// the general decoder then merges repeated keys exactly).
 fn no_repeated_keys(texts: Texts<'_>, fields: &[Field], hashes: &mut Vec<u64>) -> Fast<()> {
-    if fields.len() < 2 {
-        return Ok(());
-    }
-    if fields.len() <= 8 {
-        for (i, a) in fields.iter().enumerate() {
-            let key = texts.key(a);
-            if fields[i + 1..].iter().any(|b| texts.key(b) == key) {
-                return Err(Unsure);
-            }
-        }
-        return Ok(());
-    }
     hashes.clear();
-    hashes.extend(fields.iter().map(|f| key_hash(texts.key(f).as_bytes())));
-    hashes.sort_unstable();
-    if hashes.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Unsure);
+    let mut seen = [0u64; 4];
+    for field in fields {
+        let hash = key_hash(texts.key(field).as_bytes());
+        let bit = (hash >> 56) as usize;
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        if seen[word] & mask != 0 && hashes.contains(&hash) {
+            return Err(Unsure);
+        }
+        seen[word] |= mask;
+        hashes.push(hash);
     }
     Ok(())
 }
 
-/// FNV-1a.
+/// A cheap hash of a key from its length and up to three words of it
+/// (first, middle, last): PostHog's keys are short, and two different keys
+/// sharing all of these only send the event to the general decoder.
+#[inline]
 fn key_hash(key: &[u8]) -> u64 {
-    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let word = |at: usize| -> u64 {
+        let mut bytes = [0u8; 8];
+        let end = (at + 8).min(key.len());
+        bytes[..end - at].copy_from_slice(&key[at..end]);
+        u64::from_le_bytes(bytes)
+    };
+    let n = key.len();
+    let (first, middle, last) = if n <= 8 {
+        (word(0), 0, 0)
+    } else {
+        (word(0), word((n / 2).saturating_sub(4)), word(n - 8))
+    };
+    let mut h = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for w in [first, middle, last] {
+        h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 32;
+    }
+    h
 }
 
 /// Whether any byte is below 0x20 (a control character), in blocks the
@@ -502,8 +565,10 @@ enum Found {
 /// One field of an object read in the same pass, instead of being recorded.
 enum Special<'b> {
     None,
-    /// A string field, unescaped into the buffer.
-    Unescape(&'static [u8], &'b mut Vec<u8>),
+    /// A string field, unescaped into the start of the buffer (the unescaped
+    /// length goes into the `usize`; the buffer's own length stays larger,
+    /// so it is not zeroed again for every event).
+    Unescape(&'static [u8], &'b mut Vec<u8>, &'b mut usize),
     /// An object (or null) field, its own fields recorded into the vector.
     Nested(&'static [u8], &'b mut Vec<Field>),
 }
@@ -582,11 +647,11 @@ impl<'s> Parser<'s> {
             self.space();
             let name = &self.s[key.0..key.1];
             let handled = match &mut special {
-                Special::Unescape(special, buffer) if name == *special => {
+                Special::Unescape(special, buffer, len) if name == *special => {
                     if found != Found::Never || self.peek() != Some(b'"') {
                         return Err(Unsure);
                     }
-                    self.unescape_string(buffer)?;
+                    **len = self.unescape_string(buffer)?;
                     found = Found::Once;
                     true
                 }
@@ -763,12 +828,15 @@ impl<'s> Parser<'s> {
     /// `data` is escaped at every quote of the event, every few bytes: the
     /// scan goes 8 bytes at a time and copies whole words into a buffer
     /// sized for them, rather than calling `memchr` and `memcpy` per run.
-    fn unescape_string(&mut self, buffer: &mut Vec<u8>) -> Fast<()> {
+    fn unescape_string(&mut self, buffer: &mut Vec<u8>) -> Fast<usize> {
         let s = self.s;
         let mut i = self.i + 1;
-        let mut w = buffer.len();
+        let mut w = 0;
         // Unescaping never lengthens; 8 spare bytes for the last word.
-        buffer.resize(w + (s.len() - i) + 8, 0);
+        let need = (s.len() - i) + 8;
+        if buffer.len() < need {
+            buffer.resize(need, 0);
+        }
         loop {
             match word_at(s, i) {
                 Some(word) => {
@@ -795,8 +863,7 @@ impl<'s> Parser<'s> {
             }
             if s[i] == b'"' {
                 self.i = i + 1;
-                buffer.truncate(w);
-                return Ok(());
+                return Ok(w);
             }
             let byte = match s.get(i + 1) {
                 Some(b'"') => b'"',
@@ -956,12 +1023,13 @@ mod tests {
             r#""{\"a\":\"\\\"q\\\"\"}""#,
             r#""\u00e9\ud83d\ude00\/\\""#,
             r#""""#,
+            r#""a long string, longer than a word or two: \"quoted\" \\ and \u00e9 at the end""#,
         ] {
             let mut parser = Parser::new(text.as_bytes(), Src::Envelope);
-            let mut buffer = Vec::new();
-            parser.unescape_string(&mut buffer).expect("unescapes");
+            let mut buffer = vec![b'x'; 3];
+            let len = parser.unescape_string(&mut buffer).expect("unescapes");
             let expected: String = serde_json::from_str(text).expect("valid");
-            assert_eq!(buffer, expected.as_bytes(), "{text}");
+            assert_eq!(&buffer[..len], expected.as_bytes(), "{text}");
         }
         for text in [r#""a\nb""#, r#""\u001f""#, r#""\ud800""#, r#""\q""#, "\"x"] {
             let mut parser = Parser::new(text.as_bytes(), Src::Envelope);
