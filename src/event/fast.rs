@@ -82,30 +82,30 @@ pub fn decode_captured(
 /// The two texts fields point into: the envelope and the unescaped `data`.
 #[derive(Clone, Copy)]
 struct Texts<'a> {
-    envelope: &'a str,
-    data: &'a str,
+    envelope: &'a [u8],
+    data: &'a [u8],
 }
 
 impl<'a> Texts<'a> {
     #[inline]
-    fn text(&self, src: Src) -> &'a str {
+    fn text(&self, src: Src) -> &'a [u8] {
         match src {
             Src::Envelope => self.envelope,
             Src::Data => self.data,
         }
     }
     #[inline]
-    fn key(&self, field: &Field) -> &'a str {
+    fn key(&self, field: &Field) -> &'a [u8] {
         &self.text(field.src)[field.key.0..field.key.1]
     }
     #[inline]
-    fn raw(&self, field: &Field) -> &'a str {
+    fn raw(&self, field: &Field) -> &'a [u8] {
         &self.text(field.src)[field.value.0..field.value.1]
     }
 }
 
 #[inline]
-fn find<'f>(texts: Texts<'_>, fields: &'f [Field], key: &str) -> Option<&'f Field> {
+fn find<'f>(texts: Texts<'_>, fields: &'f [Field], key: &[u8]) -> Option<&'f Field> {
     fields.iter().find(|f| texts.key(f) == key)
 }
 
@@ -117,10 +117,13 @@ fn decode(
 ) -> Fast<EventMeta> {
     // Without control bytes, whitespace can only be spaces and no string can
     // hold a raw control character, so strings are scanned for `"` and `\` only.
-    if has_control_byte(payload) {
-        return Err(Unsure);
+    match scan_bytes(payload) {
+        Bytes::Control => return Err(Unsure),
+        Bytes::Ascii => {}
+        Bytes::NonAscii => {
+            std::str::from_utf8(payload).map_err(|_| Unsure)?;
+        }
     }
-    let envelope = std::str::from_utf8(payload).map_err(|_| Unsure)?;
     let Scratch {
         data,
         envelope: envelope_fields,
@@ -133,7 +136,7 @@ fn decode(
     event.clear();
     properties.clear();
 
-    let mut parser = Parser::new(envelope.as_bytes(), Src::Envelope);
+    let mut parser = Parser::new(payload, Src::Envelope);
     parser.space();
     let mut data_len = 0;
     let found = parser.object(
@@ -145,10 +148,15 @@ fn decode(
     if found != Found::Once {
         return Err(Unsure);
     }
-    let data = std::str::from_utf8(&data[..data_len]).map_err(|_| Unsure)?;
-    let texts = Texts { envelope, data };
+    // Valid UTF-8 by construction: runs of the (checked) envelope between
+    // escapes, and the characters the escapes stand for.
+    let data = &data[..data_len];
+    let texts = Texts {
+        envelope: payload,
+        data,
+    };
 
-    let mut parser = Parser::new(data.as_bytes(), Src::Data);
+    let mut parser = Parser::new(data, Src::Data);
     parser.space();
     // A `null` or missing `properties` leaves no fields: the same as `{}`.
     parser.object(1, event, Special::Nested(b"properties", &mut *properties))?;
@@ -163,8 +171,8 @@ fn decode(
     let mut envelope_time = None;
     for field in envelope_fields.iter() {
         match texts.key(field) {
-            "properties" => return Err(Unsure),
-            "timestamp" => {
+            b"properties" => return Err(Unsure),
+            b"timestamp" => {
                 envelope_time = as_str(texts.raw(field))
                     .filter(|s| !s.is_empty())
                     .and_then(|s| timestamp::parse_iso(&s));
@@ -228,7 +236,7 @@ fn decode(
     let top = |slot: Option<usize>, fields: &mut Vec<Field>, hashes: &mut Vec<u64>| {
         fields.clear();
         match slot.map(|i| &event[i]) {
-            Some(field) if texts.raw(field).starts_with('{') => {
+            Some(field) if texts.raw(field).starts_with(b"{") => {
                 object_fields(texts, field, fields, hashes)?;
                 Ok(true)
             }
@@ -243,7 +251,7 @@ fn decode(
     ] {
         base.clear();
         if let Some(field) = at.filter(|_| has).map(|i| &properties[i]) {
-            if texts.raw(field).starts_with('{') {
+            if texts.raw(field).starts_with(b"{") {
                 object_fields(texts, field, base, hashes)?;
             }
         }
@@ -255,14 +263,14 @@ fn decode(
     out.extend_from_slice(b",\"event\":");
     write_str(out, name_raw, &name);
     out.extend_from_slice(b",\"distinct_id\":");
-    match distinct_id_raw.as_bytes().first() {
+    match distinct_id_raw.first() {
         Some(b'"') => {
             let id = as_str(distinct_id_raw).ok_or(Unsure)?;
             write_str(out, distinct_id_raw, &id);
         }
         Some(b'-' | b'0'..=b'9') => {
             out.push(b'"');
-            out.extend_from_slice(distinct_id_raw.as_bytes());
+            out.extend_from_slice(distinct_id_raw);
             out.push(b'"');
         }
         _ => return Err(Unsure),
@@ -305,30 +313,30 @@ fn decode(
         } else if let (Some(sent_at), true) = (&sent_at, prop.sent_at == Some(i)) {
             write_str(out, sent_at_raw, sent_at);
         } else {
-            out.extend_from_slice(texts.raw(field).as_bytes());
+            out.extend_from_slice(texts.raw(field));
         }
     }
     let mut first = properties.is_empty();
-    let mut append = |out: &mut Vec<u8>, key: &str| {
+    let mut append = |out: &mut Vec<u8>, key: &[u8]| {
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
         write_key(out, key);
     };
     if has_set && prop.set.is_none() {
-        append(out, "$set");
+        append(out, b"$set");
         write_merged(out, texts, &[], set_top);
     }
     if has_set_once && prop.set_once.is_none() {
-        append(out, "$set_once");
+        append(out, b"$set_once");
         write_merged(out, texts, &[], set_once_top);
     }
     if let (Some(ip), None) = (&ip, prop.ip) {
-        append(out, "$ip");
+        append(out, b"$ip");
         write_str(out, get(keys.ip).unwrap_or_default(), ip);
     }
     if let (Some(sent_at), None) = (&sent_at, prop.sent_at) {
-        append(out, "$sent_at");
+        append(out, b"$sent_at");
         write_str(out, sent_at_raw, sent_at);
     }
     out.extend_from_slice(b"}}");
@@ -359,20 +367,20 @@ struct EventKeys {
 }
 
 impl EventKeys {
-    fn see(&mut self, key: &str, i: usize) {
+    fn see(&mut self, key: &[u8], i: usize) {
         let slot = match key {
-            "uuid" => &mut self.uuid,
-            "event" => &mut self.event,
-            "distinct_id" => &mut self.distinct_id,
-            "ip" => &mut self.ip,
-            "sent_at" => &mut self.sent_at,
-            "timestamp" => &mut self.timestamp,
-            "now" => &mut self.now,
-            "offset" => &mut self.offset,
-            "token" => &mut self.token,
-            "team_id" => &mut self.team_id,
-            "$set" => &mut self.set,
-            "$set_once" => &mut self.set_once,
+            b"uuid" => &mut self.uuid,
+            b"event" => &mut self.event,
+            b"distinct_id" => &mut self.distinct_id,
+            b"ip" => &mut self.ip,
+            b"sent_at" => &mut self.sent_at,
+            b"timestamp" => &mut self.timestamp,
+            b"now" => &mut self.now,
+            b"offset" => &mut self.offset,
+            b"token" => &mut self.token,
+            b"team_id" => &mut self.team_id,
+            b"$set" => &mut self.set,
+            b"$set_once" => &mut self.set_once,
             _ => return,
         };
         *slot = Some(i);
@@ -391,14 +399,14 @@ struct PropertyKeys {
 }
 
 impl PropertyKeys {
-    fn see(&mut self, key: &str, i: usize) {
+    fn see(&mut self, key: &[u8], i: usize) {
         let slot = match key {
-            "$set" => &mut self.set,
-            "$set_once" => &mut self.set_once,
-            "$ip" => &mut self.ip,
-            "$sent_at" => &mut self.sent_at,
-            "$ignore_sent_at" => &mut self.ignore_sent_at,
-            "token" => &mut self.token,
+            b"$set" => &mut self.set,
+            b"$set_once" => &mut self.set_once,
+            b"$ip" => &mut self.ip,
+            b"$sent_at" => &mut self.sent_at,
+            b"$ignore_sent_at" => &mut self.ignore_sent_at,
+            b"token" => &mut self.token,
             _ => return,
         };
         *slot = Some(i);
@@ -412,7 +420,7 @@ fn object_fields(
     fields: &mut Vec<Field>,
     hashes: &mut Vec<u64>,
 ) -> Fast<()> {
-    let text = texts.text(field.src).as_bytes();
+    let text = texts.text(field.src);
     let mut parser = Parser::new(&text[..field.value.1], field.src);
     parser.i = field.value.0;
     parser.object(1, fields, Special::None)?;
@@ -431,7 +439,7 @@ fn write_merged(out: &mut Vec<u8>, texts: Texts<'_>, base: &[Field], top: &[Fiel
         let key = texts.key(field);
         write_key(out, key);
         let value = find(texts, top, key).unwrap_or(field);
-        out.extend_from_slice(texts.raw(value).as_bytes());
+        out.extend_from_slice(texts.raw(value));
     }
     for field in top {
         let key = texts.key(field);
@@ -442,16 +450,16 @@ fn write_merged(out: &mut Vec<u8>, texts: Texts<'_>, base: &[Field], top: &[Fiel
             out.push(b',');
         }
         write_key(out, key);
-        out.extend_from_slice(texts.raw(field).as_bytes());
+        out.extend_from_slice(texts.raw(field));
     }
     out.push(b'}');
 }
 
 /// Writes `"key":`.
 #[inline]
-fn write_key(out: &mut Vec<u8>, key: &str) {
+fn write_key(out: &mut Vec<u8>, key: &[u8]) {
     out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(key);
     out.extend_from_slice(b"\":");
 }
 
@@ -459,45 +467,43 @@ fn write_key(out: &mut Vec<u8>, key: &str) {
 /// had no escapes (what serde_json would write for it), else re-encoded as
 /// the general decoder does. Unescaping always shortens, so equal lengths
 /// mean no escapes.
-fn write_str(out: &mut Vec<u8>, raw: &str, value: &str) {
+fn write_str(out: &mut Vec<u8>, raw: &[u8], value: &str) {
     if raw.len() == value.len() + 2 {
-        out.extend_from_slice(raw.as_bytes());
+        out.extend_from_slice(raw);
     } else {
         rawjson::write_str(out, value);
     }
 }
 
 /// As `rawjson::as_str`, on raw text.
-fn as_str(raw: &str) -> Option<Cow<'_, str>> {
-    if !raw.starts_with('"') || raw.len() < 2 {
-        return None;
+fn as_str(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
     }
-    let inner = &raw[1..raw.len() - 1];
-    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
-        return Some(Cow::Borrowed(inner));
-    }
-    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
 }
 
-fn is_number(raw: &str) -> bool {
-    !matches!(
-        raw.as_bytes().first(),
-        Some(b'{' | b'[' | b'"' | b't' | b'f' | b'n')
-    )
+fn is_number(raw: &[u8]) -> bool {
+    !matches!(raw.first(), Some(b'{' | b'[' | b'"' | b't' | b'f' | b'n'))
 }
 
-fn as_f64(raw: &str) -> Option<f64> {
-    is_number(raw).then(|| raw.parse().ok()).flatten()
+fn as_f64(raw: &[u8]) -> Option<f64> {
+    is_number(raw)
+        .then(|| std::str::from_utf8(raw).ok()?.parse().ok())
+        .flatten()
 }
 
-fn as_i64(raw: &str) -> Option<i64> {
-    is_number(raw).then(|| raw.parse().ok()).flatten()
+fn as_i64(raw: &[u8]) -> Option<i64> {
+    is_number(raw)
+        .then(|| std::str::from_utf8(raw).ok()?.parse().ok())
+        .flatten()
 }
 
-fn as_bool(raw: &str) -> Option<bool> {
+fn as_bool(raw: &[u8]) -> Option<bool> {
     match raw {
-        "true" => Some(true),
-        "false" => Some(false),
+        b"true" => Some(true),
+        b"false" => Some(false),
         _ => None,
     }
 }
@@ -508,7 +514,7 @@ fn no_repeated_keys(texts: Texts<'_>, fields: &[Field], hashes: &mut Vec<u64>) -
     hashes.clear();
     let mut seen = [0u64; 4];
     for field in fields {
-        let hash = key_hash(texts.key(field).as_bytes());
+        let hash = key_hash(texts.key(field));
         let bit = (hash >> 56) as usize;
         let (word, mask) = (bit / 64, 1u64 << (bit % 64));
         if seen[word] & mask != 0 && hashes.contains(&hash) {
@@ -545,12 +551,33 @@ fn key_hash(key: &[u8]) -> u64 {
     h
 }
 
-/// Whether any byte is below 0x20 (a control character), in blocks the
-/// compiler vectorizes.
-fn has_control_byte(bytes: &[u8]) -> bool {
-    bytes
-        .chunks(64)
-        .any(|block| block.iter().fold(0u8, |acc, &b| acc | u8::from(b < 0x20)) != 0)
+/// What a payload's bytes are, as far as the reader cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Bytes {
+    /// Some byte is below 0x20 (a control character).
+    Control,
+    /// Printable ASCII only: valid UTF-8 without checking further.
+    Ascii,
+    NonAscii,
+}
+
+/// One pass, in blocks the compiler vectorizes.
+fn scan_bytes(bytes: &[u8]) -> Bytes {
+    let mut non_ascii = false;
+    for block in bytes.chunks(64) {
+        let (control, high) = block.iter().fold((false, false), |(c, h), &b| {
+            (c | (b < 0x20), h | (b >= 0x80))
+        });
+        if control {
+            return Bytes::Control;
+        }
+        non_ascii |= high;
+    }
+    if non_ascii {
+        Bytes::NonAscii
+    } else {
+        Bytes::Ascii
+    }
 }
 
 /// What an object's special field turned out to be.
@@ -1072,13 +1099,18 @@ mod tests {
     }
 
     #[test]
-    fn control_bytes_are_found_anywhere() {
+    fn control_and_non_ascii_bytes_are_found_anywhere() {
         let mut bytes = vec![b'a'; 200];
-        assert!(!has_control_byte(&bytes));
+        assert_eq!(scan_bytes(&bytes), Bytes::Ascii);
         for at in [0, 63, 64, 130, 199] {
             bytes[at] = b'\n';
-            assert!(has_control_byte(&bytes), "{at}");
+            assert_eq!(scan_bytes(&bytes), Bytes::Control, "{at}");
+            bytes[at] = 0xc3;
+            assert_eq!(scan_bytes(&bytes), Bytes::NonAscii, "{at}");
+            bytes[at + 1 - at / 199] = 0x1f;
+            assert_eq!(scan_bytes(&bytes), Bytes::Control, "{at}");
             bytes[at] = b'a';
+            bytes[at + 1 - at / 199] = b'a';
         }
     }
 }
