@@ -1,6 +1,8 @@
 //! Fuzzes the decoder with arbitrary message values: it must never panic,
-//! and whatever it accepts must encode to a JSON object with the fields the
-//! webhook relies on.
+//! whatever it accepts must encode to a JSON object with the fields the
+//! webhook relies on, and the decoder (its fast path first) must give exactly
+//! what the general decoder alone gives: the same result or error, the same
+//! bytes.
 //!
 //! The decoder's source files are compiled in directly (they depend only on serde,
 //! serde_json, thiserror and chrono), so the fuzz build does not need librdkafka, whose
@@ -24,10 +26,12 @@ mod timestamp;
 mod rawjson;
 #[path = "../../src/event/decode.rs"]
 mod decode;
+#[path = "../../src/event/fast.rs"]
+mod fast;
 
 /// The crate's `event` folder, as far as the decoder needs it.
 mod event {
-    pub(crate) use super::{rawjson, timestamp};
+    pub(crate) use super::{decode, fast, rawjson, timestamp};
 }
 
 use config::InputFormat;
@@ -35,6 +39,14 @@ use config::InputFormat;
 fuzz_target!(|data: &[u8]| {
     let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("valid");
     for format in [InputFormat::Auto, InputFormat::Captured, InputFormat::Clickhouse] {
+        let mut general = Vec::new();
+        let expected = decode::decode_into_general(Some(data), format, now, &mut general);
+        let mut out = Vec::new();
+        let got = decode::decode_into(Some(data), format, now, &mut out);
+        assert_eq!(got, expected, "{format:?}");
+        if expected.is_ok() {
+            assert_eq!(out, general, "{format:?}");
+        }
         if let Ok(event) = decode::decode(Some(data), format, now) {
             let value: serde_json::Value =
                 serde_json::from_slice(&event.json).expect("decoder emits JSON");

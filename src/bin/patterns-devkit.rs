@@ -74,6 +74,10 @@ enum Command {
     DecodeBench {
         #[arg(long, default_value = "200000")]
         count: u64,
+        /// Time the general decoder alone (what the fast path falls back
+        /// to, and the decoder before it), for a before/after in one binary.
+        #[arg(long)]
+        general: bool,
     },
     /// Reads a topic from the beginning to its current end and does nothing
     /// else: the speed limit for anything that consumes it.
@@ -138,14 +142,14 @@ async fn main() -> anyhow::Result<()> {
         } => produce(&brokers, &topic, count, run_id, rate, record).await,
         Command::Receive { addr, options } => receive(&addr, options).await,
         Command::Drain { brokers, topic } => drain(&brokers, &topic),
-        Command::DecodeBench { count } => {
-            decode_bench(count);
+        Command::DecodeBench { count, general } => {
+            decode_bench(count, general);
             Ok(())
         }
     }
 }
 
-fn decode_bench(count: u64) {
+fn decode_bench(count: u64, general: bool) {
     use patterns_connector::config::InputFormat;
     let now = chrono::Utc::now();
     let stamp = now.to_rfc3339();
@@ -159,18 +163,18 @@ fn decode_bench(count: u64) {
     for n in 0..count {
         out.clear();
         let message = &messages[(n % 1000) as usize];
-        patterns_connector::event::decode::decode_into(
-            Some(message),
-            InputFormat::Auto,
-            now,
-            &mut out,
-        )
-        .expect("samples decode");
+        let decode = if general {
+            patterns_connector::event::decode::decode_into_general
+        } else {
+            patterns_connector::event::decode::decode_into
+        };
+        decode(Some(message), InputFormat::Auto, now, &mut out).expect("samples decode");
         written += out.len();
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "decoded {count} events ({:.0} bytes in, {:.0} bytes out on average) in {secs:.2} s: {:.2} us per event, {:.0} MB/s in",
+        "{} decoder: decoded {count} events ({:.0} bytes in, {:.0} bytes out on average) in {secs:.2} s: {:.2} us per event, {:.0} MB/s in",
+        if general { "general" } else { "fast" },
         bytes as f64 / 1000.0,
         written as f64 / count as f64,
         secs * 1e6 / count as f64,

@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::InputFormat;
+use crate::event::fast;
 use crate::event::rawjson::{
     self, kind, Data, Envelope, EventDoc, Fields, Key, Kind, Object, Properties,
 };
@@ -103,6 +104,26 @@ pub fn decode(
 /// (the hot path: `out` is a buffer the caller reuses). On error, `out` may
 /// hold a partial event; the caller clears it.
 pub fn decode_into(
+    payload: Option<&[u8]>,
+    format: InputFormat,
+    wall_clock: DateTime<Utc>,
+    out: &mut Vec<u8>,
+) -> Result<EventMeta, DecodeError> {
+    // The common captured message takes the one-pass path; whatever it is not
+    // sure of (unusual shapes, every error) the general decoder decides, so
+    // results, errors and bytes are the general decoder's.
+    if let (Some(payload), InputFormat::Auto | InputFormat::Captured) = (payload, format) {
+        if let Ok(meta) = fast::decode_captured(payload, wall_clock, out) {
+            return Ok(meta);
+        }
+    }
+    decode_into_general(payload, format, wall_clock, out)
+}
+
+/// The general decoder: every format and every shape, built on serde_json
+/// and [`rawjson`]. [`decode_into`] falls back to it, and the equivalence
+/// tests hold the fast path to it.
+pub fn decode_into_general(
     payload: Option<&[u8]>,
     format: InputFormat,
     wall_clock: DateTime<Utc>,

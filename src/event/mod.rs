@@ -2,6 +2,8 @@
 //!
 //! - `decode`: PostHog's message formats (capture's wrapper, the processed
 //!   `clickhouse_events_json` row) into the delivered event shape.
+//! - `fast`: the one-pass path for the common captured message; the general
+//!   decoder decides whatever it is not sure of.
 //! - `rawjson`: a borrowing one-pass JSON reader, so a message is not parsed
 //!   into a tree.
 //! - `timestamp`: PostHog's timestamp rules (`timestamp`, `offset`,
@@ -12,6 +14,9 @@
 //! Pure: no I/O, no Kafka or HTTP types.
 
 pub mod decode;
+#[cfg(test)]
+mod equivalence;
+pub mod fast;
 pub mod filter;
 pub mod rawjson;
 pub mod sample;

@@ -1,7 +1,7 @@
 //! Event time, computed the way PostHog's ingestion computes it, and the
 //! timestamp formats PostHog writes. Pure functions: `now` is an argument.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Timelike, Utc};
 
 /// Events more than this far in the future (relative to capture's `now`) are
 /// client clock bugs; PostHog replaces their time with `now`.
@@ -89,6 +89,33 @@ pub fn parse_clickhouse(raw: &str) -> Option<DateTime<Utc>> {
 /// JavaScript's `toISOString()` (what the old app's events carried).
 pub fn to_iso(ts: DateTime<Utc>) -> String {
     ts.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Appends [`to_iso`]'s text without formatting machinery (the hot path);
+/// years outside 0..=9999 and leap seconds go through [`to_iso`].
+pub fn write_iso(out: &mut Vec<u8>, ts: DateTime<Utc>) {
+    let year = ts.year();
+    let nanos = ts.nanosecond();
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(to_iso(ts).as_bytes());
+        return;
+    }
+    let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let year = year as u32;
+    let millis = nanos / 1_000_000;
+    let [y1, y2] = two(year / 100);
+    let [y3, y4] = two(year % 100);
+    let [mo1, mo2] = two(ts.month());
+    let [d1, d2] = two(ts.day());
+    let [h1, h2] = two(ts.hour());
+    let [mi1, mi2] = two(ts.minute());
+    let [s1, s2] = two(ts.second());
+    let [ms1, ms2] = two(millis / 10);
+    let ms3 = b'0' + (millis % 10) as u8;
+    out.extend_from_slice(&[
+        y1, y2, y3, y4, b'-', mo1, mo2, b'-', d1, d2, b'T', h1, h2, b':', mi1, mi2, b':', s1, s2,
+        b'.', ms1, ms2, ms3, b'Z',
+    ]);
 }
 
 #[cfg(test)]
@@ -196,6 +223,37 @@ mod tests {
             "2023-09-15T09:15:02.100Z"
         );
         assert_eq!(to_iso(at("2023-09-15")), "2023-09-15T00:00:00.000Z");
+    }
+
+    #[test]
+    fn write_iso_writes_what_to_iso_writes() {
+        let mut cases: Vec<DateTime<Utc>> = [
+            "0000-01-01T00:00:00Z",
+            "0999-12-31T23:59:59.999999999Z",
+            "1970-01-01T00:00:00.0005Z",
+            "2024-02-29T12:34:56.789Z",
+            "9999-12-31T23:59:59.999Z",
+            "2016-12-31T23:59:60.5Z",
+        ]
+        .iter()
+        .map(|raw| at(raw))
+        .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let secs = (state % 400_000_000_000) as i64 - 100_000_000_000;
+            let nanos = (state >> 40) as u32 % 1_000_000_000;
+            cases.extend(DateTime::from_timestamp(secs, nanos));
+        }
+        cases.extend(DateTime::from_timestamp(253_402_300_800, 0));
+        cases.extend(DateTime::from_timestamp(-62_167_219_201, 0));
+        for ts in cases {
+            let mut out = Vec::new();
+            write_iso(&mut out, ts);
+            assert_eq!(String::from_utf8(out).expect("ascii"), to_iso(ts), "{ts:?}");
+        }
     }
 
     #[test]
