@@ -92,10 +92,12 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_delivery_resumes_by_itsel
         &topic,
         &group,
         &receiver.url(),
+        // It checks each partition's order, which ORDERING=partition keeps.
         &[
             ("KAFKA_HOSTS", hosts.as_str()),
             ("DLQ_TOPIC", dlq.as_str()),
             ("BATCH_LINGER_MS", "100"),
+            ("ORDERING", "partition"),
         ],
     );
     eventually(WAIT, "deliveries before the restart", || {

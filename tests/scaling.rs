@@ -60,31 +60,37 @@ impl SteadyProducer {
     }
 }
 
-/// Checks at-least-once and per-partition order among first deliveries;
-/// returns the number of duplicate deliveries.
+/// Checks at-least-once and each key's order (within its partition) among
+/// first deliveries, what the default ORDERING=key promises; returns the
+/// number of duplicate deliveries.
 fn check_deliveries(produced: &[Produced], receiver: &Receiver) -> usize {
-    let position: HashMap<&str, (i32, i64)> = produced
+    let position: HashMap<&str, (i32, &str, i64)> = produced
         .iter()
-        .map(|p| (p.sample.uuid.as_str(), (p.partition, p.offset)))
+        .map(|p| {
+            (
+                p.sample.uuid.as_str(),
+                (p.partition, p.sample.key.as_str(), p.offset),
+            )
+        })
         .collect();
     let delivered = receiver.delivered();
     let mut seen = HashSet::new();
-    let mut last: HashMap<i32, i64> = HashMap::new();
+    let mut last: HashMap<(i32, &str), i64> = HashMap::new();
     let mut duplicates = 0;
     for event in &delivered {
         let uuid = event["uuid"].as_str().expect("uuid");
         // Events produced after the `produced` snapshot are checked later.
-        let Some(&(partition, offset)) = position.get(uuid) else {
+        let Some(&(partition, key, offset)) = position.get(uuid) else {
             continue;
         };
         if !seen.insert(uuid) {
             duplicates += 1;
             continue;
         }
-        let previous = last.entry(partition).or_insert(-1);
+        let previous = last.entry((partition, key)).or_insert(-1);
         assert!(
             offset > *previous,
-            "partition {partition}: first delivery of offset {offset} after {previous}"
+            "partition {partition}, key {key}: first delivery of offset {offset} after {previous}"
         );
         *previous = offset;
     }
