@@ -190,7 +190,10 @@ async fn retry_after_is_honoured() {
     let receiver = Receiver::start().await;
     receiver.script(vec![Reply::status(429).retry_after("2")]);
     produce(&topic, run_id(), 0..5).await;
-    let _connector = Connector::start(&topic, &group, &receiver.url(), &[]);
+    // One batch in flight, so the second request is the retry (under key
+    // lanes, other lanes' first requests would come in between).
+    let env = [("ORDERING", "partition")];
+    let _connector = Connector::start(&topic, &group, &receiver.url(), &env);
     eventually(WAIT, "delivery after the 429", || {
         receiver.delivered_uuids().len() == 5
     })

@@ -508,10 +508,23 @@ fn as_bool(raw: &[u8]) -> Option<bool> {
     }
 }
 
+/// Objects with more keys are checked for repeats by sorting their hashes.
+const MANY_KEYS: usize = 64;
+
 /// Fails on a key that appears twice (or whose cheap hash repeats: rare, and
 /// the general decoder then merges repeated keys exactly).
 fn no_repeated_keys(texts: Texts<'_>, fields: &[Field], hashes: &mut Vec<u64>) -> Fast<()> {
     hashes.clear();
+    if fields.len() > MANY_KEYS {
+        // Past a few dozen keys every bit of `seen` is set and the scan below
+        // would compare each key with all before it: sort instead.
+        hashes.extend(fields.iter().map(|f| key_hash(texts.key(f))));
+        hashes.sort_unstable();
+        return match hashes.windows(2).any(|w| w[0] == w[1]) {
+            true => Err(Unsure),
+            false => Ok(()),
+        };
+    }
     let mut seen = [0u64; 4];
     for field in fields {
         let hash = key_hash(texts.key(field));
@@ -1041,6 +1054,26 @@ mod tests {
             "]".repeat(MAX_DEPTH + 1)
         );
         assert_eq!(parse(&deep), Err(Unsure));
+    }
+
+    #[test]
+    fn an_object_of_many_keys_is_checked_for_repeats_by_sorting() {
+        let message = |keys: &[String]| {
+            let props: Vec<String> = keys.iter().map(|k| format!("\"{k}\":1")).collect();
+            let data = format!(r#"{{"event":"e","properties":{{{}}}}}"#, props.join(","));
+            serde_json::json!({"uuid": "u", "distinct_id": "d", "data": data}).to_string()
+        };
+        let now = chrono::Utc::now();
+        let mut keys: Vec<String> = (0..5_000).map(|n| format!("k{n}")).collect();
+        let mut out = Vec::new();
+        assert!(decode_captured(message(&keys).as_bytes(), now, &mut out).is_ok());
+        keys.push("k17".to_owned());
+        out.clear();
+        assert_eq!(
+            decode_captured(message(&keys).as_bytes(), now, &mut out).map(|_| ()),
+            Err(Unsure),
+            "a repeated key among many goes to the general decoder"
+        );
     }
 
     #[test]

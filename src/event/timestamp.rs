@@ -34,17 +34,23 @@ pub fn event_time(inputs: &TimestampInputs<'_>, wall_clock: DateTime<Utc>) -> Da
         inputs.sent_at.filter(|s| !s.is_empty()).and_then(parse_iso)
     };
 
+    // Out of chrono's range (a huge offset or skew) counts as out of range:
+    // `now`, like the year check below, never a panic.
     let computed = match inputs.timestamp.filter(|s| !s.is_empty()) {
         Some(raw) => match parse_iso(raw) {
             Some(ts) => match sent_at {
-                Some(sent_at) => ts + (now - sent_at),
+                Some(sent_at) => ts
+                    .checked_add_signed(now.signed_duration_since(sent_at))
+                    .unwrap_or(now),
                 None => ts,
             },
             None => now,
         },
         None => match inputs.offset_ms {
             Some(offset) if offset.is_finite() && offset != 0.0 => {
-                now - Duration::milliseconds(offset as i64)
+                Duration::try_milliseconds(offset as i64)
+                    .and_then(|offset| now.checked_sub_signed(offset))
+                    .unwrap_or(now)
             }
             _ => now,
         },
@@ -163,6 +169,25 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(got, "2023-09-15T09:14:50.000Z");
+    }
+
+    #[test]
+    fn an_offset_or_a_skew_past_chronos_range_gives_now_rather_than_a_panic() {
+        for offset in [1e17, -1e17, 1e300, -1e300] {
+            let got = compute(TimestampInputs {
+                now: Some("2023-09-15T09:15:02Z"),
+                offset_ms: Some(offset),
+                ..Default::default()
+            });
+            assert_eq!(got, "2023-09-15T09:15:02.000Z", "offset {offset}");
+        }
+        let got = compute(TimestampInputs {
+            timestamp: Some("+262000-01-01T00:00:00"),
+            sent_at: Some("-262000-01-01T00:00:00"),
+            now: Some("2023-09-15T09:15:02Z"),
+            ..Default::default()
+        });
+        assert_eq!(got, "2023-09-15T09:15:02.000Z");
     }
 
     #[test]
