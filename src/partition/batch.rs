@@ -241,16 +241,14 @@ mod tests {
         assert_eq!(bodies, vec![r#"[{"a":1},{"b":2}]"#]);
     }
 
-    #[test]
-    fn an_open_batch_reserves_what_it_holds_not_batch_max_bytes() {
-        const MIB: usize = 1 << 20;
+    /// Fills one batch with 1,000-byte events until the next would not fit;
+    /// returns each allocation size the open batch went through, in order.
+    fn fill(limits: BatchLimits) -> (Vec<usize>, Batcher) {
         let mut frontier = Frontier::default();
-        let mut batcher = Batcher::new(limits(10_000, MIB));
+        let mut batcher = Batcher::new(limits);
         let now = Instant::now();
         let event = vec![b'1'; 1000];
         batcher.push(&event, 0, None, now, || frontier.open(0, None));
-        // One small event: the first allocation, not the 1 MiB a full batch needs.
-        assert_eq!(batcher.open_bytes(), FIRST_RESERVED);
         let mut sizes = vec![batcher.open_bytes()];
         let mut offset = 1;
         while batcher.fits(event.len()) {
@@ -260,6 +258,15 @@ mod tests {
                 sizes.push(batcher.open_bytes());
             }
         }
+        (sizes, batcher)
+    }
+
+    #[test]
+    fn an_open_batch_reserves_what_it_holds_not_batch_max_bytes() {
+        const MIB: usize = 1 << 20;
+        let (sizes, mut batcher) = fill(limits(10_000, MIB));
+        // One small event: the first allocation, not the 1 MiB a full batch needs.
+        assert_eq!(sizes[0], FIRST_RESERVED);
         // Doubling, never past BATCH_MAX_BYTES: four allocations in all.
         assert_eq!(sizes, vec![128 << 10, 256 << 10, 512 << 10, MIB]);
         let batch = batcher.seal().expect("open");
@@ -270,20 +277,7 @@ mod tests {
     #[test]
     fn a_large_batch_grows_by_at_most_eight_mib_at_once_not_by_each_event() {
         const MIB: usize = 1 << 20;
-        let mut frontier = Frontier::default();
-        let mut batcher = Batcher::new(limits(100_000, 20 * MIB));
-        let now = Instant::now();
-        let event = vec![b'1'; 1000];
-        batcher.push(&event, 0, None, now, || frontier.open(0, None));
-        let mut sizes = vec![batcher.open_bytes()];
-        let mut offset = 1;
-        while batcher.fits(event.len()) {
-            batcher.push(&event, offset, None, now, || unreachable!());
-            offset += 1;
-            if sizes.last() != Some(&batcher.open_bytes()) {
-                sizes.push(batcher.open_bytes());
-            }
-        }
+        let (sizes, _) = fill(limits(100_000, 20 * MIB));
         let steps: Vec<usize> = sizes.iter().map(|s| s >> 10).collect();
         assert_eq!(
             steps,
