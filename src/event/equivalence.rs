@@ -449,3 +449,41 @@ fn messages_the_fast_path_leaves_to_the_general_decoder_still_decode() {
         Err(DecodeError::Empty)
     );
 }
+
+#[test]
+fn a_now_at_the_end_of_chronos_range_decodes_both_ways_without_a_panic() {
+    // `now + 23 h` overflowed chrono inside the future-time check, on both
+    // paths, and the panic stopped the partition's worker.
+    let mut tally = Tally::default();
+    for payload in [
+        r#"{"uuid":"u","distinct_id":"d","now":"+262142-12-31T23:59:59","data":"{\"event\":\"e\"}"}"#,
+        r#"{"uuid":"u","distinct_id":"d","data":"{\"event\":\"e\",\"now\":\"+262142-12-31 01:00:00\"}"}"#,
+    ] {
+        agree(payload.as_bytes(), &mut tally);
+    }
+    assert_eq!(tally.accepted, 2, "{tally:?}");
+}
+
+#[test]
+fn objects_with_thousands_of_keys_and_a_repeat_decode_alike_both_ways() {
+    // The sizes a message's author could choose to make merging compare
+    // every key with every other (seconds per message before): both
+    // decoders now sort instead, and still agree.
+    let keys = |prefix: &str, n: usize| -> String {
+        (0..n).map(|i| format!("\"{prefix}{i}\":{i},")).collect()
+    };
+    let data = format!(
+        "{{{}\"event\":\"e\",\"$set\":{{{}\"s1\":0}},\"properties\":{{{}\"p1\":2,\"$set\":{{{}\"s1\":1}}}}}}",
+        keys("d", 3_000),
+        keys("s", 3_000),
+        keys("p", 3_000),
+        keys("s", 2_000),
+    );
+    let payload = format!(
+        r#"{{"uuid":"u","distinct_id":"d","now":"2024-01-01T00:00:00Z","data":{}}}"#,
+        serde_json::to_string(&data).expect("a string")
+    );
+    let mut tally = Tally::default();
+    agree(payload.as_bytes(), &mut tally);
+    assert_eq!(tally.accepted, 1, "{tally:?}");
+}

@@ -191,6 +191,18 @@ mod tests {
     }
 
     #[test]
+    fn a_now_at_the_end_of_chronos_range_gives_now_rather_than_a_panic() {
+        // `now + 23 h` is past chrono's last instant: nothing can be later.
+        for now in ["+262142-12-31T23:59:59Z", "+262142-12-31 01:00:00"] {
+            let got = compute(TimestampInputs {
+                now: Some(now),
+                ..Default::default()
+            });
+            assert_eq!(got, to_iso(at(now)), "now {now}");
+        }
+    }
+
+    #[test]
     fn offset_is_subtracted_from_now_when_there_is_no_timestamp() {
         let got = compute(TimestampInputs {
             now: Some("2023-09-15T09:15:02.328551+00:00"),

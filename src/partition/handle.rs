@@ -74,6 +74,9 @@ pub struct Shared {
     pub pressed: AtomicBool,
     /// Wakes the worker when `pressed` is set.
     pub pressure: tokio::sync::Notify,
+    /// Set while the worker takes no more messages because a lane has as
+    /// many units pending as it may (`PartitionState::is_saturated`).
+    pub saturated: AtomicBool,
 }
 
 impl Default for Shared {
@@ -89,6 +92,7 @@ impl Default for Shared {
             blocked: AtomicBool::new(false),
             pressed: AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
+            saturated: AtomicBool::new(false),
         }
     }
 }
@@ -101,6 +105,19 @@ impl Shared {
         if pressed {
             self.pressure.notify_one();
         }
+    }
+
+    /// True when the consumer loop should hand over no more for a moment:
+    /// the partition still fetches and a quarter of its share of
+    /// `MAX_BUFFERED_BYTES` (`quarter_share`) waits to be decoded, so more
+    /// would only fill its queue up to the pause threshold. A partition that
+    /// is paused, or whose worker takes nothing (a lane saturated behind a
+    /// stuck one), does not count: its queue fills to the pause threshold on
+    /// its own, and a stalled webhook must not hold the others back.
+    pub fn slows_hand_over(&self, paused: bool, quarter_share: usize) -> bool {
+        !paused
+            && !self.saturated.load(Ordering::Relaxed)
+            && self.queued_bytes.load(Ordering::Relaxed) > quarter_share
     }
 
     pub fn buffered_bytes(&self) -> usize {

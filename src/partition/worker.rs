@@ -164,6 +164,9 @@ impl Worker {
                     drain_deadline = Some(deadline.unwrap_or_else(|_| Instant::now()));
                     self.state.drain();
                 }
+                // Before the messages: during a backlog there is always a
+                // chunk, and a quiet lane's batch would wait for the next cap.
+                _ = sleep_until_opt(linger), if drain_deadline.is_none() => self.state.linger(now()),
                 chunk = messages.recv(), if drain_deadline.is_none() && !self.holding() => match chunk {
                     Some(chunk) => {
                         let mut chunk = chunk.into_iter();
@@ -183,7 +186,6 @@ impl Worker {
                         self.state.drain();
                     }
                 },
-                _ = sleep_until_opt(linger), if drain_deadline.is_none() => self.state.linger(now()),
                 _ = self.shared.pressure.notified() => {}
                 _ = heartbeat.tick() => {}
             }
@@ -452,6 +454,9 @@ impl Worker {
         self.shared
             .waiting
             .store(self.state.is_waiting(), Ordering::Relaxed);
+        self.shared
+            .saturated
+            .store(self.state.is_saturated(), Ordering::Relaxed);
         self.shared.oldest_pending_ts_ms.store(
             self.state.oldest_pending_ts_ms().unwrap_or(i64::MIN),
             Ordering::Relaxed,

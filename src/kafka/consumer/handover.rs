@@ -78,17 +78,14 @@ impl Handover {
 /// The longest the consumer loop goes without polling while it paces a backlog.
 pub(super) const MAX_PACING: Duration = Duration::from_millis(200);
 
-/// True when a partition that is still fetching has a quarter of its share of
-/// `MAX_BUFFERED_BYTES` waiting to be decoded: handing over more would only
-/// fill its queue up to the pause threshold (its batches need the rest). A
-/// paused partition does not count: a stalled webhook must not hold the
-/// others back.
+/// True when a partition's worker slows the hand-over (see
+/// [`Shared::slows_hand_over`]).
 pub(super) fn workers_are_busy(ctx: &Context, max_buffered_bytes: usize) -> bool {
     let workers = ctx.workers();
     let quarter_share = max_buffered_bytes / workers.len().max(1) / 4;
     workers
         .values()
-        .any(|w| !w.paused && w.shared.queued_bytes.load(Ordering::Relaxed) > quarter_share)
+        .any(|w| w.shared.slows_hand_over(w.paused, quarter_share))
 }
 
 /// Pauses a partition whose buffered bytes pass its share of
@@ -164,6 +161,20 @@ pub(super) fn pause_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_that_takes_no_more_messages_does_not_slow_the_hand_over_to_the_others() {
+        let shared = crate::partition::Shared::default();
+        shared.queued_bytes.store(1000, Ordering::Relaxed);
+        assert!(shared.slows_hand_over(false, 999), "a busy worker paces");
+        assert!(!shared.slows_hand_over(true, 999), "paused: its queue no longer grows");
+        assert!(!shared.slows_hand_over(false, 1000), "below a quarter of its share");
+        shared.saturated.store(true, Ordering::Relaxed);
+        assert!(
+            !shared.slows_hand_over(false, 999),
+            "a saturated worker (a stuck lane) would pace the whole replica for as long as it is stuck"
+        );
+    }
 
     #[test]
     fn a_partition_pauses_when_full_or_holding_and_resumes_only_when_neither() {

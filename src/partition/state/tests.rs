@@ -673,8 +673,11 @@ fn a_drain_seals_and_sends_every_lane_and_ends_when_all_are_done_or_abandoned() 
     );
     assert_eq!(p.delivered(3), vec![]);
     p.state.delivery_abandoned(p.unit(0));
-    assert_eq!(p.step(), vec![Deliver(vec![2])]);
-    assert_eq!(p.delivered(2), vec![]);
+    assert_eq!(
+        p.step(),
+        vec![],
+        "offset 2 has 0's key: it must not reach the webhook before 0..1"
+    );
     assert!(!p.state.is_drained(), "offset 4 is still in flight");
     assert_eq!(p.delivered(4), vec![]);
     assert!(p.state.is_drained(), "every lane is done or abandoned");
@@ -742,5 +745,42 @@ fn under_ordering_partition_keys_share_one_lane_and_one_batch_is_in_flight() {
     p.keyed(&[(0, &keys[0]), (1, &keys[1]), (2, &keys[2]), (3, &keys[3])]);
     assert_eq!(p.step(), vec![Deliver(vec![0, 1])], "one batch at a time");
     assert_eq!(p.delivered(0), vec![Deliver(vec![2, 3]), Progress(2)]);
+    assert!(!p.state.is_saturated());
+}
+
+#[test]
+fn an_abandoned_delivery_stops_its_lane_so_later_events_of_its_keys_never_overtake_it() {
+    let keys = keys_by_lane(2);
+    let mut p = Play::with_lanes(1, 2);
+    p.keyed(&[(0, &keys[0]), (1, &keys[0]), (2, &keys[1])]);
+    assert_eq!(p.step(), vec![Deliver(vec![0]), Deliver(vec![2])]);
+    p.state.delivery_abandoned(p.unit(0));
+    assert_eq!(p.step(), vec![], "1 has 0's key and 0 was never delivered");
+    assert_eq!(p.delivered(2), vec![]);
+    assert_eq!(p.state.safe_offset(), None, "0 holds the frontier");
+}
+
+#[test]
+fn a_saturated_partition_sends_the_open_batch_that_holds_its_frontier_at_once() {
+    // A rarely seen key opens a batch at offset 0; a hot key fills batch
+    // after batch behind it. Once saturated the worker reads no more, so
+    // the rare key's batch would only fill by waiting out its linger time.
+    let keys = keys_by_lane(2);
+    let (rare, hot) = (keys[0].as_str(), keys[1].as_str());
+    let mut p = Play::with_lanes(2, 2);
+    p.keyed(&[(0, rare)]);
+    let cap = MAX_PENDING_PER_LANE as i64;
+    for first in (1..2 * cap).step_by(2) {
+        p.keyed(&[(first, hot), (first + 1, hot)]);
+        assert_eq!(p.step(), vec![Deliver(vec![first, first + 1])]);
+        assert_eq!(p.delivered(first), vec![], "held behind offset 0");
+    }
+    assert!(p.state.is_saturated());
+    assert_eq!(
+        p.step(),
+        vec![Deliver(vec![0])],
+        "sealed before its linger time: nothing more can join it"
+    );
+    assert_eq!(p.delivered(0), vec![Progress(2 * cap + 1)]);
     assert!(!p.state.is_saturated());
 }
