@@ -127,6 +127,9 @@ struct Lane {
     /// The lane's units the frontier has not released yet (open, sealed, in
     /// flight, or delivered behind an earlier pending offset), in order.
     unreleased: VecDeque<UnitId>,
+    /// Set when a delivery of the lane was abandoned (the worker stops): its
+    /// later batches hold the same keys, so they must not go before it.
+    stopped: bool,
 }
 
 impl Lane {
@@ -136,8 +139,10 @@ impl Lane {
         }
     }
 
+    /// Nothing left to send or wait for (a stopped lane sends nothing more).
     fn is_empty(&self) -> bool {
-        self.delivering.is_none() && self.sealed.is_empty() && self.batcher.open_unit().is_none()
+        self.delivering.is_none()
+            && (self.stopped || (self.sealed.is_empty() && self.batcher.open_unit().is_none()))
     }
 }
 
@@ -178,6 +183,7 @@ impl PartitionState {
                     sealed: VecDeque::new(),
                     delivering: None,
                     unreleased: VecDeque::new(),
+                    stopped: false,
                 })
                 .collect(),
             keyless_lane: 0,
@@ -348,14 +354,13 @@ impl PartitionState {
         }
     }
 
-    fn finish_delivery(&mut self, unit: UnitId) {
-        if let Some(lane) = self
+    fn finish_delivery(&mut self, unit: UnitId) -> Option<&mut Lane> {
+        let lane = self
             .lanes
             .iter_mut()
-            .find(|l| l.delivering.as_ref().is_some_and(|d| d.unit == unit))
-        {
-            lane.delivering = None;
-        }
+            .find(|l| l.delivering.as_ref().is_some_and(|d| d.unit == unit))?;
+        lane.delivering = None;
+        Some(lane)
     }
 
     /// The batch of `unit` was delivered (every event accepted or dead-lettered).
@@ -365,9 +370,12 @@ impl PartitionState {
     }
 
     /// The delivery of `unit` stopped before it finished (cancelled): the
-    /// unit stays pending, so the frontier stays behind it.
+    /// unit stays pending, so the frontier stays behind it, and its lane
+    /// sends nothing more (its later batches would overtake the same keys).
     pub fn delivery_abandoned(&mut self, unit: UnitId) {
-        self.finish_delivery(unit);
+        if let Some(lane) = self.finish_delivery(unit) {
+            lane.stopped = true;
+        }
     }
 
     /// Kafka acknowledged the dead letter of `unit`.
@@ -386,9 +394,15 @@ impl PartitionState {
     /// once per turn of the worker (after a whole chunk of messages, after
     /// each completion), so a chunk makes one report, not one per message.
     pub fn actions(&mut self) -> Vec<Action> {
+        if self.is_saturated() {
+            // The caller takes no more messages until the frontier moves, so
+            // the open batches can only wait for their linger time; one of
+            // them may be what holds the frontier.
+            self.seal_all();
+        }
         let mut actions = std::mem::take(&mut self.outbox);
         for lane in &mut self.lanes {
-            if lane.delivering.is_some() {
+            if lane.delivering.is_some() || lane.stopped {
                 continue;
             }
             let Some(batch) = lane.sealed.pop_front() else {
