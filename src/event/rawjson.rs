@@ -143,7 +143,9 @@ impl<'a, V> Fields<'a, V> {
             .into_iter()
             .zip(kept_at)
             .map(|((hash, key), i)| {
-                let value = values[value_from[i]].take().expect("each value is taken once");
+                let value = values[value_from[i]]
+                    .take()
+                    .expect("each value is taken once");
                 (hash, key, value)
             })
             .collect();
@@ -667,7 +669,11 @@ mod tests {
         for (i, key) in keys.iter().enumerate() {
             one_by_one.insert(Key(Cow::Borrowed(key)), i);
         }
-        extended.extend(keys.iter().enumerate().map(|(i, k)| (Key(Cow::Borrowed(k.as_str())), i)));
+        extended.extend(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (Key(Cow::Borrowed(k.as_str())), i)),
+        );
         let pairs = |f: &Fields<'_, usize>| -> Vec<(String, usize)> {
             f.iter().map(|(k, v)| (k.0.to_string(), *v)).collect()
         };

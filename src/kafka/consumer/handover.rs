@@ -167,8 +167,14 @@ mod tests {
         let shared = crate::partition::Shared::default();
         shared.queued_bytes.store(1000, Ordering::Relaxed);
         assert!(shared.slows_hand_over(false, 999), "a busy worker paces");
-        assert!(!shared.slows_hand_over(true, 999), "paused: its queue no longer grows");
-        assert!(!shared.slows_hand_over(false, 1000), "below a quarter of its share");
+        assert!(
+            !shared.slows_hand_over(true, 999),
+            "paused: its queue no longer grows"
+        );
+        assert!(
+            !shared.slows_hand_over(false, 1000),
+            "below a quarter of its share"
+        );
         shared.saturated.store(true, Ordering::Relaxed);
         assert!(
             !shared.slows_hand_over(false, 999),
