@@ -112,22 +112,20 @@ impl<'a, V> Fields<'a, V> {
         if order.windows(2).all(|w| !same_hash(w[0], w[1])) {
             return;
         }
-        // For each entry, the later entry whose value it takes (itself if
-        // none); later repeats are dropped. Only entries with one hash are
-        // compared with each other.
+        // A repeat (rare): group equal keys by sorting on the keys themselves,
+        // not on their hashes, which an author can make collide at will.
+        // Each group's first entry takes its last entry's value; the rest go.
+        let key = |i: usize| self.entries[i].1 .0.as_ref();
+        order.sort_unstable_by(|&a, &b| key(a).cmp(key(b)).then(a.cmp(&b)));
         let mut value_from: Vec<usize> = (0..self.entries.len()).collect();
         let mut dropped = vec![false; self.entries.len()];
-        for run in order.chunk_by(|&a, &b| same_hash(a, b)) {
-            for (n, &first) in run.iter().enumerate() {
-                if dropped[first] {
-                    continue;
-                }
-                for &later in &run[n + 1..] {
-                    if !dropped[later] && self.entries[later].1 == self.entries[first].1 {
-                        dropped[later] = true;
-                        value_from[first] = later;
-                    }
-                }
+        for group in order.chunk_by(|&a, &b| key(a) == key(b)) {
+            let (first, rest) = group.split_first().expect("chunks are not empty");
+            if let Some(&last) = rest.last() {
+                value_from[*first] = last;
+            }
+            for &later in rest {
+                dropped[later] = true;
             }
         }
         let mut values: Vec<Option<V>> = Vec::with_capacity(self.entries.len());
