@@ -131,3 +131,57 @@ async fn key_lanes_keep_each_keys_order_and_commit_only_delivered_events_across_
         samples
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rare_keys_open_batch_goes_at_once_when_a_hot_key_saturates_the_partition() {
+    // One event of a rare key, then a hot key in another lane: the hot lane
+    // fills its 32 units behind the rare key's open batch, and the worker
+    // reads no more. That batch must go then, not after BATCH_LINGER_MS.
+    const LINGER: Duration = Duration::from_secs(120);
+    const HOT: u64 = 300;
+    let (topic, group) = (unique("saturated"), unique("g"));
+    create_topic(&topic, 1).await;
+    let producer = producer();
+    let now = now_timestamp();
+    let token = sample::captured(run_id(), 0, &now).token;
+    let lane = |key: &str| patterns_connector::partition::state::lane_of(key.as_bytes(), 2);
+    let rare = format!("{token}:rare");
+    let hot = (0..)
+        .map(|i| format!("{token}:hot-{i}"))
+        .find(|k| lane(k) != lane(&rare))
+        .expect("some key hashes to the other lane");
+    for n in 0..=HOT {
+        let mut s = sample::captured(run_id(), n, &now);
+        s.key = if n == 0 { rare.clone() } else { hot.clone() };
+        send_sample(&producer, &topic, s).await;
+    }
+
+    let receiver = Receiver::start().await;
+    let linger = LINGER.as_millis().to_string();
+    let env = [
+        ("ORDERING", "key"),
+        ("KEY_LANES", "2"),
+        ("BATCH_MAX_EVENTS", "2"),
+        ("BATCH_LINGER_MS", linger.as_str()),
+    ];
+    let started = tokio::time::Instant::now();
+    let _connector = Connector::start(&topic, &group, &receiver.url(), &env);
+    // Half the linger time: the hot key's 300 events fill 150 batches, and
+    // only the rare key's batch going early lets them all through.
+    eventually(
+        LINGER / 2,
+        "every event delivered well before the linger time",
+        || receiver.delivered_uuids().len() == HOT as usize + 1,
+    )
+    .await;
+    let hw = high_watermarks(&topic, 1)[0];
+    eventually(LINGER / 2, "the commit at the high watermark", || {
+        committed(&group, &topic, 1)[0] == Some(hw)
+    })
+    .await;
+    println!(
+        "saturated: {} events in {:?} (linger {LINGER:?})",
+        HOT + 1,
+        started.elapsed()
+    );
+}
