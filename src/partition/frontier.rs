@@ -167,6 +167,11 @@ impl Frontier {
         self.units.contains_key(&unit.0)
     }
 
+    /// Units (done or not) not yet released.
+    pub fn held_units(&self) -> usize {
+        self.units.len()
+    }
+
     /// True when nothing is waiting for delivery.
     pub fn is_idle(&self) -> bool {
         self.units.values().all(|u| u.done)

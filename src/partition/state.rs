@@ -32,6 +32,12 @@ use crate::partition::Message;
 /// after which the partition takes no more messages.
 pub const MAX_PENDING_PER_LANE: usize = 32;
 
+/// Units (batches and dead letters) the frontier may hold unreleased, in
+/// either ordering, before the partition takes no more messages: dead
+/// letters belong to no lane and hold no bytes once acknowledged, so without
+/// this a stream of bad messages behind a stuck batch would pile up.
+pub const MAX_HELD_UNITS: usize = 1024;
+
 /// How a partition's deliveries are laid out: the order kept and the lanes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lanes {
@@ -430,12 +436,15 @@ impl PartitionState {
 
     /// True under `ORDERING=key` while a lane has [`MAX_PENDING_PER_LANE`]
     /// units the frontier has not released (open, sealed, in flight, or
-    /// delivered behind a stuck lane): the caller takes no more messages
-    /// until the frontier moves. So a stuck lane stops the others after
-    /// that many units each, rather than letting them run ahead without
-    /// end. (Under `ORDERING=partition` the buffer share alone bounds the
-    /// partition, as before lanes.)
+    /// delivered behind a stuck lane), and in either ordering while the
+    /// frontier holds [`MAX_HELD_UNITS`] units: the caller takes no more
+    /// messages until the frontier moves. So a stuck lane stops the others
+    /// after that many units each, rather than letting them run ahead
+    /// without end. (Bytes are bounded by the buffer share as well.)
     pub fn is_saturated(&self) -> bool {
+        if self.frontier.held_units() >= MAX_HELD_UNITS {
+            return true;
+        }
         self.ordering == DeliveryOrder::Key
             && self.lanes.iter().any(|l| {
                 l.unreleased

@@ -786,3 +786,24 @@ fn a_saturated_partition_sends_the_open_batch_that_holds_its_frontier_at_once() 
     assert_eq!(p.delivered(0), vec![Progress(last + 2)]);
     assert!(!p.state.is_saturated());
 }
+
+#[test]
+fn dead_letters_acknowledged_behind_a_stuck_batch_saturate_the_partition_instead_of_piling_up() {
+    // Each acknowledged dead letter stays in the frontier until the batch
+    // before it is delivered; a stream of bad messages during a long outage
+    // would otherwise grow it without end, in either ordering.
+    for mut p in [Play::new(2, DlqPolicy::Dlq), Play::with_lanes(2, 2)] {
+        p.events(0..2);
+        assert_eq!(p.step(), vec![Deliver(vec![0, 1])], "never answered");
+        let cap = MAX_HELD_UNITS as i64;
+        for offset in 2..cap + 1 {
+            assert!(!p.state.is_saturated(), "below the cap at offset {offset}");
+            p.undecodable(offset);
+            p.step();
+            assert_eq!(p.dead_lettered(offset), vec![]);
+        }
+        assert!(p.state.is_saturated(), "{cap} units held behind offset 0");
+        assert_eq!(p.delivered(0), vec![Progress(cap + 1)]);
+        assert!(!p.state.is_saturated());
+    }
+}
