@@ -5,7 +5,7 @@
 //!      missing ones reported by kafka/topics.rs)
 //!      │  one consumer group, cooperative-sticky assignment
 //!      ▼
-//!  consumer loop (kafka/consumer/, one thread) ── pause/resume when a partition's buffer is full
+//!  consumer loop (consumer/, one thread) ── pause/resume when a partition's buffer is full
 //!      │  one channel per assigned topic-partition (topic_partition.rs keys everything)
 //!      ▼
 //!  partition worker (partition/handle.rs → partition/worker.rs, one task per partition)
@@ -25,12 +25,14 @@
 //!  frontier (partition/frontier.rs) → consumer loop stores the offset → auto-commit
 //! ```
 //!
-//! The folders: `config` (options, topics), `event` (pure decoding and
-//! filters), `partition` (the worker, its state machine, batches, the
-//! frontier), `sink` (webhook, bisection, dead letters), `kafka` (the
-//! clients, topics), `ops` (metrics, statistics, lag, stalls, health, HTTP,
-//! shutdown). `event` and `sink` never reach into the consumer; `ops`
-//! calls none of the others. This file only wires them together.
+//! The folders: `config` (options, topics), `consumer` (the group consumer's
+//! thread: poll loop, rebalance, commits), `partition` (the worker, its state
+//! machine, batches, the frontier), `event` (pure decoding and filters),
+//! `sink` (webhook, bisection, dead letters), `kafka` (the other clients and
+//! the connection settings all share), `ops` (metrics, statistics, lag,
+//! stalls, health, HTTP, shutdown). Dependencies point one way: `consumer` →
+//! `partition` → `sink` → `kafka`, `partition` → `event`; `config` and `ops`
+//! call none of the others. This file only wires them together.
 //!
 //! **The guarantee.** An offset is stored, and so committed, only when every
 //! message before it in its partition was delivered (2xx), filtered out or
@@ -81,6 +83,7 @@
 //! `SHUTDOWN_TIMEOUT_MS`, even when it arrives during a revocation drain.
 
 pub mod config;
+pub mod consumer;
 pub mod event;
 pub mod kafka;
 pub mod ops;
@@ -97,7 +100,7 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::event::filter;
-use crate::kafka::{consumer, originals};
+use crate::kafka::originals;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::{http, shutdown};

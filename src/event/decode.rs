@@ -34,15 +34,7 @@ use crate::event::rawjson::{
 };
 use crate::event::timestamp::{self, TimestampInputs};
 
-/// What the filter needs to know about a decoded event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventMeta {
-    pub uuid: String,
-    pub event: String,
-    /// The project API key, when the message carries one (captured events).
-    pub token: Option<String>,
-    pub team_id: Option<i64>,
-}
+pub use crate::event::EventMeta;
 
 /// A decoded event with its encoded JSON object (see [`decode`]).
 #[derive(Debug, Clone, PartialEq)]

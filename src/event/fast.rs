@@ -18,9 +18,9 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::event::decode::EventMeta;
 use crate::event::rawjson;
 use crate::event::timestamp::{self, TimestampInputs};
+use crate::event::EventMeta;
 
 /// The fast path cannot vouch for the result: the general decoder decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

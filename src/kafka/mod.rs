@@ -1,11 +1,9 @@
-//! Everything that talks to Kafka.
+//! The Kafka clients and what they share; the group consumer, which drives
+//! the partition workers, is `crate::consumer`.
 //!
 //! - `connection`: the connection settings every client shares
 //!   (`KAFKA_HOSTS`, `KAFKA_PROPERTIES`, SASL), and the rate-limited client
 //!   logs.
-//! - `consumer`: the group consumer: its callbacks (rebalance, `START_AT`,
-//!   commits, statistics), the poll loop that hands messages to the
-//!   partition workers, backpressure, shutdown.
 //! - `read`: one-off reads (committed offsets, watermarks) that retry
 //!   transient broker answers.
 //! - `originals`: reads a refused event's original message back by offset.
@@ -14,10 +12,10 @@
 //!   runs the topic check too).
 //! - `wedge`: recognises librdkafka's stuck cooperative group state.
 //!
-//! Starts `partition` workers and feeds `ops` (lag, health, metrics).
+//! Calls only `config` and `ops` (logs, metrics): `sink` and the consumer use
+//! it, never the other way round.
 
 pub mod connection;
-pub mod consumer;
 pub mod originals;
 pub mod read;
 pub mod topics;

@@ -21,9 +21,20 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::kafka::connection::{Connection, SideContext};
-use crate::kafka::consumer::Context;
 use crate::kafka::topics::{self, Change, TopicCheck};
 use crate::topic_partition::TopicPartition;
+
+/// What the probe reads and reports to: the consumer's context. A trait, so
+/// that this module needs nothing of the consumer's.
+pub trait Probed: Send + Sync + 'static {
+    /// The topic-partitions assigned to this replica, sorted.
+    fn assigned_partitions(&self) -> Vec<TopicPartition>;
+    /// A high watermark read from the broker.
+    fn probed_high_watermark(&self, tp: &TopicPartition, high_watermark: i64);
+    /// The topic check's result: partitions of the topics read, and which
+    /// listed topics are missing.
+    fn topics_checked(&self, listed: &[String], missing: &[String], partitions: usize);
+}
 
 /// How often the assigned partitions' high watermarks are read.
 pub const INTERVAL: Duration = Duration::from_secs(3);
@@ -31,7 +42,11 @@ pub const INTERVAL: Duration = Duration::from_secs(3);
 /// Starts the probe for the consumer whose context this is, and the check
 /// of which topics read exist (`kafka::topics`, every `topic_check`). Both
 /// stop by themselves when the consumer (and so its context) is dropped.
-pub fn spawn(config: &Config, context: &Arc<Context>, topic_check: Duration) -> anyhow::Result<()> {
+pub fn spawn<C: Probed>(
+    config: &Config,
+    context: &Arc<C>,
+    topic_check: Duration,
+) -> anyhow::Result<()> {
     let client: BaseConsumer<SideContext> = Connection::from_config(config)
         .client_config("patterns-connector-watermarks")
         .create_with_context(SideContext::new("watermark probe"))
@@ -53,9 +68,9 @@ pub fn spawn(config: &Config, context: &Arc<Context>, topic_check: Duration) -> 
 }
 
 /// Checks which topics read exist, every `every`, until the consumer is gone.
-fn check_topics(
+fn check_topics<C: Probed>(
     client: &BaseConsumer<SideContext>,
-    context: &Weak<Context>,
+    context: &Weak<C>,
     config: &Config,
     every: Duration,
 ) {
@@ -71,7 +86,7 @@ fn check_topics(
     }
 }
 
-fn run(client: &BaseConsumer<SideContext>, context: &Weak<Context>) {
+fn run<C: Probed>(client: &BaseConsumer<SideContext>, context: &Weak<C>) {
     let step = Duration::from_millis(250);
     let mut waited = Duration::ZERO;
     let mut failures: u64 = 0;
@@ -146,10 +161,10 @@ impl TopicProbe {
     }
 
     /// Reads the cluster's topics and reports those read that are missing.
-    fn check(
+    fn check<C: Probed>(
         &mut self,
         client: &BaseConsumer<SideContext>,
-        context: &Weak<Context>,
+        context: &Weak<C>,
         config: &Config,
     ) {
         self.last = Some(std::time::Instant::now());

@@ -86,6 +86,21 @@ struct Open {
     deadline: Instant,
 }
 
+impl crate::sink::delivery::Events for Batch {
+    fn event_count(&self) -> usize {
+        self.events.len()
+    }
+    fn offset(&self, index: usize) -> i64 {
+        self.events[index].offset
+    }
+    fn event_json(&self, index: usize) -> Bytes {
+        Batch::event_json(self, index)
+    }
+    fn body_for(&self, range: Range<usize>) -> Bytes {
+        Batch::body_for(self, range)
+    }
+}
+
 #[derive(Debug)]
 pub struct Batcher {
     limits: BatchLimits,

@@ -8,14 +8,15 @@
 //! the dead-letter topic with the status and the response. Transient failures
 //! are retried inside [`Webhook::send`].
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::kafka::originals::{Found, Originals};
 use crate::ops::metrics::{status_class, Metrics};
-use crate::partition::batch::Batch;
 use crate::sink::bisect::Bisection;
 use crate::sink::dlq::{header, DeadLetter, DeadLetters};
 use crate::sink::webhook::{Cancelled, Sent, Webhook};
@@ -23,6 +24,19 @@ use crate::topic_partition::TopicPartition;
 
 /// The `dlq.error` of a rejected event whose original message was deleted.
 const GONE: &str = "the original message is no longer in Kafka (retention or compaction); the payload is the event as sent to the webhook";
+
+/// What delivery needs of a batch: its events' offsets and JSON, and the
+/// request body for a run of them. `partition::batch::Batch` is the one
+/// delivered; a trait, so that the sink needs nothing of the partition.
+pub trait Events: Sync {
+    fn event_count(&self) -> usize;
+    /// The Kafka offset of event `index`.
+    fn offset(&self, index: usize) -> i64;
+    /// Event `index`'s JSON as sent.
+    fn event_json(&self, index: usize) -> Bytes;
+    /// The JSON array of the events in `range`.
+    fn body_for(&self, range: Range<usize>) -> Bytes;
+}
 
 pub struct Deliverer {
     pub webhook: Webhook,
@@ -43,18 +57,18 @@ impl Deliverer {
     /// the original messages read back from Kafka.
     async fn dead_letter_rejected(
         &self,
-        batch: &Batch,
+        batch: &impl Events,
         tp: &TopicPartition,
         rejected: &[(usize, u16, String)],
         cancel: &CancellationToken,
     ) -> Result<(), Cancelled> {
         let offsets: Vec<i64> = rejected
             .iter()
-            .map(|(index, _, _)| batch.events[*index].offset)
+            .map(|(index, _, _)| batch.offset(*index))
             .collect();
         let mut originals = self.originals.read(tp, &offsets, cancel).await?;
         for (index, status, body) in rejected {
-            let offset = batch.events[*index].offset;
+            let offset = batch.offset(*index);
             let (key, payload, error, sent_event) = match originals.remove(&offset) {
                 Some(Found::Message(original)) => (original.key, original.payload, None, false),
                 // Deleted while the batch was retried: keep what was sent instead.
@@ -100,11 +114,11 @@ impl Deliverer {
 
     pub async fn deliver(
         &self,
-        batch: &Batch,
+        batch: &impl Events,
         tp: &TopicPartition,
         cancel: &CancellationToken,
     ) -> Result<Outcome, Cancelled> {
-        let mut bisection = Bisection::new(batch.events.len());
+        let mut bisection = Bisection::new(batch.event_count());
         let mut rejected = Vec::new();
         while let Some(range) = bisection.next() {
             match self
@@ -118,7 +132,7 @@ impl Deliverer {
                         .webhook_rejections
                         .with_label_values(&[status_class(status)])
                         .inc();
-                    if range.len() == batch.events.len() {
+                    if range.len() == batch.event_count() {
                         warn!(topic = %tp.topic, partition = tp.partition, status, events = range.len(), response = %crate::sink::dlq::truncate(&body, 200),
                             "webhook rejected a batch; splitting it to find the rejected events");
                     }

@@ -9,7 +9,8 @@
 //! - `dlq`: the dead-letter producer and its headers.
 //!
 //! Reads refused events' originals through `kafka::originals`; knows nothing
-//! of the consumer group.
+//! of the consumer group or of the partition worker (what it delivers is
+//! anything that is `delivery::Events`).
 
 pub mod bisect;
 pub mod delivery;

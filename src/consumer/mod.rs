@@ -95,7 +95,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub(super) fn workers(&self) -> MutexGuard<'_, HashMap<TopicPartition, partition::Handle>> {
+    fn workers(&self) -> MutexGuard<'_, HashMap<TopicPartition, partition::Handle>> {
         self.workers
             .lock()
             .expect("no code panics while holding the workers lock")
@@ -103,7 +103,7 @@ impl Context {
 
     /// The shared name of a topic this replica reads: one allocation per
     /// topic, not one per message.
-    pub(super) fn topic_name(&self, topic: &str) -> Arc<str> {
+    fn topic_name(&self, topic: &str) -> Arc<str> {
         let mut names = self.topic_names.lock().expect("topic names lock");
         if let Some(name) = names.get(topic) {
             return name.clone();
@@ -113,16 +113,31 @@ impl Context {
         name
     }
 
+    /// Records the first error the client cannot recover from; the poll
+    /// loop takes it and shuts down, and the process exits non-zero, so the
+    /// orchestrator restarts it instead of it beating on as a member that
+    /// consumes nothing. Later ones (while shutting down) are not counted.
+    fn set_fatal(&self, reason: String) {
+        if self.fatal_seen.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.metrics.fatal_errors.inc();
+        self.health.set_joined(false);
+        *self.fatal.lock().expect("fatal lock") = Some(reason);
+    }
+}
+
+/// What the watermark probe and the topic check read and report.
+impl watermarks::Probed for Context {
     /// The topic-partitions assigned to this replica, sorted.
-    pub(crate) fn assigned_partitions(&self) -> Vec<TopicPartition> {
+    fn assigned_partitions(&self) -> Vec<TopicPartition> {
         let mut partitions: Vec<TopicPartition> = self.workers().keys().cloned().collect();
         partitions.sort_unstable();
         partitions
     }
 
-    /// A high watermark read from the broker (`kafka::watermarks`); kept
-    /// only while the partition is still assigned here.
-    pub(crate) fn probed_high_watermark(&self, tp: &TopicPartition, high_watermark: i64) {
+    /// Kept only while the partition is still assigned here.
+    fn probed_high_watermark(&self, tp: &TopicPartition, high_watermark: i64) {
         let workers = self.workers();
         if workers.contains_key(tp) {
             let mut lag = self.lag.lock().expect("lag lock");
@@ -132,7 +147,7 @@ impl Context {
 
     /// The topic check's result (`kafka::watermarks`): partitions of the
     /// topics read, and which listed topics are missing.
-    pub(crate) fn topics_checked(&self, listed: &[String], missing: &[String], partitions: usize) {
+    fn topics_checked(&self, listed: &[String], missing: &[String], partitions: usize) {
         self.metrics.topic_partitions.set(partitions as i64);
         for topic in listed {
             let value = i64::from(missing.contains(topic));
@@ -141,20 +156,6 @@ impl Context {
                 .with_label_values(&[topic.as_str()])
                 .set(value);
         }
-    }
-
-    /// Records an error the client cannot recover from; the consumer loop
-    /// stops on it and the process exits non-zero, so the orchestrator
-    /// restarts it, instead of beating on as a member that consumes nothing.
-    /// Records the first unrecoverable error; the poll loop takes it and
-    /// shuts down. Later ones (while shutting down) are not counted again.
-    pub(super) fn set_fatal(&self, reason: String) {
-        if self.fatal_seen.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        self.metrics.fatal_errors.inc();
-        self.health.set_joined(false);
-        *self.fatal.lock().expect("fatal lock") = Some(reason);
     }
 }
 
@@ -391,7 +392,7 @@ pub fn run(
 
 /// librdkafka's `debug` contexts for the consumer: the operator's, plus
 /// `cgrp`, whose lines the wedge watch reads (`wedge.rs`).
-pub(super) fn debug_contexts(asked: Option<&str>) -> String {
+fn debug_contexts(asked: Option<&str>) -> String {
     match asked {
         None => "cgrp".to_owned(),
         Some(contexts)
@@ -405,7 +406,7 @@ pub(super) fn debug_contexts(asked: Option<&str>) -> String {
     }
 }
 
-pub(super) fn unix_now() -> f64 {
+fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
