@@ -28,10 +28,13 @@ mod rawjson;
 mod decode;
 #[path = "../../src/event/fast.rs"]
 mod fast;
+#[path = "../../src/event/meta.rs"]
+pub mod meta;
 
 /// The crate's `event` folder, as far as the decoder needs it.
-mod event {
-    pub(crate) use super::{decode, fast, rawjson, timestamp};
+pub mod event {
+    pub use super::meta::EventMeta;
+    pub(crate) use super::{fast, rawjson, timestamp};
 }
 
 use config::InputFormat;

@@ -13,22 +13,14 @@
 //!
 //! Pure: no I/O, no Kafka or HTTP types.
 
-/// What the filter needs to know about a decoded event. Here, not in
-/// `decode`, so that `fast` (which `decode` calls) needs nothing of it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventMeta {
-    pub uuid: String,
-    pub event: String,
-    /// The project API key, when the message carries one (captured events).
-    pub token: Option<String>,
-    pub team_id: Option<i64>,
-}
-
 pub mod decode;
 #[cfg(test)]
 mod equivalence;
 pub mod fast;
 pub mod filter;
+mod meta;
 pub mod rawjson;
 pub mod sample;
 pub mod timestamp;
+
+pub use meta::EventMeta;
