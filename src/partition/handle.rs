@@ -74,8 +74,9 @@ pub struct Shared {
     pub pressed: AtomicBool,
     /// Wakes the worker when `pressed` is set.
     pub pressure: tokio::sync::Notify,
-    /// Set while the worker takes no more messages because a lane has as
-    /// many units pending as it may (`PartitionState::is_saturated`).
+    /// Set while the worker takes no more messages because a lane, or the
+    /// partition, has as many units pending as it may
+    /// (`PartitionState::is_saturated`).
     pub saturated: AtomicBool,
 }
 
