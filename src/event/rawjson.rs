@@ -104,7 +104,7 @@ impl<'a, V> Fields<'a, V> {
     /// Restores "one entry per key" after [`Fields::push`]es, as inserting
     /// each in turn would (first position, last value), in O(n log n): the
     /// message's author chooses how many keys an object has, and merging
-    /// by repeated inserts took seconds for one repeat among 50,000 keys.
+    /// by repeated inserts took 0.6 s for one repeat among 40,000 keys.
     fn dedup(&mut self) {
         let mut order: Vec<usize> = (0..self.entries.len()).collect();
         order.sort_unstable_by_key(|&i| (self.entries[i].0, i));
