@@ -224,6 +224,16 @@ fn corpus() -> Vec<Case> {
             )),
             None,
         ),
+        (
+            // `now + 23 h` is past chrono's range: it once panicked the worker.
+            "capture time at the end of chrono's range",
+            key.clone(),
+            Some(captured(
+                json!({"event": "far future"}),
+                json!({"uuid": "0190f1b2-0000-7000-8000-00000000c0e0", "now": "+262142-12-31T23:59:59"}),
+            )),
+            None,
+        ),
     ]
 }
 
@@ -295,6 +305,7 @@ async fn a_corpus_of_bad_messages_goes_to_the_dead_letter_topic_and_good_events_
     for uuid in [
         "0190f1b2-0000-7000-8000-00000000c0de",
         "0190f1b2-0000-7000-8000-00000000c0df",
+        "0190f1b2-0000-7000-8000-00000000c0e0",
     ] {
         assert!(
             delivered.iter().any(|u| u == uuid),
