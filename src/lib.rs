@@ -82,6 +82,7 @@
 //! delivered, leave the group. A shutdown has one deadline, SIGTERM plus
 //! `SHUTDOWN_TIMEOUT_MS`, even when it arrives during a revocation drain.
 
+pub mod backfill;
 pub mod config;
 pub mod consumer;
 pub mod event;
@@ -129,19 +130,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             webhook: webhook::Webhook::new(&config, metrics.clone())
                 .context("cannot build the webhook HTTP client")?,
             dead_letters: dlq::DeadLetters::new(&config)?,
-            originals: originals::Originals::new(&config),
+            originals: Some(originals::Originals::new(&config)),
             metrics: metrics.clone(),
         },
         filter: filter::Filter::from_config(&config),
         metrics: metrics.clone(),
         progress: progress_tx,
     });
+    // Where the group starts reading partitions it has no commit for is
+    // recorded there, for a backfill's hand-over. Without it the stream runs
+    // as before, and a backfill needs BACKFILL_UNTIL.
+    let state = match kafka::state::StateTopic::new(&config) {
+        Ok(state) => match state.ensure().await {
+            Ok(()) => Some(state),
+            Err(e) => {
+                tracing::warn!(error = %e, "STATE_TOPIC is not available: where the group starts reading is not recorded, and a backfill will need BACKFILL_UNTIL");
+                Some(state)
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "STATE_TOPIC is not available");
+            None
+        }
+    };
     let consumer = consumer::create(
         &config,
         tokio::runtime::Handle::current(),
         deps,
         metrics.clone(),
         health.clone(),
+        state,
     )?;
 
     let max_buffered = config.max_buffered_bytes;
@@ -197,4 +215,14 @@ pub async fn replay_dlq(
         webhook::Webhook::new(&config, metrics).context("cannot build the webhook HTTP client")?;
     let group = group.unwrap_or_else(|| format!("{}-replay", config.kafka_consumer_group));
     replay::run(&config, &webhook, &group, &shutdown).await
+}
+
+/// `patterns-connector backfill`: sends a team's events from PostHog's
+/// ClickHouse up to where the stream's group started (see [`backfill`]).
+pub async fn backfill(
+    config: Config,
+    args: config::BackfillArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<backfill::Finished> {
+    backfill::run(config, args, shutdown).await
 }

@@ -63,6 +63,11 @@ fn main() -> std::process::ExitCode {
                 );
                 Ok(())
             }
+            Some(Command::Backfill(args)) => {
+                let finished = patterns_connector::backfill(config, *args, shutdown).await?;
+                println!("{}", finished.summary);
+                Ok(())
+            }
             Some(Command::Healthcheck) => Ok(()), // answered above
         }
     });

@@ -10,6 +10,7 @@
 //! `secrecy` types ([`secret`]). The start-up summary and [`Config`]'s
 //! `Debug` are derived from the declaration ([`summary`]), secrets redacted.
 
+mod backfill;
 mod kafka_properties;
 mod secret;
 mod summary;
@@ -20,6 +21,7 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
+pub use backfill::{BackfillArgs, ClickHouseUrl, HistoryStart};
 pub(crate) use kafka_properties::is_secret_key;
 pub use kafka_properties::{
     parse_kafka_properties, refused_kafka_property, KafkaProperties, MANAGED_KAFKA_PROPERTIES,
@@ -87,6 +89,10 @@ pub enum Command {
         #[arg(long, env = "REPLAY_GROUP")]
         group: Option<String>,
     },
+    /// Sends the events PostHog already holds in ClickHouse (older than what
+    /// Kafka keeps) to the webhook, up to where the group's stream started,
+    /// resuming from its checkpoint in STATE_TOPIC; then exits.
+    Backfill(Box<BackfillArgs>),
     /// Exits 0 when the running connector's /healthz (at HTTP_ADDR, on
     /// loopback for a wildcard address) answers 200, else 1: the image's HEALTHCHECK.
     Healthcheck,
@@ -253,6 +259,12 @@ pub struct Config {
     /// large, or rejected by the webhook), with headers saying why.
     #[arg(long, env = "DLQ_TOPIC", default_value = "patterns_connector_dlq", value_parser = values::dlq_topic)]
     pub dlq_topic: String,
+
+    /// Compacted topic where the connector keeps its own state: where the
+    /// group started reading each partition (the backfill's hand-over) and
+    /// the backfill's checkpoints. Created (compacted, one partition) when missing.
+    #[arg(long, env = "STATE_TOPIC", default_value = "patterns_connector_state", value_parser = values::state_topic)]
+    pub state_topic: String,
 
     /// What to do with such a message: `dlq` writes it to DLQ_TOPIC and moves
     /// on; `block` stops its partition (retrying) until an operator acts.

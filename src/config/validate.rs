@@ -58,6 +58,15 @@ impl Config {
                 ),
             ));
         }
+        if c.topics.matches(&c.state_topic) || c.state_topic == c.dlq_topic {
+            return Err(bad(
+                "STATE_TOPIC",
+                format!(
+                    "expected a topic other than KAFKA_TOPIC ({}) and DLQ_TOPIC ({})",
+                    c.topics, c.dlq_topic
+                ),
+            ));
+        }
         check_poll_interval(&c.kafka_properties, c.shutdown_timeout)?;
         if c.project_token.is_some() && c.input_format == InputFormat::Clickhouse {
             return Err(bad(

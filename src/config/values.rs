@@ -139,6 +139,10 @@ pub fn dlq_topic(raw: &str) -> Result<String, Problem> {
     topic_name("DLQ_TOPIC", raw).map_err(Problem::from)
 }
 
+pub fn state_topic(raw: &str) -> Result<String, Problem> {
+    topic_name("STATE_TOPIC", raw).map_err(Problem::from)
+}
+
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_NAME: usize = 249;
 

@@ -48,6 +48,7 @@ use crate::topic_partition::TopicPartition;
 pub type Consumer_ = BaseConsumer<Context>;
 
 mod commit;
+mod first_read;
 mod handover;
 mod observe;
 mod rebalance;
@@ -89,6 +90,8 @@ pub struct Context {
     topics_first_seen: OnceLock<BTreeSet<String>>,
     /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
     wedge: Mutex<WedgeWatch>,
+    /// Where the group started reading partitions it had no commit for.
+    first_reads: first_read::FirstReads,
     /// The operator set `debug=` and wants librdkafka's debug lines; else
     /// only the `cgrp` lines the wedge watch reads are produced, and dropped.
     debug_asked: bool,
@@ -166,6 +169,7 @@ pub fn create(
     deps: Arc<partition::Deps>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    state: Option<crate::kafka::state::StateTopic>,
 ) -> anyhow::Result<Consumer_> {
     // The brokers and the connection settings every client shares (`kafka::connection`).
     let connection = crate::kafka::connection::Connection::from_config(config);
@@ -236,6 +240,7 @@ pub fn create(
         start_at: config.start_at,
         topics_first_seen: OnceLock::new(),
         wedge: Mutex::new(WedgeWatch::default()),
+        first_reads: first_read::FirstReads::new(state),
         debug_asked,
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
@@ -329,9 +334,12 @@ pub fn run(
                     _ => last_topic.insert(ctx.topic_name(m.topic())).clone(),
                 };
                 let tp = TopicPartition::new(topic, m.partition());
+                let timestamp_ms = m.timestamp().to_millis();
+                ctx.first_reads
+                    .read(&ctx.runtime, &tp, m.offset(), timestamp_ms);
                 let message = Message {
                     offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
+                    timestamp_ms,
                     key: m.key().map(bytes::Bytes::copy_from_slice),
                     payload: m.payload().map(bytes::Bytes::copy_from_slice),
                 };

@@ -10,6 +10,8 @@
 //! - `topics`: which topics are read, and the check that reports missing ones.
 //! - `watermarks`: the probe of assigned partitions' high watermarks (it
 //!   runs the topic check too).
+//! - `state`: `STATE_TOPIC`, the connector's own compacted topic (where the
+//!   group started reading each partition, backfill checkpoints, a lock).
 //! - `wedge`: recognises librdkafka's stuck cooperative group state.
 //!
 //! Calls only `config` and `ops` (logs, metrics): `sink` and the consumer use
@@ -18,6 +20,7 @@
 pub mod connection;
 pub mod originals;
 pub mod read;
+pub mod state;
 pub mod topics;
 pub mod watermarks;
 pub mod wedge;

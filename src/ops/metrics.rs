@@ -45,6 +45,23 @@ pub const PARTITION_BLOCKED: &str = "patterns_connector_partition_blocked";
 pub const PARTITION_DEAD_LETTER_FAILING: &str = "patterns_connector_partition_dead_letter_failing";
 pub const FATAL_ERRORS: &str = "patterns_connector_kafka_fatal_errors_total";
 
+pub const BACKFILL_ROWS_READ: &str = "patterns_connector_backfill_rows_read_total";
+pub const BACKFILL_ROWS_DONE: &str = "patterns_connector_backfill_rows_done_total";
+pub const BACKFILL_EVENTS_DELIVERED: &str = "patterns_connector_backfill_events_delivered_total";
+pub const BACKFILL_ROWS_REMAINING: &str = "patterns_connector_backfill_rows_remaining";
+pub const BACKFILL_CURSOR: &str = "patterns_connector_backfill_cursor_timestamp_seconds";
+pub const BACKFILL_SOURCE_ERRORS: &str = "patterns_connector_backfill_source_errors_total";
+
+/// The metrics `patterns-connector backfill` adds to the connector's own.
+pub const BACKFILL: &[&str] = &[
+    BACKFILL_ROWS_READ,
+    BACKFILL_ROWS_DONE,
+    BACKFILL_EVENTS_DELIVERED,
+    BACKFILL_ROWS_REMAINING,
+    BACKFILL_CURSOR,
+    BACKFILL_SOURCE_ERRORS,
+];
+
 /// Every metric name the connector exports (histograms add `_bucket`, `_sum`, `_count`).
 pub const ALL: &[&str] = &[
     EVENTS_CONSUMED,
@@ -249,6 +266,32 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .expect("each metric name is registered once");
     metric
+}
+
+/// A backfill's progress, registered next to the delivery metrics it shares.
+pub struct BackfillMetrics {
+    pub rows_read: IntCounter,
+    pub rows_done: IntCounter,
+    pub events_delivered: IntCounter,
+    pub rows_remaining: IntGauge,
+    pub cursor: prometheus::Gauge,
+    pub source_errors: IntCounter,
+}
+
+impl BackfillMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let r = &metrics.registry;
+        let counter =
+            |name: &str, help: &str| register(r, IntCounter::with_opts(Opts::new(name, help)));
+        BackfillMetrics {
+            rows_read: counter(BACKFILL_ROWS_READ, "Rows read from the backfill's source."),
+            rows_done: counter(BACKFILL_ROWS_DONE, "Rows whose events were delivered, filtered out or dead-lettered, and checkpointed."),
+            events_delivered: counter(BACKFILL_EVENTS_DELIVERED, "Backfilled events accepted by the webhook (2xx)."),
+            rows_remaining: register(r, IntGauge::with_opts(Opts::new(BACKFILL_ROWS_REMAINING, "Rows left to backfill, from the count taken at the start."))),
+            cursor: register(r, prometheus::Gauge::with_opts(Opts::new(BACKFILL_CURSOR, "Ingestion time (created_at, Unix seconds) of the last checkpointed row."))),
+            source_errors: counter(BACKFILL_SOURCE_ERRORS, "Failed reads from the backfill's source (each retried)."),
+        }
+    }
 }
 
 /// `2xx`, `4xx`, `5xx`, ... for an HTTP status.

@@ -25,6 +25,9 @@ use crate::topic_partition::TopicPartition;
 /// The `dlq.error` of a rejected event whose original message was deleted.
 const GONE: &str = "the original message is no longer in Kafka (retention or compaction); the payload is the event as sent to the webhook";
 
+/// The `dlq.error` of a rejected event that was not read from Kafka.
+const NOT_FROM_KAFKA: &str = "the event was read from PostHog's ClickHouse by a backfill, not from Kafka; the payload is the event as sent to the webhook";
+
 /// What delivery needs of a batch: its events' offsets and JSON, and the
 /// request body for a run of them. `partition::batch::Batch` is the one
 /// delivered; a trait, so that the sink needs nothing of the partition.
@@ -41,7 +44,9 @@ pub trait Events: Sync {
 pub struct Deliverer {
     pub webhook: Webhook,
     pub dead_letters: DeadLetters,
-    pub originals: Originals,
+    /// Where refused events' original messages are read back from; None
+    /// when the events did not come from Kafka (a backfill).
+    pub originals: Option<Originals>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -66,7 +71,10 @@ impl Deliverer {
             .iter()
             .map(|(index, _, _)| batch.offset(*index))
             .collect();
-        let mut originals = self.originals.read(tp, &offsets, cancel).await?;
+        let mut originals = match &self.originals {
+            Some(originals) => originals.read(tp, &offsets, cancel).await?,
+            None => Default::default(),
+        };
         for (index, status, body) in rejected {
             let offset = batch.offset(*index);
             let (key, payload, error, sent_event) = match originals.remove(&offset) {
@@ -75,7 +83,14 @@ impl Deliverer {
                 _ => (
                     None,
                     Some(batch.event_json(*index)),
-                    Some(GONE.to_owned()),
+                    Some(
+                        if self.originals.is_some() {
+                            GONE
+                        } else {
+                            NOT_FROM_KAFKA
+                        }
+                        .to_owned(),
+                    ),
                     true,
                 ),
             };

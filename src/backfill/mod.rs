@@ -1,0 +1,714 @@
+//! `patterns-connector backfill`: the events PostHog already holds, older
+//! than what Kafka keeps, sent to the same webhook through the same
+//! pipeline as the stream, up to where the stream's group started.
+//!
+//! ```text
+//!  ClickHouse (source.rs, clickhouse.rs): keyset pages in (created_at, uuid)
+//!      order, one team, ingested before the hand-over bound (handover.rs)
+//!      │  each row a clickhouse_events_json message, numbered 0, 1, 2, ...
+//!      ▼
+//!  a partition worker (crate::partition), as for a Kafka partition: decode,
+//!      filter, batch, deliver, bisect, dead-letter; its frontier reports the
+//!      rows done
+//!      │  frontier → cursor (checkpoint.rs)
+//!      ▼
+//!  checkpoint in STATE_TOPIC (kafka::state), progress line and metrics (progress.rs)
+//! ```
+//!
+//! **The hand-over** is on ingestion time (`created_at`), never on the
+//! event's own timestamp, which late events (offline SDK queues, imports)
+//! set hours or days back: see `handover`. The bound is fixed at the first
+//! start and kept in the checkpoint.
+//!
+//! **At least once.** A checkpoint names the last row whose events were all
+//! delivered, filtered out or dead-lettered. A restart (after a crash or a
+//! SIGKILL) resumes after it: rows delivered since the last checkpoint are
+//! sent again. Checkpoints are written at least every second and every half
+//! page, so a kill redelivers at most about one page.
+//!
+//! **One at a time.** A backfill holds a lock for its group and team
+//! (`StateTopic::lock`): a second one waits until the first ends.
+
+pub mod checkpoint;
+pub mod clickhouse;
+pub mod handover;
+pub mod progress;
+pub mod source;
+
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use prometheus::core::Collector as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{BackfillArgs, Config, HistoryStart, InputFormat};
+use crate::event::filter::Filter;
+use crate::kafka::state::{Lock, StateTopic};
+use crate::ops::health::Health;
+use crate::ops::metrics::{BackfillMetrics, Metrics};
+use crate::ops::shutdown::pause;
+use crate::partition::{self, state::Lanes, Message, Progress};
+use crate::sink::{delivery, dlq, webhook};
+use crate::topic_partition::TopicPartition;
+use checkpoint::{Checkpoint, Positions, Totals};
+use clickhouse::ClickHouse;
+use handover::Handover;
+use source::{micros, Cursor, Range, SourceError};
+
+/// Rows handed to the worker at once (and the checkpoint's granularity).
+const CHUNK: usize = 256;
+
+/// What `run` returns: the summary line, printed last.
+pub struct Finished {
+    pub summary: String,
+}
+
+pub async fn run(
+    config: Config,
+    args: BackfillArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Finished> {
+    let team_id = config.team_id.ok_or_else(|| {
+        anyhow::anyhow!(
+            "invalid value for POSTHOG_TEAM_ID: a backfill reads one team's events; set POSTHOG_TEAM_ID"
+        )
+    })?;
+    let mut config = config;
+    // Rows are clickhouse_events_json messages, whatever the stream reads.
+    config.input_format = InputFormat::Clickhouse;
+    let config = Arc::new(config);
+    let started = Instant::now();
+    let (_, librdkafka_version) = rdkafka::util::get_rdkafka_version();
+    let metrics = Arc::new(Metrics::new(&librdkafka_version));
+    let progress_metrics = Arc::new(BackfillMetrics::new(&metrics));
+    info!(version = env!("CARGO_PKG_VERSION"), config = ?config, backfill = ?args, "starting a backfill");
+    let http_stop = CancellationToken::new();
+    let _http_stop = http_stop.clone().drop_guard();
+    tokio::spawn(crate::ops::http::serve(
+        config.http_addr,
+        metrics.clone(),
+        Arc::new(Health::default()),
+        http_stop,
+    ));
+
+    let source = ClickHouse::new(&args)?;
+    let retry_for = args.retry_for;
+    retrying(
+        &source_errors(&progress_metrics),
+        retry_for,
+        &shutdown,
+        || source.check(),
+    )
+    .await?;
+    let state = StateTopic::new(&config)?;
+    state.ensure().await?;
+    let lock_name = format!("{}-backfill-{team_id}", config.kafka_consumer_group);
+    let lock = state.lock(&lock_name, &shutdown).await?;
+    let key = checkpoint::key(&config.kafka_consumer_group, team_id);
+    let earlier = read_checkpoint(&state, &key)?;
+    let checkpoint = match earlier {
+        Some(c) if c.complete => {
+            let summary =
+                progress::summary(team_id, &c.totals, started.elapsed(), &handover_text(&c));
+            info!("this backfill already completed; nothing to do");
+            return Ok(Finished { summary });
+        }
+        Some(c) => {
+            info!(cursor = ?c.cursor, until_ms = c.until_ms, "resuming from the checkpoint");
+            c
+        }
+        None => {
+            let handover = choose_handover(&config, &args, &state)?;
+            let c = Checkpoint {
+                team_id,
+                until_ms: handover.until_ms,
+                overlap_from_ms: handover.overlap_from_ms,
+                from_us: match args.from {
+                    HistoryStart::All => None,
+                    HistoryStart::From(t) => Some(micros(t)),
+                },
+                cursor: None,
+                complete: false,
+                totals: Totals::default(),
+            };
+            // The bound is fixed now: a restart keeps it.
+            state
+                .put(&key, &c, &shutdown)
+                .await
+                .map_err(|_| interrupted())?;
+            c
+        }
+    };
+    let whole = Range {
+        team_id,
+        from: match checkpoint.from_us {
+            None => HistoryStart::All,
+            Some(us) => HistoryStart::From(source::from_micros(us)),
+        },
+        after: None,
+        until_us: checkpoint.until_ms.saturating_mul(1000),
+    };
+    let errors = source_errors(&progress_metrics);
+    let total = retrying(&errors, retry_for, &shutdown, || source.count(&whole)).await?;
+    let resumed = Range {
+        after: checkpoint.cursor.clone(),
+        ..whole.clone()
+    };
+    let remaining = retrying(&errors, retry_for, &shutdown, || source.count(&resumed)).await?;
+    let overlap = retrying(&errors, retry_for, &shutdown, || {
+        source.count_since(&whole, checkpoint.overlap_from_ms.saturating_mul(1000))
+    })
+    .await?;
+    info!(team_id, total, remaining, overlap, handover = %handover_text(&checkpoint), "rows to backfill");
+    eprintln!(
+        "backfill: team {team_id}: {total} rows ingested before {}, {remaining} left to send",
+        source::from_micros(whole.until_us).to_rfc3339()
+    );
+    progress_metrics.rows_remaining.set(remaining as i64);
+    if total == 0 {
+        eprintln!("backfill: no events for team {team_id} (a project with no events, or an unknown team): nothing to send");
+    }
+
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+    let deps = Arc::new(partition::Deps {
+        config: config.clone(),
+        deliverer: delivery::Deliverer {
+            webhook: webhook::Webhook::new(&config, metrics.clone())
+                .context("cannot build the webhook HTTP client")?,
+            dead_letters: dlq::DeadLetters::new(&config)?,
+            originals: None,
+            metrics: metrics.clone(),
+        },
+        filter: Filter::from_config(&config),
+        metrics: metrics.clone(),
+        progress: progress_tx,
+    });
+    let lanes = Lanes::per_partition(
+        config.ordering,
+        config.key_lanes,
+        config.max_concurrent_requests,
+        1,
+    );
+    let tp = TopicPartition::new(format!("clickhouse:{}.events", source.database()), 0);
+    let worker = partition::spawn(&tokio::runtime::Handle::current(), deps, tp, 0, lanes);
+
+    let tracker = Tracker {
+        state: state.clone(),
+        key,
+        checkpoint: checkpoint.clone(),
+        positions: Positions::default(),
+        metrics: metrics.clone(),
+        progress: progress_metrics.clone(),
+        total,
+        done_before_run: total.saturating_sub(remaining),
+        done_this_run: 0,
+        started,
+        overlap,
+        page_rows: args.page_rows as u64,
+    };
+    let feeder = Feeder {
+        source: &source,
+        range: resumed,
+        page_rows: args.page_rows,
+        visibility_delay: args.visibility_delay,
+        retry_for,
+        max_buffered: config.max_buffered_bytes,
+        metrics: progress_metrics.clone(),
+    };
+    let result = pipeline(
+        feeder,
+        worker,
+        tracker,
+        progress_rx,
+        lock,
+        &config,
+        &shutdown,
+    )
+    .await;
+    match result {
+        Ok(totals) => Ok(Finished {
+            summary: progress::summary(
+                team_id,
+                &totals,
+                started.elapsed(),
+                &handover_text(&checkpoint),
+            ),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn interrupted() -> anyhow::Error {
+    anyhow::anyhow!("interrupted: run the backfill again to resume from its checkpoint")
+}
+
+fn handover_text(c: &Checkpoint) -> String {
+    let time = |ms: i64| {
+        source::from_micros(ms.saturating_mul(1000))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    format!(
+        "rows ingested from {} to {}",
+        time(c.overlap_from_ms),
+        time(c.until_ms)
+    )
+}
+
+fn read_checkpoint(state: &StateTopic, key: &str) -> anyhow::Result<Option<Checkpoint>> {
+    let values = tokio::task::block_in_place(|| state.read_prefix(key))?;
+    match values.get(key) {
+        None => Ok(None),
+        Some(value) => serde_json::from_slice(value)
+            .map(Some)
+            .with_context(|| format!("the checkpoint {key} in STATE_TOPIC is not readable")),
+    }
+}
+
+/// The bound of a first start: `BACKFILL_UNTIL`, else from where the
+/// stream's group started reading (see `handover`).
+fn choose_handover(
+    config: &Config,
+    args: &BackfillArgs,
+    state: &StateTopic,
+) -> anyhow::Result<Handover> {
+    let margin = i64::try_from(args.handover_margin.as_millis()).unwrap_or(i64::MAX);
+    let recorded = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let partitions = state.stream_partitions(config)?;
+        let starts = state.stream_starts()?;
+        Ok(handover::handover(&partitions, &starts, margin))
+    })?;
+    match (args.until, recorded) {
+        (Some(until), recorded) => {
+            let until_ms = until.timestamp_millis();
+            // The overlap window is known only from the stream's start.
+            let from = recorded.map_or(until_ms, |h| h.overlap_from_ms.min(until_ms));
+            Ok(Handover {
+                overlap_from_ms: from,
+                until_ms,
+            })
+        }
+        (None, Ok(handover)) => Ok(handover),
+        (None, Err(e)) => Err(anyhow::anyhow!(
+            "cannot tell where the stream's group {} started: {e}. Start the connector first (it records where it starts reading in STATE_TOPIC {}), or give BACKFILL_UNTIL",
+            config.kafka_consumer_group,
+            config.state_topic
+        )),
+    }
+}
+
+fn source_errors(metrics: &BackfillMetrics) -> prometheus::IntCounter {
+    metrics.source_errors.clone()
+}
+
+/// Runs `op` until it succeeds, is refused, or has failed for `retry_for`.
+async fn retrying<T, F, Fut>(
+    errors: &prometheus::IntCounter,
+    retry_for: Duration,
+    cancel: &CancellationToken,
+    mut op: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let since = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() && since.elapsed() < retry_for => {
+                errors.inc();
+                if crate::ops::log_limit::worth_logging(attempt.into()) {
+                    warn!(error = %e, attempt, "reading from ClickHouse failed; retrying");
+                }
+                pause(backoff(attempt), cancel)
+                    .await
+                    .map_err(|_| interrupted())?;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e @ SourceError::Transient(_)) => {
+                anyhow::bail!(
+                    "{e} (failed for {} s; check CLICKHOUSE_HOST)",
+                    since.elapsed().as_secs()
+                )
+            }
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(20))
+}
+
+/// Reads pages and hands their rows to the worker.
+struct Feeder<'a> {
+    source: &'a ClickHouse,
+    /// What is left to read: `after` moves with every row handed over.
+    range: Range,
+    page_rows: usize,
+    visibility_delay: Duration,
+    retry_for: Duration,
+    max_buffered: usize,
+    metrics: Arc<BackfillMetrics>,
+}
+
+/// What the feeder tells the tracker.
+enum Fed {
+    /// The rows up to `offset` (inclusive) end at `cursor`.
+    Mark(i64, Cursor),
+    /// Every row is handed over; `end` is one past the last offset.
+    End(i64),
+}
+
+impl Feeder<'_> {
+    async fn run(
+        mut self,
+        worker: &partition::Handle,
+        fed: mpsc::UnboundedSender<Fed>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut next_offset = 0i64;
+        let mut failing_since: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            // Rows become visible a moment after their created_at: nothing
+            // more recent than the visibility delay is read yet.
+            let visible_us = micros(chrono::Utc::now())
+                - i64::try_from(self.visibility_delay.as_micros()).unwrap_or(i64::MAX);
+            let page_range = Range {
+                until_us: self.range.until_us.min(visible_us),
+                ..self.range.clone()
+            };
+            let (rows, error) = self
+                .page(&page_range, worker, &fed, &mut next_offset, cancel)
+                .await;
+            if cancel.is_cancelled() {
+                return Err(interrupted());
+            }
+            match error {
+                None => {
+                    failing_since = None;
+                    attempt = 0;
+                }
+                Some(e) if e.is_transient() => {
+                    self.metrics.source_errors.inc();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.retry_for {
+                        anyhow::bail!(
+                            "{e} (failed for {} s; check CLICKHOUSE_HOST)",
+                            since.elapsed().as_secs()
+                        );
+                    }
+                    if crate::ops::log_limit::worth_logging(attempt.into()) {
+                        warn!(error = %e, "reading a page from ClickHouse failed; resuming after the last row read");
+                    }
+                    pause(backoff(attempt), cancel)
+                        .await
+                        .map_err(|_| interrupted())?;
+                    attempt = attempt.saturating_add(1);
+                    continue;
+                }
+                Some(e) => anyhow::bail!("{e}"),
+            }
+            if rows == self.page_rows {
+                continue;
+            }
+            if page_range.until_us >= self.range.until_us {
+                let _ = fed.send(Fed::End(next_offset));
+                return Ok(());
+            }
+            // The bound is not visible yet: wait for it.
+            let wait = Duration::from_micros(
+                u64::try_from(self.range.until_us - page_range.until_us).unwrap_or(0),
+            )
+            .min(Duration::from_secs(5));
+            info!(
+                wait_ms = wait.as_millis() as u64,
+                "waiting for rows up to the hand-over bound to become visible"
+            );
+            pause(wait, cancel).await.map_err(|_| interrupted())?;
+        }
+    }
+
+    /// Reads one page; returns how many rows it handed over, and the error
+    /// that ended it early, if one did. Rows read before an error are
+    /// handed over: the next page starts after them.
+    async fn page(
+        &mut self,
+        range: &Range,
+        worker: &partition::Handle,
+        fed: &mpsc::UnboundedSender<Fed>,
+        next_offset: &mut i64,
+        cancel: &CancellationToken,
+    ) -> (usize, Option<SourceError>) {
+        let mut page = match self.source.page(range, self.page_rows).await {
+            Ok(page) => page,
+            Err(e) => return (0, Some(e)),
+        };
+        let mut rows = 0;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut last: Option<Cursor> = None;
+        let error = loop {
+            if cancel.is_cancelled() {
+                break None;
+            }
+            match page.next_row().await {
+                Ok(Some(row)) => {
+                    chunk.push(Message {
+                        offset: *next_offset,
+                        timestamp_ms: Some(row.cursor.ingested_at_us / 1000),
+                        key: Some(row.key),
+                        payload: Some(row.json),
+                    });
+                    *next_offset += 1;
+                    rows += 1;
+                    last = Some(row.cursor);
+                    if chunk.len() >= CHUNK {
+                        self.hand(worker, fed, &mut chunk, &mut last, cancel).await;
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        self.hand(worker, fed, &mut chunk, &mut last, cancel).await;
+        (rows, error)
+    }
+
+    /// Hands `chunk` to the worker, then waits while its buffer is full.
+    async fn hand(
+        &mut self,
+        worker: &partition::Handle,
+        fed: &mpsc::UnboundedSender<Fed>,
+        chunk: &mut Vec<Message>,
+        last: &mut Option<Cursor>,
+        cancel: &CancellationToken,
+    ) {
+        let (Some(cursor), Some(offset)) = (last.take(), chunk.last().map(|m| m.offset)) else {
+            return;
+        };
+        self.metrics.rows_read.inc_by(chunk.len() as u64);
+        let _ = fed.send(Fed::Mark(offset, cursor.clone()));
+        worker.send(std::mem::take(chunk));
+        self.range.after = Some(cursor);
+        if worker.shared.buffered_bytes() > self.max_buffered {
+            // As the consumer pauses a full partition: the worker sends its
+            // open batches at once, since nothing more joins them for now.
+            worker.shared.press(true);
+            while worker.shared.buffered_bytes() > self.max_buffered / 2 && !cancel.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            worker.shared.press(false);
+        }
+    }
+}
+
+/// Follows the worker's frontier: checkpoints, progress, the lock.
+struct Tracker {
+    state: StateTopic,
+    key: String,
+    checkpoint: Checkpoint,
+    positions: Positions,
+    metrics: Arc<Metrics>,
+    progress: Arc<BackfillMetrics>,
+    total: u64,
+    done_before_run: u64,
+    done_this_run: u64,
+    started: Instant,
+    overlap: u64,
+    page_rows: u64,
+}
+
+impl Tracker {
+    fn totals(&self) -> Totals {
+        let this_run = Totals {
+            read: self.progress.rows_read.get(),
+            delivered: self.metrics.events_delivered.get(),
+            filtered: sum(&self.metrics.events_filtered),
+            dead_lettered: sum(&self.metrics.events_dead_lettered),
+            overlap: 0,
+        };
+        self.checkpoint.totals.plus(this_run)
+    }
+
+    fn snapshot(&self, waiting: Option<&'static str>) -> progress::Snapshot {
+        progress::Snapshot {
+            done: self.done_before_run + self.done_this_run,
+            total: self.total,
+            done_this_run: self.done_this_run,
+            elapsed: self.started.elapsed(),
+            cursor_us: self.checkpoint.cursor.as_ref().map(|c| c.ingested_at_us),
+            waiting,
+        }
+    }
+
+    /// The frontier reached `next_offset`: true when the checkpoint moved.
+    fn advance(&mut self, next_offset: i64) -> bool {
+        let Some(cursor) = self.positions.done_before(next_offset) else {
+            return false;
+        };
+        let done = u64::try_from(next_offset).unwrap_or(0);
+        let newly = done.saturating_sub(self.done_this_run);
+        self.done_this_run = done;
+        self.progress.rows_done.inc_by(newly);
+        self.progress
+            .rows_remaining
+            .set(self.total.saturating_sub(self.done_before_run + done) as i64);
+        self.progress.cursor.set(cursor.ingested_at_us as f64 / 1e6);
+        let delivered = self.metrics.events_delivered.get();
+        let mirrored = self.progress.events_delivered.get();
+        self.progress
+            .events_delivered
+            .inc_by(delivered.saturating_sub(mirrored));
+        self.checkpoint.cursor = Some(cursor);
+        true
+    }
+
+    async fn save(&mut self, complete: bool, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut checkpoint = self.checkpoint.clone();
+        checkpoint.totals = self.totals();
+        checkpoint.complete = complete;
+        if complete {
+            checkpoint.totals.overlap = self.overlap;
+        }
+        self.state
+            .put(&self.key, &checkpoint, cancel)
+            .await
+            .map_err(|_| interrupted())
+    }
+}
+
+fn sum(vec: &prometheus::IntCounterVec) -> u64 {
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The feeder, the worker and the tracker together, until every row is
+/// done, the lock is lost, or a shutdown.
+async fn pipeline(
+    feeder: Feeder<'_>,
+    worker: partition::Handle,
+    mut tracker: Tracker,
+    mut progress: mpsc::UnboundedReceiver<Progress>,
+    lock: Lock,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Totals> {
+    let (fed_tx, mut fed) = mpsc::unbounded_channel();
+    let cancel = shutdown.child_token();
+    let mut feeding_done = false;
+    let mut end: Option<i64> = None;
+    let mut frontier = 0i64;
+    let mut last_save = Instant::now();
+    let mut saved_at_rows = 0u64;
+    let page_rows = tracker.page_rows;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    let line_every = if tty {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut feeding = Box::pin(feeder.run(&worker, fed_tx, &cancel));
+    let failure: Option<anyhow::Error> = loop {
+        if end.is_some_and(|end| frontier >= end) {
+            break None;
+        }
+        tokio::select! {
+            result = &mut feeding, if !feeding_done => {
+                feeding_done = true;
+                if let Err(e) = result {
+                    break Some(e);
+                }
+            }
+            Some(f) = fed.recv() => match f {
+                Fed::Mark(offset, cursor) => tracker.positions.handed(offset, cursor),
+                Fed::End(at) => end = Some(at),
+            },
+            Some(p) = progress.recv() => {
+                frontier = frontier.max(p.next_offset);
+                tracker.advance(frontier);
+            }
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break Some(interrupted()),
+        }
+        if !lock.check() {
+            break Some(anyhow::anyhow!(
+                "lost the backfill's lock (its Kafka session timed out, or another backfill took it); stopping"
+            ));
+        }
+        // Checkpoint at least every second, and every half page of rows.
+        let rows = tracker.done_this_run;
+        if rows > saved_at_rows
+            && (last_save.elapsed() >= Duration::from_secs(1)
+                || rows - saved_at_rows >= page_rows / 2)
+        {
+            tracker.save(false, shutdown).await?;
+            (last_save, saved_at_rows) = (Instant::now(), rows);
+        }
+        if last_line.elapsed() >= line_every {
+            last_line = Instant::now();
+            report(&tracker.snapshot(None), tty);
+        }
+    };
+    drop(feeding);
+    // Stop the worker: at the end it has nothing left; on a failure it
+    // finishes what is in flight within SHUTDOWN_TIMEOUT_MS.
+    cancel.cancel();
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    if let Some(safe) = worker.stop(deadline).await {
+        frontier = frontier.max(safe);
+    }
+    while let Ok(f) = fed.try_recv() {
+        if let Fed::Mark(offset, cursor) = f {
+            tracker.positions.handed(offset, cursor);
+        }
+    }
+    while let Ok(p) = progress.try_recv() {
+        frontier = frontier.max(p.next_offset);
+    }
+    tracker.advance(frontier);
+    let save_cancel = CancellationToken::new();
+    let saving = tracker.save(failure.is_none(), &save_cancel);
+    if tokio::time::timeout(Duration::from_secs(30), saving)
+        .await
+        .is_err()
+    {
+        warn!("could not write the last checkpoint; a restart resumes from the one before");
+    }
+    report(&tracker.snapshot(None), tty);
+    match failure {
+        None => {
+            let mut totals = tracker.totals();
+            totals.overlap = tracker.overlap;
+            Ok(totals)
+        }
+        Some(e) => Err(e),
+    }
+}
+
+fn report(snapshot: &progress::Snapshot, tty: bool) {
+    if tty {
+        eprintln!("{}", snapshot.line());
+    } else {
+        info!(
+            done = snapshot.done,
+            total = snapshot.total,
+            rows_per_s = snapshot.rate().round() as u64,
+            eta_s = snapshot.eta().map(|d| d.as_secs()),
+            cursor_us = snapshot.cursor_us,
+            "{}",
+            snapshot.line()
+        );
+    }
+}
