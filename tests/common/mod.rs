@@ -26,6 +26,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
+pub mod clickhouse;
+
 /// The broker every test uses.
 pub fn kafka() -> String {
     static BROKERS: OnceLock<String> = OnceLock::new();
