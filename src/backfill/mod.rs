@@ -23,8 +23,11 @@
 //! **At least once.** A checkpoint names the last row whose events were all
 //! delivered, filtered out or dead-lettered. A restart (after a crash or a
 //! SIGKILL) resumes after it: rows delivered since the last checkpoint are
-//! sent again. Checkpoints are written at least every second and every half
-//! page, so a kill redelivers at most about one page.
+//! sent again. A checkpoint is written whenever the frontier passes a chunk
+//! of 32 rows, so a kill redelivers at most those 32 rows, the batches in
+//! flight (up to MAX_CONCURRENT_REQUESTS × BATCH_MAX_EVENTS), and what was
+//! delivered during one checkpoint write: less than a page
+//! (BACKFILL_PAGE_ROWS) whenever a page is larger than the batches in flight.
 //!
 //! **One at a time.** A backfill holds a lock for its group and team
 //! (`StateTopic::lock`): a second one waits until the first ends.
@@ -59,8 +62,8 @@ use clickhouse::ClickHouse;
 use handover::Handover;
 use source::{micros, Cursor, Range, SourceError};
 
-/// Rows handed to the worker at once (and the checkpoint's granularity).
-const CHUNK: usize = 256;
+/// Rows handed to the worker at once, and the checkpoint's granularity.
+const CHUNK: usize = 32;
 
 /// What `run` returns: the summary line, printed last.
 pub struct Finished {
@@ -208,7 +211,6 @@ pub async fn run(
         done_this_run: 0,
         started,
         overlap,
-        page_rows: args.page_rows as u64,
     };
     let feeder = Feeder {
         source: &source,
@@ -522,7 +524,6 @@ struct Tracker {
     done_this_run: u64,
     started: Instant,
     overlap: u64,
-    page_rows: u64,
 }
 
 impl Tracker {
@@ -608,9 +609,7 @@ async fn pipeline(
     let mut feeding_done = false;
     let mut end: Option<i64> = None;
     let mut frontier = 0i64;
-    let mut last_save = Instant::now();
     let mut saved_at_rows = 0u64;
-    let page_rows = tracker.page_rows;
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     let line_every = if tty {
@@ -647,14 +646,13 @@ async fn pipeline(
                 "lost the backfill's lock (its Kafka session timed out, or another backfill took it); stopping"
             ));
         }
-        // Checkpoint at least every second, and every half page of rows.
+        // Checkpoint whenever it moved: one write at a time, so the writes
+        // pace themselves (a write takes a Kafka round trip, while the
+        // reports of several deliveries queue up behind it).
         let rows = tracker.done_this_run;
-        if rows > saved_at_rows
-            && (last_save.elapsed() >= Duration::from_secs(1)
-                || rows - saved_at_rows >= page_rows / 2)
-        {
+        if rows > saved_at_rows {
             tracker.save(false, shutdown).await?;
-            (last_save, saved_at_rows) = (Instant::now(), rows);
+            saved_at_rows = rows;
         }
         if last_line.elapsed() >= line_every {
             last_line = Instant::now();

@@ -1,0 +1,565 @@
+//! `patterns-connector backfill` against a real broker and a real ClickHouse
+//! engine (chdb behind the stand-in in tests/clickhouse/): the hand-over to
+//! the stream, a SIGKILL and restart, bad rows, ClickHouse going away, and
+//! the refusals an operator meets first.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::clickhouse::ClickHouse;
+use common::*;
+use patterns_connector::event::sample;
+use rdkafka::admin::AdminOptions;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+const TEAM: i64 = 2;
+const OTHER_TEAM: i64 = 3;
+
+fn clickhouse_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// A row of PostHog's events table, as ingestion writes it.
+fn row(
+    uuid: &str,
+    team: i64,
+    n: u64,
+    timestamp: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    properties: Value,
+) -> Value {
+    let event = ["$pageview", "$autocapture", "signed_up"][(n % 3) as usize];
+    json!({
+        "uuid": uuid,
+        "event": event,
+        "properties": properties.to_string(),
+        "timestamp": clickhouse_time(timestamp),
+        "team_id": team,
+        "distinct_id": format!("user-{}", n % 17),
+        "elements_chain": "",
+        "created_at": clickhouse_time(created_at),
+        "_timestamp": created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        "_offset": n,
+    })
+}
+
+/// Properties with some weight: unicode, and every 97th row 100 KB.
+fn properties(n: u64) -> Value {
+    let mut p = json!({"$current_url": "https://example.com/☃/日本", "n": n, "$set": {"email": format!("u{n}@example.com")}});
+    if n % 97 == 5 {
+        p["blob"] = Value::String("x".repeat(100 * 1024));
+    }
+    p
+}
+
+/// The backfill process.
+struct Backfill {
+    child: Option<Child>,
+    stdout: PathBuf,
+    log: PathBuf,
+}
+
+impl Backfill {
+    fn start(clickhouse: &ClickHouse, webhook: &str, env: &[(&str, &str)]) -> Self {
+        let name = unique("backfill");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let (stdout, log) = (
+            dir.join(format!("{name}.out")),
+            dir.join(format!("{name}.log")),
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
+        cmd.arg("backfill")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KAFKA_HOSTS", kafka())
+            .env("PATTERNS_WEBHOOK_URL", webhook)
+            .env("HTTP_ADDR", free_port().to_string())
+            .env("POSTHOG_TEAM_ID", TEAM.to_string())
+            .env("CLICKHOUSE_HOST", clickhouse.url())
+            .env("CLICKHOUSE_USER", clickhouse.user())
+            .env("CLICKHOUSE_PASSWORD", clickhouse.password())
+            .env("BATCH_LINGER_MS", "100")
+            .env("RETRY_BACKOFF_MIN_MS", "50")
+            .env("RETRY_BACKOFF_MAX_MS", "500")
+            .env("BACKFILL_VISIBILITY_DELAY_MS", "0")
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Backfill {
+            child: Some(cmd.spawn().expect("start patterns-connector backfill")),
+            stdout,
+            log,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the backfill did not exit within {timeout:?}\nstdout: {}\nlog: {}",
+                self.output(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs to its end and returns (success, stdout, log).
+    async fn run(
+        clickhouse: &ClickHouse,
+        webhook: &str,
+        env: &[(&str, &str)],
+    ) -> (bool, String, String) {
+        let mut b = Backfill::start(clickhouse, webhook, env);
+        let status = b.wait(Duration::from_secs(120)).await;
+        (status.success(), b.output(), b.logs())
+    }
+}
+
+impl Drop for Backfill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The number before `what` in the summary line.
+fn summary_count(output: &str, what: &str) -> u64 {
+    let line = output
+        .lines()
+        .last()
+        .filter(|l| l.starts_with("backfill complete"))
+        .unwrap_or_else(|| panic!("no summary line last in: {output}"));
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} not in {line}"));
+    line[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {what:?} in {line}"))
+}
+
+fn uuid_counts(events: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in events {
+        *counts
+            .entry(e["uuid"].as_str().expect("uuid").to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn names(prefix: &str) -> (String, String, String) {
+    (unique(prefix), unique("bf-state"), unique("bf-dlq"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_stream_together_deliver_every_event_once_but_for_the_counted_overlap() {
+    let run = run_id();
+    let topic = unique("bf-stream");
+    let (group, state, dlq) = names("bf-group");
+    create_topic(&topic, 1).await;
+    let clickhouse = ClickHouse::start("backfill", "ch-secret-9");
+
+    // 300 events captured 200 ms apart, ten minutes ago; ingested 50 ms
+    // after capture. Every 50th arrived late: its own timestamp is three
+    // days older than its ingestion.
+    let n = 300u64;
+    let base = Utc::now() - chrono::Duration::minutes(10);
+    let captured = |i: u64| base + chrono::Duration::milliseconds(200 * i as i64);
+    let ingested = |i: u64| captured(i) + chrono::Duration::milliseconds(50);
+    let producer = producer();
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let s = sample::captured(run, i, &now_timestamp());
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(0)
+                    .key(&s.key)
+                    .payload(&s.value)
+                    .timestamp(captured(i).timestamp_millis()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+        let timestamp = if i % 50 == 7 {
+            ingested(i) - chrono::Duration::days(3)
+        } else {
+            captured(i) - chrono::Duration::seconds(1)
+        };
+        rows.push(row(&s.uuid, TEAM, i, timestamp, ingested(i), properties(i)));
+    }
+    // Another team's events, ingested over the same time: never sent.
+    for k in 0..40 {
+        let uuid = sample::uuid_for(run, 10_000 + k);
+        rows.push(row(
+            &uuid,
+            OTHER_TEAM,
+            k,
+            captured(k),
+            ingested(k * 7),
+            properties(k),
+        ));
+    }
+    clickhouse.insert_rows("posthog.events", &rows);
+
+    // Kafka kept only the last third: retention took the rest.
+    let deleted_before = 200i64;
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset(&topic, 0, Offset::Offset(deleted_before))
+        .unwrap();
+    admin()
+        .delete_records(&before, &AdminOptions::new())
+        .await
+        .expect("delete records");
+
+    // The stream starts (reading from the earliest offset left) ...
+    let stream = Receiver::start().await;
+    let env = [("STATE_TOPIC", state.as_str()), ("DLQ_TOPIC", dlq.as_str())];
+    let connector = Connector::start(&topic, &group, &stream.url(), &env);
+    eventually(
+        Duration::from_secs(60),
+        "the stream delivers the retained third",
+        || stream.delivered_uuids().len() == (n as usize - deleted_before as usize),
+    )
+    .await;
+
+    // ... then the backfill sends the rest.
+    let history = Receiver::start().await;
+    let margin_ms = 2_000i64;
+    let margin = margin_ms.to_string();
+    let (ok, output, logs) = Backfill::run(
+        &clickhouse,
+        &history.url(),
+        &[
+            ("KAFKA_TOPIC", topic.as_str()),
+            ("KAFKA_CONSUMER_GROUP", group.as_str()),
+            ("STATE_TOPIC", state.as_str()),
+            ("DLQ_TOPIC", dlq.as_str()),
+            ("BACKFILL_HANDOVER_MARGIN_MS", margin.as_str()),
+            ("BACKFILL_PAGE_ROWS", "64"),
+        ],
+    )
+    .await;
+    assert!(ok, "backfill failed\nstdout: {output}\nlog: {logs}");
+    drop(connector);
+
+    let uuid = |i: u64| sample::uuid_for(run, i);
+    let streamed = uuid_counts(&stream.delivered());
+    let backfilled = uuid_counts(&history.delivered());
+    // Every event of the team reached the receiver, late arrivals included.
+    for i in 0..n {
+        assert!(
+            streamed.contains_key(&uuid(i)) || backfilled.contains_key(&uuid(i)),
+            "event {i} was delivered by neither path"
+        );
+    }
+    // Nothing of the other team; nothing twice within a path.
+    for k in 0..40 {
+        assert!(!backfilled.contains_key(&sample::uuid_for(run, 10_000 + k)));
+    }
+    assert!(
+        backfilled.values().all(|c| *c == 1),
+        "a backfilled event came twice"
+    );
+    assert!(
+        streamed.values().all(|c| *c == 1),
+        "a streamed event came twice"
+    );
+    // The overlap: events both paths sent. The stream's first message was
+    // captured at captured(200), so the bound is captured(200) + margin:
+    // only events ingested in that window can overlap, and the summary
+    // counts them.
+    let overlap: HashSet<u64> = (0..n)
+        .filter(|i| streamed.contains_key(&uuid(*i)) && backfilled.contains_key(&uuid(*i)))
+        .collect();
+    let window_start = captured(deleted_before as u64);
+    let window_end = window_start + chrono::Duration::milliseconds(margin_ms);
+    for i in &overlap {
+        assert!(
+            ingested(*i) >= window_start && ingested(*i) < window_end,
+            "event {i} overlaps but was ingested outside the documented window"
+        );
+    }
+    let expected: HashSet<u64> = (0..n)
+        .filter(|i| ingested(*i) >= window_start && ingested(*i) < window_end)
+        .collect();
+    assert_eq!(overlap, expected);
+    assert!(!overlap.is_empty(), "the test means to have an overlap");
+    assert_eq!(
+        summary_count(&output, "in the overlap with the stream"),
+        overlap.len() as u64,
+        "{output}"
+    );
+    assert_eq!(summary_count(&output, "delivered"), backfilled.len() as u64);
+    // The row count up front, and the fields a ClickHouse row adds.
+    assert!(
+        logs.contains(&format!(
+            "{} rows ingested before",
+            deleted_before as usize + overlap.len()
+        )),
+        "{logs}"
+    );
+    let late = history
+        .delivered()
+        .into_iter()
+        .find(|e| e["uuid"] == uuid(7))
+        .expect("the late event 7");
+    assert_eq!(late["team_id"], TEAM);
+    assert!(late["timestamp"].as_str().unwrap().starts_with(
+        &(ingested(7) - chrono::Duration::days(3))
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    ));
+    assert_eq!(
+        late["properties"]["$current_url"],
+        "https://example.com/☃/日本"
+    );
+    assert!(
+        !output.contains("ch-secret-9") && !logs.contains("ch-secret-9"),
+        "the ClickHouse password leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_killed_midway_resumes_from_its_checkpoint() {
+    let run = run_id();
+    let (group, state, dlq) = names("bf-kill");
+    let clickhouse = ClickHouse::start("default", "pw");
+    let n = 1_500u64;
+    let base = Utc::now() - chrono::Duration::days(30);
+    let rows: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::ok().delayed(Duration::from_millis(30)));
+    let page_rows = 100usize;
+    let page = page_rows.to_string();
+    let until = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let env = [
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("STATE_TOPIC", state.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BACKFILL_PAGE_ROWS", page.as_str()),
+        ("BATCH_MAX_EVENTS", "25"),
+        ("MAX_CONCURRENT_REQUESTS", "2"),
+    ];
+    let mut kills = 0;
+    for kill_at in [300usize, 800] {
+        let mut b = Backfill::start(&clickhouse, &receiver.url(), &env);
+        eventually(Duration::from_secs(60), "the backfill delivers", || {
+            receiver.delivered().len() >= kill_at
+        })
+        .await;
+        b.kill();
+        kills += 1;
+    }
+    let (ok, output, logs) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
+    assert!(ok, "stdout: {output}\nlog: {logs}");
+    assert!(logs.contains("resuming from the checkpoint"), "{logs}");
+    let counts = uuid_counts(&receiver.delivered());
+    for i in 0..n {
+        assert!(
+            counts.contains_key(&sample::uuid_for(run, i)),
+            "event {i} missing"
+        );
+    }
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    eprintln!("{duplicates} duplicates after {kills} kills (page: {page_rows} rows)");
+    assert!(
+        duplicates <= kills * page_rows,
+        "{duplicates} duplicates after {kills} kills: more than a page each"
+    );
+    // Run again: complete, nothing sent.
+    let sent = receiver.requests().len();
+    let (ok, output, _) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
+    assert!(ok && output.contains("backfill complete"), "{output}");
+    assert_eq!(receiver.requests().len(), sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_is_dead_lettered_and_clickhouse_going_away_is_waited_out() {
+    let run = run_id();
+    let (group, state, dlq) = names("bf-bad");
+    create_topic(&dlq, 1).await;
+    let mut clickhouse = ClickHouse::start("default", "pw");
+    let n = 600u64;
+    let base = Utc::now() - chrono::Duration::days(3);
+    let bad = 123u64;
+    let rows: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            let mut r = row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i));
+            if i == bad {
+                r["properties"] = Value::String("{not json".into());
+            }
+            r
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::ok().delayed(Duration::from_millis(20)));
+    let until = Utc::now().to_rfc3339();
+    let env = [
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("STATE_TOPIC", state.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BACKFILL_PAGE_ROWS", "50"),
+        ("BATCH_MAX_EVENTS", "10"),
+        ("MAX_CONCURRENT_REQUESTS", "1"),
+    ];
+    let mut b = Backfill::start(&clickhouse, &receiver.url(), &env);
+    eventually(Duration::from_secs(60), "the backfill delivers", || {
+        receiver.delivered().len() >= 150
+    })
+    .await;
+    clickhouse.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    clickhouse.restart();
+    let status = b.wait(Duration::from_secs(120)).await;
+    assert!(
+        status.success(),
+        "stdout: {}\nlog: {}",
+        b.output(),
+        b.logs()
+    );
+    assert!(
+        b.logs().contains("ClickHouse") && b.logs().contains("retrying")
+            || b.logs().contains("resuming after the last row read"),
+        "no retry logged: {}",
+        b.logs()
+    );
+    let counts = uuid_counts(&receiver.delivered());
+    for i in (0..n).filter(|i| *i != bad) {
+        assert!(
+            counts.contains_key(&sample::uuid_for(run, i)),
+            "event {i} missing"
+        );
+    }
+    assert!(!counts.contains_key(&sample::uuid_for(run, bad)));
+    let letters = read_topic(&dlq, 1, Duration::from_secs(30));
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert!(
+        String::from_utf8_lossy(letter.payload.as_deref().unwrap_or_default())
+            .contains(&sample::uuid_for(run, bad)),
+        "the dead letter holds the row"
+    );
+    assert!(
+        letter
+            .headers
+            .get("dlq.reason")
+            .is_some_and(|r| !r.is_empty()),
+        "{:?}",
+        letter.headers
+    );
+    assert_eq!(summary_count(&b.output(), "dead-lettered"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_option_and_an_empty_project_is_not_an_error() {
+    let (group, state, dlq) = names("bf-refuse");
+    let clickhouse = ClickHouse::start("default", "right");
+    let receiver = Receiver::start().await;
+    let until = Utc::now().to_rfc3339();
+    let base = [
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("STATE_TOPIC", state.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BACKFILL_RETRY_FOR_MS", "2000"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut env = base.to_vec();
+        env.extend_from_slice(extra);
+        env
+    };
+
+    let (ok, _, logs) = Backfill::run(
+        &clickhouse,
+        &receiver.url(),
+        &with(&[("CLICKHOUSE_PASSWORD", "wrong-pw-77")]),
+    )
+    .await;
+    assert!(!ok);
+    assert!(logs.contains("CLICKHOUSE_PASSWORD"), "{logs}");
+    assert!(!logs.contains("wrong-pw-77"), "the password leaked: {logs}");
+
+    let (ok, _, logs) = Backfill::run(
+        &clickhouse,
+        &receiver.url(),
+        &with(&[("CLICKHOUSE_DATABASE", "nope")]),
+    )
+    .await;
+    assert!(!ok);
+    assert!(logs.contains("CLICKHOUSE_DATABASE"), "{logs}");
+
+    let (ok, _, logs) = Backfill::run(
+        &clickhouse,
+        &receiver.url(),
+        &with(&[("CLICKHOUSE_HOST", "127.0.0.1:1")]),
+    )
+    .await;
+    assert!(!ok);
+    assert!(logs.contains("CLICKHOUSE_HOST"), "{logs}");
+
+    // No events for the team: said so, exit 0.
+    let (ok, output, logs) = Backfill::run(&clickhouse, &receiver.url(), &base).await;
+    assert!(ok, "{output}\n{logs}");
+    assert!(logs.contains("no events for team 2"), "{logs}");
+    assert_eq!(summary_count(&output, "rows read"), 0);
+    assert!(receiver.requests().is_empty());
+
+    // Without a recorded stream start or BACKFILL_UNTIL: refused, saying how to fix it.
+    let (other_group, _, _) = names("bf-refuse-nostream");
+    let env: Vec<_> = base
+        .iter()
+        .filter(|(k, _)| *k != "BACKFILL_UNTIL" && *k != "KAFKA_CONSUMER_GROUP")
+        .copied()
+        .chain([("KAFKA_CONSUMER_GROUP", other_group.as_str())])
+        .collect();
+    let (ok, _, logs) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
+    assert!(!ok);
+    assert!(logs.contains("BACKFILL_UNTIL"), "{logs}");
+}
