@@ -73,6 +73,12 @@
 //! does librdkafka's group state when it stops taking part in rebalances
 //! (`kafka::wedge`): a restart is what clears it.
 //!
+//! **History** (`backfill`): the events PostHog already holds, read from its
+//! ClickHouse in order of ingestion and fed to a partition worker as if
+//! they were one Kafka partition's messages, so the same batching,
+//! delivery and dead letters serve them; they end where the group started
+//! reading (`consumer::first_read` records it in `STATE_TOPIC`, `kafka::state`).
+//!
 //! `START_AT` decides a new group's start once, and commits it at the first
 //! assignment; afterwards partitions without a commit start at the earliest
 //! offset, so nothing is skipped.
