@@ -563,3 +563,59 @@ async fn refusals_name_the_option_and_an_empty_project_is_not_an_error() {
     assert!(!ok);
     assert!(logs.contains("BACKFILL_UNTIL"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_backfill_of_the_same_team_and_group_waits_for_the_first() {
+    let run = run_id();
+    let (group, state, dlq) = names("bf-lock");
+    let clickhouse = ClickHouse::start("default", "pw");
+    let n = 500u64;
+    let base = Utc::now() - chrono::Duration::days(2);
+    let rows: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+    let receiver = Receiver::start().await;
+    // About 100 events a second: the first runs for about five seconds.
+    receiver.set_default(Reply::ok().delayed(Duration::from_millis(100)));
+    let until = Utc::now().to_rfc3339();
+    let env = [
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("STATE_TOPIC", state.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BATCH_MAX_EVENTS", "10"),
+        ("MAX_CONCURRENT_REQUESTS", "1"),
+    ];
+    let mut first = Backfill::start(&clickhouse, &receiver.url(), &env);
+    eventually(
+        Duration::from_secs(60),
+        "the first backfill delivers",
+        || !receiver.delivered().is_empty(),
+    )
+    .await;
+    let mut second = Backfill::start(&clickhouse, &receiver.url(), &env);
+    let status = first.wait(Duration::from_secs(120)).await;
+    assert!(status.success(), "{}", first.logs());
+    let status = second.wait(Duration::from_secs(120)).await;
+    assert!(status.success(), "{}", second.logs());
+    assert!(
+        second.logs().contains("waiting: another backfill"),
+        "{}",
+        second.logs()
+    );
+    assert!(
+        second.output().contains("backfill complete"),
+        "{}",
+        second.output()
+    );
+    let counts = uuid_counts(&receiver.delivered());
+    assert_eq!(counts.len(), n as usize);
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "the second backfill sent events the first had sent"
+    );
+}

@@ -326,7 +326,10 @@ impl StateTopic {
                     }
                     return Ok(consumer);
                 }
-                if waiting_logged.elapsed() >= Duration::from_secs(10) {
+                // The first join takes a moment; a wait past that is another holder.
+                let first =
+                    waiting_logged == started && started.elapsed() >= Duration::from_secs(3);
+                if first || waiting_logged.elapsed() >= Duration::from_secs(10) {
                     waiting_logged = std::time::Instant::now();
                     info!(
                         lock = name,
