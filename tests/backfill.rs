@@ -429,7 +429,11 @@ async fn a_bad_row_is_dead_lettered_and_clickhouse_going_away_is_waited_out() {
     let rows: Vec<Value> = (0..n)
         .map(|i| {
             let t = base + chrono::Duration::seconds(i as i64);
-            let mut r = row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i));
+            // 5 KB rows: the feeder reads ahead only MAX_BUFFERED_BYTES
+            // (1 MiB), so pages are still being read when ClickHouse goes.
+            let mut props = properties(i);
+            props["pad"] = Value::String("y".repeat(5_000));
+            let mut r = row(&sample::uuid_for(run, i), TEAM, i, t, t, props);
             if i == bad {
                 r["properties"] = Value::String("{not json".into());
             }
@@ -438,7 +442,7 @@ async fn a_bad_row_is_dead_lettered_and_clickhouse_going_away_is_waited_out() {
         .collect();
     clickhouse.insert_rows("posthog.events", &rows);
     let receiver = Receiver::start().await;
-    receiver.set_default(Reply::ok().delayed(Duration::from_millis(20)));
+    receiver.set_default(Reply::ok().delayed(Duration::from_millis(50)));
     let until = Utc::now().to_rfc3339();
     let env = [
         ("KAFKA_CONSUMER_GROUP", group.as_str()),
@@ -448,6 +452,10 @@ async fn a_bad_row_is_dead_lettered_and_clickhouse_going_away_is_waited_out() {
         ("BACKFILL_PAGE_ROWS", "50"),
         ("BATCH_MAX_EVENTS", "10"),
         ("MAX_CONCURRENT_REQUESTS", "1"),
+        ("MAX_BUFFERED_BYTES", "1048576"),
+        // The stream's project filter, from the same configuration: rows
+        // carry no token; the team selects them.
+        ("POSTHOG_PROJECT_TOKEN", "phc_the_streams_project"),
     ];
     let mut b = Backfill::start(&clickhouse, &receiver.url(), &env);
     eventually(Duration::from_secs(60), "the backfill delivers", || {

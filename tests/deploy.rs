@@ -1,7 +1,8 @@
 //! The deploy files, checked with real tools: a strict schema check of every
 //! Kubernetes manifest and both compose files (deploy/validate, Go),
 //! promtool on the rules as deployed, hadolint on the Dockerfile, and the
-//! environment variables they set are options the binary accepts.
+//! environment variables they set are options the binary accepts (the
+//! backfill Job's, options of `patterns-connector backfill`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,9 +31,10 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
-/// Every `[env: NAME` in `patterns-connector --help`.
-fn accepted_env() -> Vec<String> {
+/// Every `[env: NAME` in `patterns-connector <args> --help`.
+fn accepted_env(args: &[&str]) -> Vec<String> {
     let help = run(Command::new(env!("CARGO_BIN_EXE_patterns-connector"))
+        .args(args)
         .arg("--help")
         .env_clear());
     help.split("[env: ")
@@ -48,17 +50,34 @@ fn every_manifest_and_compose_file_passes_a_strict_schema_check_and_sets_only_re
         .arg(repo(""))
         .current_dir(repo("deploy/validate")));
     assert!(out.contains("OK deploy files are valid"), "{out}");
-    let accepted = accepted_env();
+    // A backfill reads the connector's options and its own.
+    let mut accepted = accepted_env(&[]);
+    let backfill_own = accepted_env(&["backfill"]);
     assert!(
-        accepted.contains(&"PATTERNS_WEBHOOK_URL".to_owned()),
-        "{accepted:?}"
+        accepted.contains(&"PATTERNS_WEBHOOK_URL".to_owned())
+            && backfill_own.contains(&"CLICKHOUSE_HOST".to_owned()),
+        "{accepted:?} {backfill_own:?}"
     );
+    accepted.extend(backfill_own);
+    // The Secret and the compose services serve `backfill` runs as well as
+    // the stream, so a backfill option is a real option there too.
     let used: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("ENV ")).collect();
     assert!(used.len() >= 8, "{used:?}");
     for name in used {
         assert!(
             accepted.iter().any(|a| a == name),
             "the deploy files set {name}, which patterns-connector does not accept"
+        );
+    }
+    let job: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("BACKFILL_ENV "))
+        .collect();
+    assert!(job.contains(&"POSTHOG_TEAM_ID"), "{job:?}");
+    for name in job {
+        assert!(
+            accepted.iter().any(|a| a == name),
+            "backfill-job.yaml sets {name}, which patterns-connector backfill does not accept"
         );
     }
 }

@@ -7,8 +7,13 @@
 //     its v1alpha1 spec; plus checks that tie the files together;
 //   - both compose files load with compose-go, which validates them against
 //     the Compose specification's schema;
-//   - it prints the environment variables the files set ("ENV NAME"), so a
-//     test can check each is an option the binary accepts.
+//   - the backfill Job (backfill-job.yaml, kept out of the kustomization)
+//     decodes into batch/v1 Job and runs like the Deployment: same ConfigMap
+//     and Secret, security context and port, and no selector of the stream's
+//     matches its pod;
+//   - it prints the environment variables the files set ("ENV NAME", and
+//     "BACKFILL_ENV NAME" for the ones the backfill Job sets), so a test can
+//     check each is an option the binary accepts.
 //
 // Usage: go run ./deploy/validate <repo root>
 package main
@@ -18,6 +23,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +32,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
@@ -137,6 +145,8 @@ func main() {
 	strict(filepath.Join(k8s, "scaledobject.yaml"), &scaled)
 	var kustomization Kustomization
 	strict(filepath.Join(k8s, "kustomization.yaml"), &kustomization)
+	var job batchv1.Job
+	strict(filepath.Join(k8s, "backfill-job.yaml"), &job)
 
 	// Kinds and API versions.
 	for _, c := range []struct{ got, want string }{
@@ -144,6 +154,7 @@ func main() {
 		{deployment.APIVersion, "apps/v1"}, {service.Kind, "Service"}, {pdb.Kind, "PodDisruptionBudget"},
 		{pdb.APIVersion, "policy/v1"}, {monitor.Kind, "ServiceMonitor"}, {monitor.APIVersion, "monitoring.coreos.com/v1"},
 		{rule.Kind, "PrometheusRule"}, {scaled.Kind, "ScaledObject"}, {scaled.APIVersion, "keda.sh/v1alpha1"},
+		{job.Kind, "Job"}, {job.APIVersion, "batch/v1"},
 	} {
 		if c.got != c.want {
 			fail("expected %q, found %q", c.want, c.got)
@@ -183,9 +194,16 @@ func main() {
 		}
 	}
 	if drain, err := strconv.Atoi(configMap.Data["SHUTDOWN_TIMEOUT_MS"]); err == nil {
-		grace := deployment.Spec.Template.Spec.TerminationGracePeriodSeconds
-		if grace == nil || *grace*1000 <= int64(drain)+5000 {
-			fail("deployment: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (%d ms) with room to commit", drain)
+		for _, p := range []struct {
+			name  string
+			grace *int64
+		}{
+			{"deployment", deployment.Spec.Template.Spec.TerminationGracePeriodSeconds},
+			{"backfill-job", job.Spec.Template.Spec.TerminationGracePeriodSeconds},
+		} {
+			if p.grace == nil || *p.grace*1000 <= int64(drain)+5000 {
+				fail("%s: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (%d ms) with room to commit", p.name, drain)
+			}
 		}
 	}
 	if scaled.Spec.MaxReplicaCount == nil || *scaled.Spec.MaxReplicaCount > 12 {
@@ -213,9 +231,14 @@ func main() {
 			fail("kustomization: %s is not listed", f)
 		}
 	}
+	// Applying the kustomization must not start a backfill.
+	if resources["backfill-job.yaml"] {
+		fail("kustomization: backfill-job.yaml must not be listed")
+	}
 	for _, e := range container.Env {
 		env[e.Name] = true
 	}
+	backfillEnv := checkJob(&job, &deployment, &service, &pdb)
 
 	// Compose files, validated against the Compose specification.
 	for _, file := range []string{filepath.Join(root, "docker-compose.yml"), filepath.Join(root, "deploy", "posthog", "docker-compose.yml")} {
@@ -267,6 +290,9 @@ func main() {
 	for _, k := range names {
 		fmt.Println("ENV", k)
 	}
+	for _, k := range backfillEnv {
+		fmt.Println("BACKFILL_ENV", k)
+	}
 	if len(failures) > 0 {
 		for _, f := range failures {
 			fmt.Fprintln(os.Stderr, "INVALID:", f)
@@ -274,6 +300,76 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println("OK deploy files are valid")
+}
+
+// checkJob checks that the backfill Job runs as the Deployment does, with the
+// stream's configuration, and returns the names its container sets in env.
+func checkJob(job *batchv1.Job, deployment *appsv1.Deployment, service *corev1.Service, pdb *policyv1.PodDisruptionBudget) []string {
+	pod := job.Spec.Template.Spec
+	stream := deployment.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		fail("backfill-job: expected one container, found %d", len(pod.Containers))
+		return nil
+	}
+	c, s := pod.Containers[0], stream.Containers[0]
+	if !slices.Equal(c.Args, []string{"backfill"}) || len(c.Command) > 0 {
+		fail("backfill-job: the container must run the image's entrypoint with args [backfill], not %v %v", c.Command, c.Args)
+	}
+	if c.Image != s.Image {
+		fail("backfill-job: image %q differs from the deployment's %q", c.Image, s.Image)
+	}
+	// The stream's ConfigMap and Secret: its KAFKA_CONSUMER_GROUP, STATE_TOPIC and webhook.
+	if !reflect.DeepEqual(c.EnvFrom, s.EnvFrom) {
+		fail("backfill-job: envFrom must be the deployment's (its ConfigMap and Secret)")
+	}
+	if !reflect.DeepEqual(pod.SecurityContext, stream.SecurityContext) || !reflect.DeepEqual(c.SecurityContext, s.SecurityContext) {
+		fail("backfill-job: the pod's and the container's securityContext must be the deployment's")
+	}
+	if !reflect.DeepEqual(c.Ports, s.Ports) {
+		fail("backfill-job: ports must be the deployment's (/metrics at HTTP_ADDR)")
+	}
+	if c.Resources.Limits.Memory().IsZero() {
+		fail("backfill-job: expected a memory limit")
+	}
+	if pod.RestartPolicy != corev1.RestartPolicyOnFailure && pod.RestartPolicy != corev1.RestartPolicyNever {
+		fail("backfill-job: restartPolicy must be OnFailure or Never, not %q", pod.RestartPolicy)
+	}
+	if job.Spec.PodFailurePolicy != nil && pod.RestartPolicy != corev1.RestartPolicyNever {
+		fail("backfill-job: podFailurePolicy needs restartPolicy Never")
+	}
+	// It resumes from its checkpoint: retries are cheap, and a finished Job goes away.
+	if job.Spec.BackoffLimit == nil || *job.Spec.BackoffLimit < 1 {
+		fail("backfill-job: expected a backoffLimit of at least 1")
+	}
+	if job.Spec.TTLSecondsAfterFinished == nil {
+		fail("backfill-job: expected ttlSecondsAfterFinished")
+	}
+	// A pod the stream's selectors match would count as a replica (Service, PDB, Deployment).
+	labels := job.Spec.Template.Labels
+	for _, sel := range []struct {
+		name     string
+		selector map[string]string
+	}{
+		{"deployment", deployment.Spec.Selector.MatchLabels}, {"service", service.Spec.Selector}, {"pdb", pdb.Spec.Selector.MatchLabels},
+	} {
+		matched := len(sel.selector) > 0
+		for k, v := range sel.selector {
+			matched = matched && labels[k] == v
+		}
+		if matched {
+			fail("backfill-job: the %s's selector matches the Job's pod", sel.name)
+		}
+	}
+	names := []string{}
+	for _, e := range c.Env {
+		names = append(names, e.Name)
+	}
+	if !slices.Contains(names, "POSTHOG_TEAM_ID") {
+		// Required by a backfill; in the ConfigMap it would filter the stream too.
+		fail("backfill-job: the Job must set POSTHOG_TEAM_ID")
+	}
+	sort.Strings(names)
+	return names
 }
 
 func readOrEmpty(path string) string {

@@ -83,6 +83,12 @@ pub async fn run(
     let mut config = config;
     // Rows are clickhouse_events_json messages, whatever the stream reads.
     config.input_format = InputFormat::Clickhouse;
+    // Rows carry no project token: with the stream's POSTHOG_PROJECT_TOKEN
+    // kept, the filter would skip every row and the backfill would "complete"
+    // having sent nothing. The query already selects the team's rows.
+    if config.project_token.take().is_some() {
+        info!("POSTHOG_PROJECT_TOKEN does not apply to a backfill (ClickHouse rows carry no token); POSTHOG_TEAM_ID selects the project's events");
+    }
     let config = Arc::new(config);
     let started = Instant::now();
     let (_, librdkafka_version) = rdkafka::util::get_rdkafka_version();
