@@ -3,7 +3,7 @@
 //! page's rows streamed as they arrive (`FORMAT JSONEachRow`, a row a line),
 //! never a whole result held.
 //!
-//! A page is `ORDER BY created_at, uuid ... LIMIT n` after the cursor: the
+//! A page is `ORDER BY <ingested>, uuid ... LIMIT n` after the cursor: the
 //! next page starts after the last row handed over, whatever happened to the
 //! connection in between. Each row comes out in the shape of a
 //! `clickhouse_events_json` message, which the stream's decoder reads.
@@ -17,10 +17,17 @@ use serde::Deserialize;
 use super::source::{Cursor, Range, Row, SourceError};
 use crate::config::{BackfillArgs, HistoryStart};
 
+/// When ClickHouse got the row: `inserted_at`, or the Kafka time of the
+/// message it came in for rows from before PostHog added that column. The
+/// expression is the one PostHog indexes (`minmax_inserted_at`, a minmax
+/// index) and reads its batch exports by, so pages after the cursor skip
+/// the granules inserted before it. It is at or after the event's capture.
+const INGESTED: &str = "COALESCE(inserted_at, _timestamp)";
+
 /// The columns of a `clickhouse_events_json` message, as the events table
 /// stores them; `_cursor_us` (the ingestion time, for the cursor) first.
 const COLUMNS: &str =
-    "toUnixTimestamp64Micro(created_at) AS _cursor_us, uuid, distinct_id, event, \
+    "toUnixTimestamp64Micro(toDateTime64(COALESCE(inserted_at, _timestamp), 6, 'UTC')) AS _cursor_us, uuid, distinct_id, event, \
 team_id, properties, timestamp, created_at, elements_chain, \
 nullIf(person_id, toUUID('00000000-0000-0000-0000-000000000000')) AS person_id, \
 person_properties, person_created_at, person_mode, group0_properties, group1_properties, \
@@ -31,7 +38,7 @@ group2_properties, group3_properties, group4_properties";
 /// unchecked.
 fn conditions(range: &Range) -> String {
     let mut sql = format!(
-        "team_id = {} AND created_at < fromUnixTimestamp64Micro({}, 'UTC')",
+        "team_id = {} AND {INGESTED} < fromUnixTimestamp64Micro({}, 'UTC')",
         range.team_id, range.until_us
     );
     if let HistoryStart::From(from) = range.from {
@@ -41,10 +48,13 @@ fn conditions(range: &Range) -> String {
         );
     }
     if let Some(after) = &range.after {
+        // The first term lets the index skip what is before the cursor;
+        // the tuple orders ties on the same microsecond by uuid.
         sql += &format!(
-            " AND (created_at, uuid) > (fromUnixTimestamp64Micro({}, 'UTC'), toUUID('{}'))",
-            after.ingested_at_us,
-            uuid_literal(&after.uuid)
+            " AND {INGESTED} >= fromUnixTimestamp64Micro({us}, 'UTC') \
+             AND ({INGESTED}, uuid) > (fromUnixTimestamp64Micro({us}, 'UTC'), toUUID('{}'))",
+            uuid_literal(&after.uuid),
+            us = after.ingested_at_us,
         );
     }
     sql
@@ -75,7 +85,7 @@ pub fn count_sql(database: &str, range: &Range) -> String {
 /// Rows ingested at or after `from_us` within `range` (the overlap window).
 pub fn count_since_sql(database: &str, range: &Range, from_us: i64) -> String {
     format!(
-        "SELECT countIf(created_at >= fromUnixTimestamp64Micro({from_us}, 'UTC')) FROM {}.events WHERE {} FORMAT TabSeparated",
+        "SELECT countIf({INGESTED} >= fromUnixTimestamp64Micro({from_us}, 'UTC')) FROM {}.events WHERE {} FORMAT TabSeparated",
         identifier(database),
         conditions(range)
     )
@@ -83,8 +93,9 @@ pub fn count_since_sql(database: &str, range: &Range, from_us: i64) -> String {
 
 pub fn page_sql(database: &str, range: &Range, limit: usize) -> String {
     format!(
-        "SELECT {COLUMNS} FROM {}.events WHERE {} ORDER BY created_at, uuid LIMIT {limit} \
-         SETTINGS output_format_json_quote_64bit_integers = 0 FORMAT JSONEachRow",
+        "SELECT {COLUMNS} FROM {}.events WHERE {} ORDER BY {INGESTED}, uuid LIMIT {limit} \
+         SETTINGS output_format_json_quote_64bit_integers = 0, output_format_json_validate_utf8 = 1 \
+         FORMAT JSONEachRow",
         identifier(database),
         conditions(range)
     )
@@ -364,12 +375,16 @@ mod tests {
             uuid: "0190b3a0-0000-7000-8000-000000000001".into(),
         });
         let sql = page_sql("posthog", &r, 500);
-        assert!(sql.contains("FROM `posthog`.events WHERE team_id = 2 AND created_at < fromUnixTimestamp64Micro(1700000000000000, 'UTC')"), "{sql}");
-        assert!(sql.contains("(created_at, uuid) > (fromUnixTimestamp64Micro(1600000000000000, 'UTC'), toUUID('0190b3a0-0000-7000-8000-000000000001'))"), "{sql}");
-        assert!(sql.contains("ORDER BY created_at, uuid LIMIT 500"), "{sql}");
+        assert!(sql.contains("FROM `posthog`.events WHERE team_id = 2 AND COALESCE(inserted_at, _timestamp) < fromUnixTimestamp64Micro(1700000000000000, 'UTC')"), "{sql}");
+        assert!(sql.contains("AND COALESCE(inserted_at, _timestamp) >= fromUnixTimestamp64Micro(1600000000000000, 'UTC')"), "{sql}");
+        assert!(sql.contains("(COALESCE(inserted_at, _timestamp), uuid) > (fromUnixTimestamp64Micro(1600000000000000, 'UTC'), toUUID('0190b3a0-0000-7000-8000-000000000001'))"), "{sql}");
+        assert!(
+            sql.contains("ORDER BY COALESCE(inserted_at, _timestamp), uuid LIMIT 500"),
+            "{sql}"
+        );
         assert!(sql.ends_with("FORMAT JSONEachRow"), "{sql}");
         assert!(sql.starts_with(
-            "SELECT toUnixTimestamp64Micro(created_at) AS _cursor_us, uuid, distinct_id,"
+            "SELECT toUnixTimestamp64Micro(toDateTime64(COALESCE(inserted_at, _timestamp), 6, 'UTC')) AS _cursor_us, uuid, distinct_id,"
         ));
     }
 

@@ -1,24 +1,29 @@
 //! Where the backfill stops: the hand-over to the stream, on ingestion time.
 //!
-//! The stream's group reads every message of a partition from the first one
-//! it read (its recorded start, `kafka::state::StreamStart`) on, and never
+//! The stream's group reads every message of a partition from where it
+//! started (its recorded start, `kafka::state::StreamStart`) on, and never
 //! skips one after that. A message it cannot read is one before that start:
-//! it was written to Kafka before the group placed the partition, and before
-//! the first message the group read there. So its capture time is at most
-//! `b_p = min(placed_at, first message's timestamp)` of its partition, and
-//! PostHog ingested it (`created_at`) at most the ingestion delay later.
+//! Kafka appended it before the group placed the partition (`placed_at`, the
+//! replica's clock), so it was captured before then, and PostHog ingested it
+//! at most its ingestion delay later.
 //!
 //! The backfill therefore reads every row ingested before
-//! `U = max_p b_p + BACKFILL_HANDOVER_MARGIN_MS`: any event the stream cannot
-//! read was ingested before `U`, as long as PostHog's ingestion (capture to
-//! `created_at`) took less than the margin, which also absorbs clock skew
-//! between capture and the brokers.
+//! `U = latest placed_at over the partitions + BACKFILL_HANDOVER_MARGIN_MS`:
+//! any event the stream cannot read was ingested before `U`, as long as
+//! PostHog's capture-to-ingestion delay, plus the clock difference between
+//! the replica and PostHog, stayed under the margin. A partition placed
+//! more than once without a commit (a replica that died before its first
+//! commit) counts with its latest placement.
 //!
-//! The overlap: the stream reads messages written at or after `min_p b_p`
-//! (`T`), so events ingested in `[T, U)` may come through both paths.
-//! Receivers deduplicate them by `uuid`. The backfill counts the rows it
-//! read in that window and reports them as the overlap: the window is
-//! about the margin wide, plus the spread of the partitions' starts.
+//! The first message's Kafka timestamp is *not* used for `U`: under
+//! CreateTime it is the producer's claim, which a delayed produce puts
+//! earlier than the append, and an earlier `U` could leave a gap.
+//!
+//! The overlap: the stream reads messages captured from its first one on,
+//! so events ingested in `[T, U)`, where `T` is the earliest first message's
+//! timestamp (or placement), may come through both paths: what Kafka still
+//! held when the stream started (at most its retention), plus the margin.
+//! Receivers deduplicate them by `uuid`; the backfill reports their count.
 
 use crate::kafka::state::StreamStart;
 
@@ -50,32 +55,25 @@ pub fn handover(
     if partitions.is_empty() {
         return Err(Unknown::NoPartitions);
     }
-    let mut bounds = Vec::with_capacity(partitions.len());
+    let mut until = i64::MIN;
+    let mut from = i64::MAX;
     for (topic, partition) in partitions {
-        let start = starts
+        let latest = starts
             .iter()
             .filter(|s| s.topic == *topic && s.partition == *partition)
-            // Recorded more than once (a start before any commit, then
-            // another): the latest covers the most.
-            .max_by_key(|s| bound(s))
+            .max_by_key(|s| s.placed_at_ms)
             .ok_or_else(|| Unknown::Missing(format!("{topic}/{partition}")))?;
-        bounds.push(bound(start));
+        until = until.max(latest.placed_at_ms);
+        let first = match latest.first_timestamp_ms {
+            Some(ts) if ts >= 0 => ts.min(latest.placed_at_ms),
+            _ => latest.placed_at_ms,
+        };
+        from = from.min(first);
     }
-    let low = *bounds.iter().min().expect("not empty");
-    let high = *bounds.iter().max().expect("not empty");
     Ok(Handover {
-        overlap_from_ms: low,
-        until_ms: high.saturating_add(margin_ms),
+        overlap_from_ms: from,
+        until_ms: until.saturating_add(margin_ms),
     })
-}
-
-/// `b_p`: every message the group cannot read in this partition was
-/// written before it.
-fn bound(start: &StreamStart) -> i64 {
-    match start.first_timestamp_ms {
-        Some(first) if first >= 0 => first.min(start.placed_at_ms),
-        _ => start.placed_at_ms,
-    }
 }
 
 #[cfg(test)]
@@ -97,28 +95,25 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_is_the_latest_partition_start_plus_the_margin() {
+    fn the_bound_is_the_latest_placement_plus_the_margin() {
         let starts = [
             start("events", 0, 10_000, Some(4_000)),
             start("events", 1, 10_500, Some(7_000)),
         ];
         let h = handover(&parts(&[("events", 0), ("events", 1)]), &starts, 300).unwrap();
-        assert_eq!(h.until_ms, 7_300);
+        assert_eq!(h.until_ms, 10_800);
         assert_eq!(h.overlap_from_ms, 4_000);
     }
 
     #[test]
-    fn a_partition_empty_at_its_start_is_bounded_by_when_it_was_placed() {
-        // START_AT=latest on a quiet partition: the first message came long
-        // after the placement, and everything before it was written before
-        // the placement.
-        let starts = [
-            start("events", 0, 10_000, Some(50_000)),
-            start("events", 1, 9_000, None),
-        ];
-        let h = handover(&parts(&[("events", 0), ("events", 1)]), &starts, 0).unwrap();
-        assert_eq!(h.until_ms, 10_000);
-        assert_eq!(h.overlap_from_ms, 9_000);
+    fn a_first_message_stamped_early_does_not_move_the_bound_back() {
+        // Its producer retried for minutes: its CreateTime is long before it
+        // was appended, and messages appended just before it (unreadable)
+        // were captured after that time.
+        let starts = [start("events", 0, 1_000_000, Some(400_000))];
+        let h = handover(&parts(&[("events", 0)]), &starts, 1_000).unwrap();
+        assert_eq!(h.until_ms, 1_001_000);
+        assert_eq!(h.overlap_from_ms, 400_000);
     }
 
     #[test]
@@ -132,13 +127,16 @@ mod tests {
     }
 
     #[test]
-    fn a_start_recorded_twice_takes_the_later() {
+    fn a_partition_placed_twice_counts_with_its_latest_placement() {
+        // A replica placed it and died before committing; another placed it
+        // again later (reading from a later START_AT position).
         let starts = [
-            start("events", 0, 10_000, Some(4_000)),
             start("events", 0, 20_000, Some(15_000)),
+            start("events", 0, 10_000, Some(4_000)),
             start("other", 0, 1, Some(1)),
         ];
         let h = handover(&parts(&[("events", 0)]), &starts, 5).unwrap();
-        assert_eq!(h.until_ms, 15_005);
+        assert_eq!(h.until_ms, 20_005);
+        assert_eq!(h.overlap_from_ms, 15_000);
     }
 }

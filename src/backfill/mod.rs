@@ -3,7 +3,7 @@
 //! pipeline as the stream, up to where the stream's group started.
 //!
 //! ```text
-//!  ClickHouse (source.rs, clickhouse.rs): keyset pages in (created_at, uuid)
+//!  ClickHouse (source.rs, clickhouse.rs): keyset pages in (ingestion time, uuid)
 //!      order, one team, ingested before the hand-over bound (handover.rs)
 //!      │  each row a clickhouse_events_json message, numbered 0, 1, 2, ...
 //!      ▼
@@ -15,7 +15,8 @@
 //!  checkpoint in STATE_TOPIC (kafka::state), progress line and metrics (progress.rs)
 //! ```
 //!
-//! **The hand-over** is on ingestion time (`created_at`), never on the
+//! **The hand-over** is on ingestion time (when ClickHouse got the row:
+//! `COALESCE(inserted_at, _timestamp)`, as PostHog's batch exports read it), never on the
 //! event's own timestamp, which late events (offline SDK queues, imports)
 //! set hours or days back: see `handover`. The bound is fixed at the first
 //! start and kept in the checkpoint.
@@ -293,6 +294,15 @@ fn choose_handover(
     match (args.until, recorded) {
         (Some(until), recorded) => {
             let until_ms = until.timestamp_millis();
+            if let Ok(h) = &recorded {
+                if until_ms < h.until_ms {
+                    warn!(
+                        until = %until.to_rfc3339(),
+                        stream_bound = %source::from_micros(h.until_ms.saturating_mul(1000)).to_rfc3339(),
+                        "BACKFILL_UNTIL is before the stream's recorded start plus the margin: events ingested between the two come through neither path"
+                    );
+                }
+            }
             // The overlap window is known only from the stream's start.
             let from = recorded.map_or(until_ms, |h| h.overlap_from_ms.min(until_ms));
             Ok(Handover {
@@ -385,7 +395,7 @@ impl Feeder<'_> {
         let mut failing_since: Option<Instant> = None;
         let mut attempt = 0u32;
         loop {
-            // Rows become visible a moment after their created_at: nothing
+            // Rows become visible a moment after their ingestion time: nothing
             // more recent than the visibility delay is read yet.
             let visible_us = micros(chrono::Utc::now())
                 - i64::try_from(self.visibility_delay.as_micros()).unwrap_or(i64::MAX);
@@ -428,8 +438,19 @@ impl Feeder<'_> {
                 continue;
             }
             if page_range.until_us >= self.range.until_us {
-                let _ = fed.send(Fed::End(next_offset));
-                return Ok(());
+                // A short page should mean the end; a server that cuts
+                // answers short without an error (result_overflow_mode=break,
+                // a proxy) would make it look so. Only a count says so.
+                let left = retrying(&self.metrics.source_errors, self.retry_for, cancel, || {
+                    self.source.count(&self.range)
+                })
+                .await?;
+                if left == 0 {
+                    let _ = fed.send(Fed::End(next_offset));
+                    return Ok(());
+                }
+                warn!(left, "a page ended short with rows still after it (does the server cut answers short?); reading on");
+                continue;
             }
             // The bound is not visible yet: wait for it.
             let wait = Duration::from_micros(
@@ -509,7 +530,13 @@ impl Feeder<'_> {
             // As the consumer pauses a full partition: the worker sends its
             // open batches at once, since nothing more joins them for now.
             worker.shared.press(true);
-            while worker.shared.buffered_bytes() > self.max_buffered / 2 && !cancel.is_cancelled() {
+            while worker.shared.buffered_bytes() > self.max_buffered / 2
+                && !cancel.is_cancelled()
+                && !worker
+                    .shared
+                    .blocked
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             worker.shared.press(false);
@@ -647,6 +674,15 @@ async fn pipeline(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break Some(interrupted()),
         }
+        if worker
+            .shared
+            .blocked
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            break Some(anyhow::anyhow!(
+                "a row could not be delivered and DLQ_POLICY=block holds it (see the log above); fix the cause and run the backfill again: it resumes before that row"
+            ));
+        }
         if !lock.check() {
             break Some(anyhow::anyhow!(
                 "lost the backfill's lock (its Kafka session timed out, or another backfill took it); stopping"
@@ -657,7 +693,9 @@ async fn pipeline(
         // reports of several deliveries queue up behind it).
         let rows = tracker.done_this_run;
         if rows > saved_at_rows {
-            tracker.save(false, shutdown).await?;
+            if let Err(e) = tracker.save(false, shutdown).await {
+                break Some(e);
+            }
             saved_at_rows = rows;
         }
         if last_line.elapsed() >= line_every {

@@ -13,7 +13,8 @@ use crate::config::HistoryStart;
 /// the unmerged duplicates of PostHog's ReplacingMergeTree (the same event).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
-    /// Ingestion time (`created_at`), microseconds since the epoch.
+    /// Ingestion time (the source's: ClickHouse's insertion time),
+    /// microseconds since the epoch.
     pub ingested_at_us: i64,
     pub uuid: String,
 }

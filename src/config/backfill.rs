@@ -123,7 +123,8 @@ pub struct BackfillArgs {
           default_value = "all", value_parser = history_start)]
     pub from: HistoryStart,
 
-    /// Where history ends, by ingestion time (`created_at`). Empty (the
+    /// Where history ends, by ingestion time (when ClickHouse inserted the
+    /// row: `inserted_at`, else `_timestamp`). Empty (the
     /// default): where the stream's group started, from its record in
     /// STATE_TOPIC, plus BACKFILL_HANDOVER_MARGIN_MS.
     #[arg(long = "until", env = "BACKFILL_UNTIL", value_name = "BACKFILL_UNTIL",
@@ -139,7 +140,7 @@ pub struct BackfillArgs {
           value_parser = values::millis(0, 7 * 24 * 3_600_000))]
     pub handover_margin: Duration,
 
-    /// How long after its `created_at` a row may become visible in
+    /// How long after its ingestion time a row may become visible in
     /// ClickHouse: the backfill reads no row ingested more recently than this.
     #[arg(long = "visibility-delay-ms", env = "BACKFILL_VISIBILITY_DELAY_MS",
           value_name = "BACKFILL_VISIBILITY_DELAY_MS", default_value = "30000",

@@ -90,8 +90,10 @@ pub struct Context {
     topics_first_seen: OnceLock<BTreeSet<String>>,
     /// Rebalances librdkafka skipped since the last rebalance callback (`wedge.rs`).
     wedge: Mutex<WedgeWatch>,
-    /// Where the group started reading partitions it had no commit for.
+    /// Where the group started reading partitions it had no commit for,
+    /// recorded in `state` (when STATE_TOPIC is available).
     first_reads: first_read::FirstReads,
+    state: Option<crate::kafka::state::StateTopic>,
     /// The operator set `debug=` and wants librdkafka's debug lines; else
     /// only the `cgrp` lines the wedge watch reads are produced, and dropped.
     debug_asked: bool,
@@ -106,6 +108,21 @@ impl Context {
 
     /// The shared name of a topic this replica reads: one allocation per
     /// topic, not one per message.
+    /// Writes where the group started reading a partition, in the background.
+    fn record_start(&self, start: crate::kafka::state::StreamStart) {
+        if let Some(state) = &self.state {
+            state.record_stream_start(&self.runtime, start);
+        }
+    }
+
+    /// A partition placed without a commit of the group's.
+    fn placed_without_commit(&self, tp: &TopicPartition) {
+        let start = self
+            .first_reads
+            .placed(tp, chrono::Utc::now().timestamp_millis());
+        self.record_start(start);
+    }
+
     fn topic_name(&self, topic: &str) -> Arc<str> {
         let mut names = self.topic_names.lock().expect("topic names lock");
         if let Some(name) = names.get(topic) {
@@ -240,7 +257,8 @@ pub fn create(
         start_at: config.start_at,
         topics_first_seen: OnceLock::new(),
         wedge: Mutex::new(WedgeWatch::default()),
-        first_reads: first_read::FirstReads::new(state),
+        first_reads: first_read::FirstReads::default(),
+        state,
         debug_asked,
     };
     let consumer: Consumer_ = client.create_with_context(context).map_err(|e| {
@@ -335,8 +353,9 @@ pub fn run(
                 };
                 let tp = TopicPartition::new(topic, m.partition());
                 let timestamp_ms = m.timestamp().to_millis();
-                ctx.first_reads
-                    .read(&ctx.runtime, &tp, m.offset(), timestamp_ms);
+                if let Some(start) = ctx.first_reads.read(&tp, m.offset(), timestamp_ms) {
+                    ctx.record_start(start);
+                }
                 let message = Message {
                     offset: m.offset(),
                     timestamp_ms,

@@ -255,6 +255,7 @@ impl Context {
                 .iter()
                 .filter_map(|e| {
                     let tp = TopicPartition::new(e.topic(), e.partition());
+                    self.first_reads.forget(&tp);
                     workers.remove(&tp).map(|h| (tp, h))
                 })
                 .collect();

@@ -91,7 +91,7 @@ impl Context {
                 }
             };
             info!(topic, partition, offset, start_at = ?self.start_at, "new group: starting at START_AT");
-            self.first_reads.placed(&self.runtime, &tp);
+            self.placed_without_commit(&tp);
             let _ = starts.add_partition_offset(&topic, partition, Offset::Offset(offset));
             if let Some(mut elem) = starts.find_partition(&topic, partition) {
                 let count = counts.get(&topic).copied().unwrap_or(partition + 1);
@@ -145,7 +145,7 @@ impl Context {
             if start == Offset::Beginning {
                 // No commit of the group's: it reads this partition for the first time.
                 let tp = TopicPartition::new(elem.topic(), elem.partition());
-                self.first_reads.placed(&self.runtime, &tp);
+                self.placed_without_commit(&tp);
             }
             // librdkafka's statistics learn a commit only from their own
             // look-up, now skipped: without this, a handed-over partition

@@ -3,9 +3,9 @@
 //! partition, keyed by what the value describes (the last value of a key is
 //! its state):
 //!
-//! - `stream-start/<group>/<topic>/<partition>`: where the group started
-//!   reading a partition it had no commit for (see [`StreamStart`]): the
-//!   backfill's hand-over point;
+//! - `stream-start/<group>/<topic>/<partition>/<placed at>`: where the group
+//!   started reading a partition it had no commit for (see [`StreamStart`]):
+//!   the backfill's hand-over point;
 //! - `backfill/<group>/<team>`: a backfill's checkpoint (`crate::backfill`).
 //!
 //! It also serves as a lock: [`StateTopic::lock`] joins a consumer group of
@@ -13,6 +13,8 @@
 //! same team and group, the second waits for the first.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -51,9 +53,12 @@ pub fn stream_start_prefix(group: &str) -> String {
     format!("stream-start/{group}/")
 }
 
-fn stream_start_key(group: &str, tp: &TopicPartition) -> String {
+/// One key per placement: a write that arrives late (or a stale one) never
+/// replaces the record of a later placement; the first message's update of
+/// a placement replaces that placement's own record.
+fn stream_start_key(group: &str, tp: &TopicPartition, placed_at_ms: i64) -> String {
     format!(
-        "{}{}/{}",
+        "{}{}/{}/{placed_at_ms}",
         stream_start_prefix(group),
         tp.topic,
         tp.partition
@@ -159,6 +164,7 @@ impl StateTopic {
             stream_start_key(
                 &self.group,
                 &TopicPartition::new(start.topic.as_str(), start.partition),
+                start.placed_at_ms,
             ),
         );
         runtime.spawn(async move {
@@ -251,10 +257,14 @@ impl StateTopic {
 
     /// Where the group started reading each partition, as recorded.
     pub fn stream_starts(&self) -> anyhow::Result<Vec<StreamStart>> {
-        let values = self.read_prefix(&stream_start_prefix(&self.group))?;
+        let prefix = stream_start_prefix(&self.group);
+        let values = self.read_prefix(&prefix)?;
         Ok(values
-            .values()
-            .filter_map(|v| serde_json::from_slice(v).ok())
+            .iter()
+            // `<topic>/<partition>/<placed at>`: a topic name has no `/`, so
+            // a key with more belongs to a group whose name extends ours.
+            .filter(|(key, _)| key[prefix.len()..].matches('/').count() == 2)
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
             .collect())
     }
 
@@ -339,10 +349,7 @@ impl StateTopic {
                 }
             }
         })?;
-        Ok(Lock {
-            consumer,
-            topic: self.topic.clone(),
-        })
+        Ok(Lock::hold(consumer, self.topic.clone()))
     }
 }
 
@@ -350,21 +357,55 @@ fn owns_first(assignment: &TopicPartitionList, topic: &str) -> bool {
     assignment.find_partition(topic, 0).is_some()
 }
 
-/// A held lock ([`StateTopic::lock`]).
+/// A held lock ([`StateTopic::lock`]). A thread of its own serves the lock
+/// group (rebalances, `max.poll.interval.ms`) whatever the backfill is
+/// doing, so a long count or a slow start never lets the lock go.
 pub struct Lock {
-    consumer: BaseConsumer<SideContext>,
-    topic: String,
+    held: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Lock {
-    /// Serves the lock group's heartbeats and rebalances; false once the
-    /// lock was lost (the session timed out, another member took it).
+    fn hold(consumer: BaseConsumer<SideContext>, topic: String) -> Lock {
+        let held = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (held.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("backfill-lock".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(200));
+                    let owned = match consumer.assignment() {
+                        Ok(assignment) => {
+                            let _ = consumer.pause(&assignment);
+                            owns_first(&assignment, &topic)
+                        }
+                        Err(_) => false,
+                    };
+                    if !owned {
+                        h.store(false, Ordering::Relaxed);
+                    }
+                }
+                // Dropping the consumer leaves the group: a waiting backfill
+                // takes the lock at once, not after the session timeout.
+            })
+            .ok();
+        Lock { held, stop, thread }
+    }
+
+    /// False once the lock was lost (the session timed out, another member
+    /// took it); it is not taken back.
     pub fn check(&self) -> bool {
-        let _ = self.consumer.poll(Duration::ZERO);
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
-            return owns_first(&assignment, &self.topic);
+        self.thread.is_some() && self.held.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        false
     }
 }
