@@ -146,14 +146,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Where the group starts reading partitions it has no commit for is
     // recorded there, for a backfill's hand-over. Without it the stream runs
     // as before, and a backfill needs BACKFILL_UNTIL.
+    // Created in the background: the consumer must start (and report bad
+    // credentials, say) whatever the admin request does meanwhile.
     let state = match kafka::state::StateTopic::new(&config) {
-        Ok(state) => match state.ensure().await {
-            Ok(()) => Some(state),
-            Err(e) => {
-                tracing::warn!(error = %e, "STATE_TOPIC is not available: where the group starts reading is not recorded, and a backfill will need BACKFILL_UNTIL");
-                Some(state)
-            }
-        },
+        Ok(state) => {
+            let creating = state.clone();
+            tokio::spawn(async move { creating.ensure_once().await });
+            Some(state)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "STATE_TOPIC is not available");
             None

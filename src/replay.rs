@@ -229,13 +229,15 @@ async fn send_batch(
         body.push(b']');
         bytes::Bytes::from(body)
     };
-    if webhook.send(body(events), tp, cancel).await? == Sent::Delivered {
+    let key = webhook.batch_key(tp, events[0].0, events.len());
+    if webhook.send(body(events), &key, tp, cancel).await? == Sent::Delivered {
         summary.delivered += events.len() as u64;
         return Ok(());
     }
     for event in events {
+        let key = webhook.batch_key(tp, event.0, 1);
         match webhook
-            .send(body(std::slice::from_ref(event)), tp, cancel)
+            .send(body(std::slice::from_ref(event)), &key, tp, cancel)
             .await?
         {
             Sent::Delivered => summary.delivered += 1,

@@ -364,3 +364,82 @@ async fn tls_is_verified_and_a_custom_ca_bundle_is_trusted() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Every request carries an `Idempotency-Key` naming its batch: the same on
+/// every retry of that batch, another for each half of a bisected batch, so
+/// a receiver whose 2xx was lost on the way back can drop the retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_keeps_its_idempotency_key_across_retries_and_bisection_halves_get_their_own() {
+    let (topic, group) = (unique("batchid"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    // The first batch fails twice, then goes through.
+    receiver.script(vec![Reply::status(503), Reply::status(500)]);
+    let run = run_id();
+    let producer = producer();
+    let sample = |n| patterns_connector::event::sample::captured(run, n, &now_timestamp());
+    for n in 0..8 {
+        send_sample(&producer, &topic, sample(n)).await;
+    }
+    let connector = Connector::start(
+        &topic,
+        &group,
+        &receiver.url(),
+        &[
+            ("BATCH_MAX_EVENTS", "8"),
+            ("BATCH_LINGER_MS", "500"),
+            ("ORDERING", "partition"),
+        ],
+    );
+    eventually(WAIT, "the first batch delivered", || {
+        receiver.delivered_uuids().len() == 8
+    })
+    .await;
+    // The second batch holds an event the receiver refuses: it is bisected.
+    receiver.reject_marked();
+    for n in 8..16 {
+        let mut s = sample(n);
+        if n == 13 {
+            s.value = marked(&s);
+        }
+        send_sample(&producer, &topic, s).await;
+    }
+    eventually(
+        WAIT,
+        "the unmarked events of the second batch delivered",
+        || receiver.delivered_uuids().len() == 15,
+    )
+    .await;
+    drop(connector);
+    let key = |r: &Request| {
+        r.headers
+            .get("idempotency-key")
+            .cloned()
+            .unwrap_or_else(|| panic!("a request without Idempotency-Key: {:?}", r.headers))
+    };
+    let requests = receiver.requests();
+    let first_uuid = |r: &Request| r.events[0]["uuid"].as_str().unwrap_or("").to_owned();
+    let first = sample(0).uuid;
+    let retried: Vec<&Request> = requests.iter().filter(|r| first_uuid(r) == first).collect();
+    assert_eq!(
+        retried.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 500, 200]
+    );
+    assert!(
+        retried.iter().all(|r| key(r) == key(retried[0])),
+        "a retry changed the key"
+    );
+    // Each range of the bisection has its own key, used for nothing else.
+    let mut ranges = std::collections::HashMap::new();
+    for r in requests.iter().filter(|r| first_uuid(r) != first) {
+        let range = (first_uuid(r), r.events.len());
+        assert_ne!(key(r), key(retried[0]));
+        if let Some(other) = ranges.insert(key(r), range.clone()) {
+            assert_eq!(other, range, "one key for two different ranges");
+        }
+    }
+    assert!(
+        ranges.len() >= 3,
+        "the second batch, its halves and more: {ranges:?}"
+    );
+}

@@ -22,5 +22,6 @@ mod meta;
 pub mod rawjson;
 pub mod sample;
 pub mod timestamp;
+pub mod transform;
 
 pub use meta::EventMeta;

@@ -72,6 +72,9 @@ pub struct StateTopic {
     producer: FutureProducer<SideContext>,
     topic: String,
     group: String,
+    /// `ensure` ran (its result): writes wait for it, so that a broker that
+    /// creates topics on first write does not create this one uncompacted.
+    ensured: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl StateTopic {
@@ -94,11 +97,28 @@ impl StateTopic {
             producer,
             topic: config.state_topic.clone(),
             group: config.kafka_consumer_group.clone(),
+            ensured: Arc::default(),
         })
     }
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// `ensure`, once per client (its error logged); true when the topic exists.
+    pub async fn ensure_once(&self) -> bool {
+        *self
+            .ensured
+            .get_or_init(|| async {
+                match self.ensure().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %e, "cannot create STATE_TOPIC: where the group starts reading is recorded only if the broker creates topics on first write; otherwise a backfill needs BACKFILL_UNTIL");
+                        false
+                    }
+                }
+            })
+            .await
     }
 
     /// Creates the topic (compacted, one partition) unless it exists.
@@ -110,7 +130,9 @@ impl StateTopic {
             .map_err(|e| anyhow::anyhow!("cannot create a Kafka admin client: {e}"))?;
         let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact");
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)));
         let results = admin
             .create_topics([&topic], &options)
             .await
@@ -172,7 +194,10 @@ impl StateTopic {
             // up tasks; the backfill then asks for BACKFILL_UNTIL.
             let cancel = CancellationToken::new();
             let guard = cancel.clone().drop_guard();
-            let put = state.put(&key, &start, &cancel);
+            let put = async {
+                state.ensure_once().await;
+                state.put(&key, &start, &cancel).await
+            };
             if tokio::time::timeout(Duration::from_secs(120), put)
                 .await
                 .is_err()

@@ -136,9 +136,12 @@ impl Deliverer {
         let mut bisection = Bisection::new(batch.event_count());
         let mut rejected = Vec::new();
         while let Some(range) = bisection.next() {
+            let key = self
+                .webhook
+                .batch_key(tp, batch.offset(range.start), range.len());
             match self
                 .webhook
-                .send(batch.body_for(range.clone()), tp, cancel)
+                .send(batch.body_for(range.clone()), &key, tp, cancel)
                 .await?
             {
                 Sent::Delivered => bisection.accepted(),

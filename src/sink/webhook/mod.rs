@@ -44,7 +44,13 @@ pub struct Webhook {
     signing_secret: Option<Arc<[u8]>>,
     gzip: bool,
     metrics: Arc<Metrics>,
+    /// Random, per process: batch keys of two runs never collide, even
+    /// where offsets repeat (a backfill numbers its rows from 0 each run).
+    key_nonce: u64,
 }
+
+/// The header naming a request's batch ([`Webhook::batch_key`]).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +131,7 @@ impl Webhook {
                 .as_ref()
                 .map(|s| Arc::from(s.expose_secret().as_bytes())),
             gzip: config.webhook_gzip,
+            key_nonce: rand::random(),
             reject: match config.dlq_policy {
                 DlqPolicy::Dlq => config.reject_statuses.clone(),
                 DlqPolicy::Block => StatusSet::default(),
@@ -133,11 +140,28 @@ impl Webhook {
         })
     }
 
-    /// Sends `body` (a JSON array), retrying until the webhook accepts or
-    /// rejects it (see [`retry::classify_status`]).
+    /// The `Idempotency-Key` of the request holding `count` events of `tp`
+    /// from `first_offset` on: the same for every retry of that request,
+    /// another for any other range (a bisection's halves), and another in
+    /// another process. After a crash or a rebalance batches are cut anew,
+    /// so a key says nothing across those: `uuid` is the per-event key.
+    pub fn batch_key(&self, tp: &TopicPartition, first_offset: i64, count: usize) -> String {
+        // FNV-1a of the topic: short, stable, and no topic name on the wire.
+        let topic = tp.topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!(
+            "{:016x}-{:08x}-{}-{first_offset}-{count}",
+            self.key_nonce, topic as u32, tp.partition
+        )
+    }
+
+    /// Sends `body` (a JSON array) with its batch's `key`, retrying until the
+    /// webhook accepts or rejects it (see [`retry::classify_status`]).
     pub async fn send(
         &self,
         body: Bytes,
+        key: &str,
         tp: &TopicPartition,
         cancel: &CancellationToken,
     ) -> Result<Sent, Cancelled> {
@@ -146,7 +170,7 @@ impl Webhook {
             let outcome = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(Cancelled),
-                outcome = self.attempt(body.clone()) => outcome,
+                outcome = self.attempt(body.clone(), key) => outcome,
             };
             match outcome.verdict {
                 Verdict::Delivered => {
@@ -200,7 +224,7 @@ impl Webhook {
         pause(delay, cancel).await
     }
 
-    async fn attempt(&self, body: Bytes) -> Attempt {
+    async fn attempt(&self, body: Bytes, key: &str) -> Attempt {
         let _permit = self
             .permits
             .acquire()
@@ -208,7 +232,7 @@ impl Webhook {
             .expect("the semaphore is never closed");
         self.metrics.inflight_requests.inc();
         let started = Instant::now();
-        let result = self.request(body).send().await;
+        let result = self.request(body, key).send().await;
         let attempt = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -269,11 +293,12 @@ impl Webhook {
 impl Webhook {
     /// The request for `body`: fixed headers, then the signature (over the
     /// JSON, before gzip), then the body, compressed if asked.
-    fn request(&self, body: Bytes) -> reqwest::RequestBuilder {
+    fn request(&self, body: Bytes, key: &str) -> reqwest::RequestBuilder {
         let mut request = self
             .http
             .post(self.url.clone())
-            .headers(self.headers.clone());
+            .headers(self.headers.clone())
+            .header(IDEMPOTENCY_KEY, key);
         if let Some(secret) = &self.signing_secret {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
