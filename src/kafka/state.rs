@@ -75,6 +75,8 @@ pub struct StateTopic {
     /// `ensure` ran (its result): writes wait for it, so that a broker that
     /// creates topics on first write does not create this one uncompacted.
     ensured: Arc<tokio::sync::OnceCell<bool>>,
+    /// The writer of stream-start records, started with the first.
+    starts: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<StreamStart>>>,
 }
 
 impl StateTopic {
@@ -98,6 +100,7 @@ impl StateTopic {
             topic: config.state_topic.clone(),
             group: config.kafka_consumer_group.clone(),
             ensured: Arc::default(),
+            starts: Arc::default(),
         })
     }
 
@@ -178,34 +181,43 @@ impl StateTopic {
         }
     }
 
-    /// Records where the group started reading `tp` (in the background: the
-    /// consumer loop does not wait for Kafka).
+    /// Records where the group started reading `tp`, in the background
+    /// (the consumer loop does not wait for Kafka), in the order asked: one
+    /// writer task, so a placement's first-message record is never
+    /// overwritten by its earlier placement-only record.
     pub fn record_stream_start(&self, runtime: &tokio::runtime::Handle, start: StreamStart) {
-        let (state, key) = (
-            self.clone(),
-            stream_start_key(
+        let writer = self.starts.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            runtime.spawn(self.clone().write_starts(rx));
+            tx
+        });
+        let _ = writer.send(start);
+    }
+
+    async fn write_starts(self, mut starts: tokio::sync::mpsc::UnboundedReceiver<StreamStart>) {
+        while let Some(start) = starts.recv().await {
+            let key = stream_start_key(
                 &self.group,
                 &TopicPartition::new(start.topic.as_str(), start.partition),
                 start.placed_at_ms,
-            ),
-        );
-        runtime.spawn(async move {
-            // Bounded: a state topic that cannot be written must not pile
-            // up tasks; the backfill then asks for BACKFILL_UNTIL.
+            );
+            // Bounded: a state topic that cannot be written must not hold
+            // up the records behind it for ever; the backfill then asks for
+            // BACKFILL_UNTIL.
             let cancel = CancellationToken::new();
             let guard = cancel.clone().drop_guard();
             let put = async {
-                state.ensure_once().await;
-                state.put(&key, &start, &cancel).await
+                self.ensure_once().await;
+                self.put(&key, &start, &cancel).await
             };
             if tokio::time::timeout(Duration::from_secs(120), put)
                 .await
                 .is_err()
             {
-                warn!(topic = %state.topic, key, "could not record where the group started reading a partition; a backfill will need BACKFILL_UNTIL");
+                warn!(topic = %self.topic, key, "could not record where the group started reading a partition; a backfill will need BACKFILL_UNTIL");
             }
             drop(guard);
-        });
+        }
     }
 
     /// The latest value of every key starting with `prefix`: reads the whole

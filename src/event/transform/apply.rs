@@ -100,16 +100,32 @@ impl Rules {
         let mut event_name = None;
         let mut props = Props::Absent;
         let start = scan::skip_ws(b, 0);
+        // Keys whose length no rule or filter has are passed over at once.
+        let lengths = n.len_mask | if reads { self.filters.len_mask() } else { 0 };
         let mut members = Members::new(b, start)?;
         let mut w = Writer::open(out);
         while let Some(k) = members.next_key()? {
+            let len = k.key.1 - k.key.0 - 2;
+            if !filtering && !k.escaped && lengths & (1u64 << (len % 64)) == 0 {
+                let end = members.pass(k.value)?;
+                w.keep(b, (k.key.0, end));
+                continue;
+            }
             let name = scan::key_name(b, k.key, k.escaped)?;
             match name.as_ref() {
                 b"properties" => {
                     if b[k.value] == b'{' {
                         props = Props::Object;
                         let out = w.key(b, k.key);
-                        let end = self.object(b, k.value, ROOT, self.tree.keep_mode, Some(values), out, &mut applied)?;
+                        let end = self.object(
+                            b,
+                            k.value,
+                            ROOT,
+                            self.tree.keep_mode,
+                            Some(values),
+                            out,
+                            &mut applied,
+                        )?;
                         members.resume(end);
                     } else {
                         props = Props::Other;
@@ -129,7 +145,15 @@ impl Rules {
                 }
                 n if MIRRORS.contains(&n) => {
                     let child = self.tree.child(ROOT, n);
-                    self.member(b, k, &mut members, child, self.tree.keep_mode, &mut w, &mut applied)?;
+                    self.member(
+                        b,
+                        k,
+                        &mut members,
+                        child,
+                        self.tree.keep_mode,
+                        &mut w,
+                        &mut applied,
+                    )?;
                 }
                 _ => {
                     let end = members.pass(k.value)?;
@@ -168,9 +192,17 @@ impl Rules {
             out.extend_from_slice(&b[start..end]);
             return Ok(end);
         }
+        // Keys whose length no rule or filter has are passed over at once.
+        let lengths = n.len_mask | if reads { self.filters.len_mask() } else { 0 };
         let mut members = Members::new(b, start)?;
         let mut w = Writer::open(out);
         while let Some(k) = members.next_key()? {
+            let len = k.key.1 - k.key.0 - 2;
+            if !filtering && !k.escaped && lengths & (1u64 << (len % 64)) == 0 {
+                let end = members.pass(k.value)?;
+                w.keep(b, (k.key.0, end));
+                continue;
+            }
             let name = scan::key_name(b, k.key, k.escaped)?;
             let slot = match values.as_deref_mut() {
                 Some(values) if reads => self.filters.slot(&name).map(|s| (values, s)),

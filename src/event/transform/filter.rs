@@ -203,6 +203,11 @@ impl Filters {
         self.slots.len()
     }
 
+    /// Bit `len % 64` is set when a read property's name has that length.
+    pub(super) fn len_mask(&self) -> u64 {
+        self.slot_len_mask
+    }
+
     /// The slot of a property the rules read.
     #[inline]
     pub(super) fn slot(&self, key: &[u8]) -> Option<usize> {

@@ -1135,3 +1135,17 @@ fn timing_parts() {
         println!("{name}: {:?}", t.elapsed() / n);
     }
 }
+
+#[test]
+#[ignore]
+fn dump_sample_events() {
+    let now = chrono::Utc::now();
+    let mut all = String::new();
+    for n in 0..88 {
+        let m = crate::event::sample::captured(1, n, "2024-01-01T00:00:00Z").value;
+        let e = crate::event::decode::decode(Some(&m), crate::config::InputFormat::Auto, now).expect("ok").json;
+        all.push_str(&String::from_utf8(e).expect("utf8"));
+        all.push('\n');
+    }
+    std::fs::write("/tmp/transform-sample-events.jsonl", all).expect("write");
+}
