@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let metrics = Arc::new(Metrics::new(&librdkafka_version));
     let health = Arc::new(Health::default());
     info!(version = env!("CARGO_PKG_VERSION"), librdkafka = %librdkafka_version, config = ?config, "starting patterns-connector");
+    log_rules(&config);
 
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(
@@ -231,4 +232,11 @@ pub async fn backfill(
     shutdown: CancellationToken,
 ) -> anyhow::Result<backfill::Finished> {
     backfill::run(config, args, shutdown).await
+}
+
+/// What leaves PostHog, one line per rule (the salt never shown).
+fn log_rules(config: &Config) {
+    for (rule, value) in config.transform.0.describe() {
+        info!(rule, value = %value, "event rule");
+    }
 }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::config::{Config, InputFormat};
 use crate::event::decode::decode;
 use crate::event::filter::Filter;
+use crate::event::transform::Rules;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read;
 use crate::sink::dlq::header;
@@ -133,7 +134,13 @@ pub async fn run(
         } else {
             Held::Original
         };
-        match replayable(message.payload(), held, config.input_format, &filter) {
+        match replayable(
+            message.payload(),
+            held,
+            config.input_format,
+            &filter,
+            &config.transform.0,
+        ) {
             Ok(Some(json)) => batches.entry(partition).or_default().push((offset, json)),
             Ok(None) => summary.filtered += 1,
             Err(reason) => {
@@ -188,13 +195,27 @@ fn replayable(
     held: Held,
     format: InputFormat,
     filter: &Filter,
+    rules: &Rules,
 ) -> Result<Option<Vec<u8>>, &'static str> {
     match held {
         Held::Original => match decode(payload, format, Utc::now()) {
-            Ok(event) if filter.check(&event.meta).is_ok() => Ok(Some(event.json)),
+            Ok(event) if filter.check(&event.meta).is_ok() => {
+                if rules.is_empty() {
+                    return Ok(Some(event.json));
+                }
+                // The operator's rules, as the main loop applies them.
+                let mut out = Vec::with_capacity(event.json.len());
+                Ok(rules
+                    .apply(&event.json, &mut out)
+                    .dropped
+                    .is_none()
+                    .then_some(out))
+            }
             Ok(_) => Ok(None),
             Err(e) => Err(e.reason()),
         },
+        // Sent before: the rules were applied then (hashing again would
+        // hash a hash).
         Held::SentEvent => {
             let payload = payload.ok_or("empty")?;
             let event: serde_json::Map<String, serde_json::Value> =
@@ -260,6 +281,10 @@ mod tests {
     use super::*;
     use crate::event::sample;
 
+    fn no_rules() -> Rules {
+        Rules::parse("", "", "", None, None).unwrap()
+    }
+
     fn pageviews_only() -> Filter {
         Filter::new(&["$pageview".to_owned()], None, None)
     }
@@ -270,7 +295,13 @@ mod tests {
         let (mut kept, mut left_out) = (0, 0);
         for n in 0..20 {
             let s = sample::captured(1, n, "2024-05-01T12:00:00Z");
-            match replayable(Some(&s.value), Held::Original, InputFormat::Auto, &filter) {
+            match replayable(
+                Some(&s.value),
+                Held::Original,
+                InputFormat::Auto,
+                &filter,
+                &no_rules(),
+            ) {
                 Ok(Some(json)) => {
                     let event: serde_json::Value = serde_json::from_slice(&json).unwrap();
                     assert_eq!(event["uuid"], s.uuid.as_str());
@@ -290,7 +321,8 @@ mod tests {
                 Some(b"not json"),
                 Held::Original,
                 InputFormat::Auto,
-                &filter
+                &filter,
+                &no_rules()
             ),
             Err("not_json")
         );
@@ -302,19 +334,37 @@ mod tests {
         // It passed the filters when it was first sent: they do not apply again.
         let sent = br#"{"uuid":"0190-a","event":"signed_up","properties":{"a":1}}"#;
         assert_eq!(
-            replayable(Some(sent), Held::SentEvent, InputFormat::Auto, &filter),
+            replayable(
+                Some(sent),
+                Held::SentEvent,
+                InputFormat::Auto,
+                &filter,
+                &no_rules()
+            ),
             Ok(Some(sent.to_vec()))
         );
         for bad in [&b"[1]"[..], b"{\"event\":\"x\"}", b"{\"uuid\":7}", b"nope"] {
             assert_eq!(
-                replayable(Some(bad), Held::SentEvent, InputFormat::Auto, &filter),
+                replayable(
+                    Some(bad),
+                    Held::SentEvent,
+                    InputFormat::Auto,
+                    &filter,
+                    &no_rules()
+                ),
                 Err("not_an_event"),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
         assert_eq!(
-            replayable(None, Held::SentEvent, InputFormat::Auto, &filter),
+            replayable(
+                None,
+                Held::SentEvent,
+                InputFormat::Auto,
+                &filter,
+                &no_rules()
+            ),
             Err("empty")
         );
     }

@@ -244,7 +244,7 @@ async fn history_and_stream_together_deliver_every_event_once_but_for_the_counte
     let mut before = TopicPartitionList::new();
     before
         .add_partition_offset(&topic, 0, Offset::Offset(deleted_before))
-        .unwrap();
+        .expect("test input");
     admin()
         .delete_records(&before, &AdminOptions::new())
         .await
@@ -340,7 +340,7 @@ async fn history_and_stream_together_deliver_every_event_once_but_for_the_counte
         .find(|e| e["uuid"] == uuid(7))
         .expect("the late event 7");
     assert_eq!(late["team_id"], TEAM);
-    assert!(late["timestamp"].as_str().unwrap().starts_with(
+    assert!(late["timestamp"].as_str().expect("test input").starts_with(
         &(ingested(7) - chrono::Duration::days(3))
             .format("%Y-%m-%dT%H:%M:%S")
             .to_string()

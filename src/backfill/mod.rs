@@ -96,6 +96,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(&librdkafka_version));
     let progress_metrics = Arc::new(BackfillMetrics::new(&metrics));
     info!(version = env!("CARGO_PKG_VERSION"), config = ?config, backfill = ?args, "starting a backfill");
+    crate::log_rules(&config);
     let http_stop = CancellationToken::new();
     let _http_stop = http_stop.clone().drop_guard();
     tokio::spawn(crate::ops::http::serve(

@@ -117,6 +117,20 @@ pub enum DeliveryOrder {
     Key,
 }
 
+/// The parsed `REMOVE_PROPERTIES`, `KEEP_PROPERTIES`, `HASH_PROPERTIES` and
+/// `EVENT_FILTERS`, shared by every worker.
+#[derive(Clone, Debug)]
+pub struct Transform(pub std::sync::Arc<crate::event::transform::Rules>);
+
+impl Default for Transform {
+    fn default() -> Self {
+        Transform(std::sync::Arc::new(
+            crate::event::transform::Rules::parse("", "", "", None, None)
+                .expect("no rule at all is valid"),
+        ))
+    }
+}
+
 /// Aliases keep clap's derive from reading these as repeated (`Vec`) or
 /// optional (`Option`) options: each is one value, parsed whole.
 pub type EventNames = Vec<String>;
@@ -330,6 +344,51 @@ pub struct Config {
           hide_env_values = true, value_parser = values::secret)]
     #[serde(skip)]
     pub kafka_sasl_password: SecretString,
+
+    /// Properties to remove before an event leaves (PostHog's Property Filter
+    /// app): comma-separated names; dotted paths reach into objects
+    /// (`$set.email`); `$ip` also empties the event's `ip`.
+    #[arg(long, env = "REMOVE_PROPERTIES", default_value = "")]
+    pub remove_properties: String,
+
+    /// The inverse: only these properties leave (comma-separated, dotted
+    /// paths), with uuid, event, distinct_id, team_id and timestamp.
+    #[arg(long, env = "KEEP_PROPERTIES", default_value = "")]
+    pub keep_properties: String,
+
+    /// Properties (dotted paths; `distinct_id` allowed) replaced by the
+    /// SHA-256 hex of their value followed by HASH_SALT, as PostHog's PII
+    /// hashing apps do.
+    #[arg(long, env = "HASH_PROPERTIES", default_value = "")]
+    pub hash_properties: String,
+
+    /// The salt of HASH_PROPERTIES. Never logged.
+    #[arg(long, env = "HASH_SALT", hide_env_values = true, value_parser = values::secret)]
+    #[serde(serialize_with = "summary::secret")]
+    pub hash_salt: Option<SecretString>,
+
+    /// File holding the salt; wins over HASH_SALT.
+    #[arg(long, env = "HASH_SALT_FILE", value_parser = values::secret_file)]
+    #[serde(skip)]
+    pub hash_salt_file: Option<SecretFile>,
+
+    /// Which events leave, in PostHog's Filter Out app's JSON (groups of
+    /// conditions: an event leaves if it meets every condition of some
+    /// group), optionally with `eventsToDrop`, `keepUndefinedProperties` and
+    /// `dropOnProperty` (the Drop Events on Property app).
+    #[arg(long, env = "EVENT_FILTERS", default_value = "")]
+    pub event_filters: String,
+
+    /// A file holding EVENT_FILTERS' JSON; wins over EVENT_FILTERS.
+    #[arg(long, env = "EVENT_FILTERS_FILE", default_value = "", hide_default_value = true,
+          value_parser = values::text_file)]
+    #[serde(serialize_with = "summary::set")]
+    pub event_filters_file: OptionalText,
+
+    /// The rules above, parsed ([`Config::from_cli`]).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub transform: Transform,
 
     /// HTTP statuses that mean "the webhook refuses these events": the batch is
     /// split to isolate the refused events, which go to the dead-letter topic.

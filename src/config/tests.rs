@@ -472,7 +472,8 @@ fn the_summary_shows_the_same_options_as_before_in_the_declarations_order() {
         BATCH_MAX_BYTES BATCH_LINGER_MS WEBHOOK_TIMEOUT_MS RETRY_BACKOFF_MIN_MS RETRY_BACKOFF_MAX_MS \
         MAX_CONCURRENT_REQUESTS ORDERING KEY_LANES MAX_BUFFERED_BYTES COMMIT_INTERVAL_MS \
         SHUTDOWN_TIMEOUT_MS HTTP_ADDR DLQ_TOPIC STATE_TOPIC DLQ_POLICY START_AT WEBHOOK_HEADERS \
-        WEBHOOK_SIGNING_SECRET WEBHOOK_GZIP WEBHOOK_CA_BUNDLE WEBHOOK_REJECT_STATUSES";
+        WEBHOOK_SIGNING_SECRET WEBHOOK_GZIP WEBHOOK_CA_BUNDLE REMOVE_PROPERTIES KEEP_PROPERTIES \
+        HASH_PROPERTIES HASH_SALT EVENT_FILTERS EVENT_FILTERS_FILE WEBHOOK_REJECT_STATUSES";
     assert_eq!(names, expected.split_whitespace().collect::<Vec<_>>());
     let config = cli(&["--batch-linger-ms", "7", "--start-at", "latest"]).expect("valid");
     let summary = config.redacted_summary();

@@ -10,7 +10,7 @@ use clap::{ArgAction, CommandFactory};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::kafka_properties::check_poll_interval;
-use super::secret::choose;
+use super::secret::{choose, SecretFile};
 use super::values::Problem;
 use super::{bad, Cli, Config, ConfigError, InputFormat};
 
@@ -68,6 +68,7 @@ impl Config {
             ));
         }
         check_poll_interval(&c.kafka_properties, c.shutdown_timeout)?;
+        c.transform = transform(&mut c)?;
         if c.project_token.is_some() && c.input_format == InputFormat::Clickhouse {
             return Err(bad(
                 "POSTHOG_PROJECT_TOKEN",
@@ -86,6 +87,43 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// The event rules, parsed: a rule that cannot be used stops the start,
+/// naming the option, where in it, and why.
+fn transform(c: &mut Config) -> Result<super::Transform, ConfigError> {
+    use crate::event::transform::Rules;
+    // A salt from its file wins; an explicitly empty one hashes unsalted.
+    if let Some(SecretFile(Some(salt))) = c.hash_salt_file.take() {
+        c.hash_salt = Some(salt);
+    }
+    let salt = c.hash_salt.clone();
+    let (filters, from_file) = match &c.event_filters_file {
+        Some(text) => (Some(text.as_str()), true),
+        None => (Some(c.event_filters.as_str()), false),
+    };
+    let rules = Rules::parse(
+        &c.remove_properties,
+        &c.keep_properties,
+        &c.hash_properties,
+        salt,
+        filters,
+    )
+    .map_err(|e| {
+        let option = if from_file && e.option == "EVENT_FILTERS" {
+            "EVENT_FILTERS_FILE"
+        } else {
+            e.option
+        };
+        ConfigError {
+            option: Cow::Borrowed(option),
+            problem: match &e.at {
+                Some(at) => format!("{at}: {}", e.reason),
+                None => e.reason.clone(),
+            },
+        }
+    })?;
+    Ok(super::Transform(std::sync::Arc::new(rules)))
 }
 
 /// A value refused by one of the options' parsers, as `invalid value for

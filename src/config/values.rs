@@ -204,6 +204,17 @@ pub fn secret_file(raw: &str) -> Result<SecretFile, Problem> {
         .map_err(|e| Problem(format!("cannot read {path}: {e}")))
 }
 
+/// A text file's contents; a blank path is none.
+pub fn text_file(raw: &str) -> Result<Option<String>, Problem> {
+    let path = raw.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(path)
+        .map(Some)
+        .map_err(|e| Problem(format!("cannot read {path}: {e}")))
+}
+
 /// The PEM bytes of a CA bundle file; a blank path is none.
 pub fn ca_bundle(raw: &str) -> Result<Option<Vec<u8>>, Problem> {
     let path = raw.trim();

@@ -44,6 +44,9 @@ pub const PARTITION_STALLED: &str = "patterns_connector_partition_stalled";
 pub const PARTITION_BLOCKED: &str = "patterns_connector_partition_blocked";
 pub const PARTITION_DEAD_LETTER_FAILING: &str = "patterns_connector_partition_dead_letter_failing";
 pub const FATAL_ERRORS: &str = "patterns_connector_kafka_fatal_errors_total";
+pub const PROPERTIES_REMOVED: &str = "patterns_connector_properties_removed_total";
+pub const PROPERTIES_HASHED: &str = "patterns_connector_properties_hashed_total";
+pub const EVENT_FILTER_ERRORS: &str = "patterns_connector_event_filter_errors_total";
 
 pub const BACKFILL_ROWS_READ: &str = "patterns_connector_backfill_rows_read_total";
 pub const BACKFILL_ROWS_DONE: &str = "patterns_connector_backfill_rows_done_total";
@@ -100,6 +103,9 @@ pub const ALL: &[&str] = &[
     FATAL_ERRORS,
     EVENTS_DEAD_LETTERED,
     BISECTION_REQUESTS,
+    PROPERTIES_REMOVED,
+    PROPERTIES_HASHED,
+    EVENT_FILTER_ERRORS,
 ];
 
 /// Every metric the connector exports, registered in its own registry.
@@ -140,6 +146,9 @@ pub struct Metrics {
     pub fatal_errors: IntCounter,
     pub events_dead_lettered: IntCounterVec,
     pub bisection_requests: IntCounter,
+    pub properties_removed: IntCounter,
+    pub properties_hashed: IntCounter,
+    pub event_filter_errors: IntCounter,
 }
 
 const PARTITION_LABELS: &[&str] = &["topic", "partition"];
@@ -191,7 +200,7 @@ impl Metrics {
         Metrics {
             events_consumed: counter(EVENTS_CONSUMED, "Messages read from Kafka."),
             events_delivered: counter(EVENTS_DELIVERED, "Events accepted by the webhook (2xx)."),
-            events_filtered: counter_vec(EVENTS_FILTERED, "Events skipped by the project or event-name filters.", &["reason"]),
+            events_filtered: counter_vec(EVENTS_FILTERED, "Events left out: by the project, team or event-name filters (project_token, team_id, event_name) or EVENT_FILTERS (events_to_drop, filter_groups, drop_on_property).", &["reason"]),
             events_undecodable: counter_vec(EVENTS_UNDECODABLE, "Messages that are not a PostHog event, by reason.", &["reason"]),
             events_oversized: counter(EVENTS_OVERSIZED, "Single events larger than BATCH_MAX_BYTES (dead-lettered as too_large)."),
             batches_delivered: counter(BATCHES_DELIVERED, "Batches accepted by the webhook."),
@@ -224,6 +233,9 @@ impl Metrics {
             fatal_errors: counter(FATAL_ERRORS, "Fatal Kafka client errors (e.g. a fenced group.instance.id); the process exits on one."),
             events_dead_lettered: counter_vec(EVENTS_DEAD_LETTERED, "Messages written to the dead-letter topic, by reason (a decode reason, too_large, webhook_<status>).", &["reason"]),
             bisection_requests: counter(BISECTION_REQUESTS, "Extra webhook requests spent splitting rejected batches."),
+            properties_removed: counter(PROPERTIES_REMOVED, "Property values removed by REMOVE_PROPERTIES or KEEP_PROPERTIES (each key at each place)."),
+            properties_hashed: counter(PROPERTIES_HASHED, "Property values replaced by their hash (HASH_PROPERTIES)."),
+            event_filter_errors: counter(EVENT_FILTER_ERRORS, "Events an EVENT_FILTERS condition could not be evaluated on (where PostHog's Filter Out app threw); they are kept, as PostHog kept them."),
             registry,
         }
     }

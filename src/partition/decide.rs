@@ -5,6 +5,7 @@
 use crate::config::DlqPolicy;
 use crate::event::decode::{DecodeError, EventMeta};
 use crate::event::filter::{Filter, Skip};
+use crate::event::transform::DropReason;
 
 /// The fate of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +15,9 @@ pub enum Disposition {
     Undecodable(&'static str),
     /// Filtered out: done at once, never sent.
     Filtered(Skip),
+    /// Left out by the operator's event rules (`EVENT_FILTERS`): done at
+    /// once, never sent, like a filtered one.
+    Dropped(DropReason),
     /// Larger than a batch may be: dead-lettered as `too_large` under
     /// `DLQ_POLICY=dlq`. (Under `block` it is sent alone instead: blocking on
     /// an event the webhook may well accept would stop the partition for

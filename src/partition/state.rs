@@ -233,7 +233,9 @@ impl PartitionState {
         self.consumed_next = Some(message.offset + 1);
         match disposition {
             Disposition::Undecodable(reason) => self.dead_letter(message, reason, decode_error),
-            Disposition::Filtered(_) => self.frontier.skip(message.offset),
+            Disposition::Filtered(_) | Disposition::Dropped(_) => {
+                self.frontier.skip(message.offset)
+            }
             Disposition::TooLarge => {
                 let error = format!(
                     "{} bytes encoded; BATCH_MAX_BYTES is {}",

@@ -69,6 +69,7 @@ pub fn spawn(
         abort: abort.clone(),
         undecodable_logged: 0,
         scratch: Vec::new(),
+        transformed: Vec::new(),
         deps,
     };
     let join = runtime.spawn(worker.run(rx, drain_rx));
@@ -107,6 +108,8 @@ struct Worker {
     undecodable_logged: u64,
     /// Reused for each event's JSON before it is copied into the batch body.
     scratch: Vec<u8>,
+    /// Reused for the event as the operator's rules leave it.
+    transformed: Vec<u8>,
     deps: Arc<Deps>,
 }
 
@@ -231,13 +234,33 @@ impl Worker {
             Utc::now(),
             &mut json,
         );
-        let disposition = dispose(
+        let mut disposition = dispose(
             decoded.as_ref(),
             &self.deps.filter,
             json.len(),
             config.batch.max_bytes,
             config.dlq_policy,
         );
+        let rules = &config.transform.0;
+        if matches!(disposition, Disposition::Batch | Disposition::TooLarge) && !rules.is_empty() {
+            // What leaves PostHog: after decoding, before batching. A
+            // dropped event is filtered out, done for the frontier at once.
+            let applied = rules.apply(&json, &mut self.transformed);
+            self.record_transform(&applied);
+            disposition = match applied.dropped {
+                Some(reason) => Disposition::Dropped(reason),
+                None => {
+                    std::mem::swap(&mut json, &mut self.transformed);
+                    dispose(
+                        decoded.as_ref(),
+                        &self.deps.filter,
+                        json.len(),
+                        config.batch.max_bytes,
+                        config.dlq_policy,
+                    )
+                }
+            };
+        }
         let error = decoded.err().map(|e| e.to_string());
         self.record(&message, disposition, json.len(), error.as_deref());
         self.state.take(message, disposition, &json, error, now());
@@ -245,6 +268,22 @@ impl Worker {
             self.shared.consumed_next.store(next, Ordering::Relaxed);
         }
         self.scratch = json;
+    }
+
+    /// The counters of what the operator's rules did to one event.
+    fn record_transform(&self, applied: &crate::event::transform::Applied) {
+        let metrics = &self.deps.metrics;
+        if applied.removed > 0 {
+            metrics
+                .properties_removed
+                .inc_by(u64::from(applied.removed));
+        }
+        if applied.hashed > 0 {
+            metrics.properties_hashed.inc_by(u64::from(applied.hashed));
+        }
+        if applied.filter_error.is_some() {
+            metrics.event_filter_errors.inc();
+        }
     }
 
     /// The metrics and logs of one message's disposition.
@@ -279,6 +318,12 @@ impl Worker {
                 metrics
                     .events_filtered
                     .with_label_values(&[skip.reason()])
+                    .inc();
+            }
+            Disposition::Dropped(reason) => {
+                metrics
+                    .events_filtered
+                    .with_label_values(&[reason.reason()])
                     .inc();
             }
             Disposition::TooLarge => {

@@ -100,17 +100,9 @@ impl Rules {
         let mut event_name = None;
         let mut props = Props::Absent;
         let start = scan::skip_ws(b, 0);
-        // Keys whose length no rule or filter has are passed over at once.
-        let lengths = n.len_mask | if reads { self.filters.len_mask() } else { 0 };
         let mut members = Members::new(b, start)?;
         let mut w = Writer::open(out);
         while let Some(k) = members.next_key()? {
-            let len = k.key.1 - k.key.0 - 2;
-            if !filtering && !k.escaped && lengths & (1u64 << (len % 64)) == 0 {
-                let end = members.pass(k.value)?;
-                w.keep(b, (k.key.0, end));
-                continue;
-            }
             let name = scan::key_name(b, k.key, k.escaped)?;
             match name.as_ref() {
                 b"properties" => {
@@ -192,13 +184,16 @@ impl Rules {
             out.extend_from_slice(&b[start..end]);
             return Ok(end);
         }
-        // Keys whose length no rule or filter has are passed over at once.
-        let lengths = n.len_mask | if reads { self.filters.len_mask() } else { 0 };
+        // Keys that no rule or filter names are passed over at once.
+        let names = if reads {
+            n.names.union(self.filters.names())
+        } else {
+            n.names
+        };
         let mut members = Members::new(b, start)?;
         let mut w = Writer::open(out);
         while let Some(k) = members.next_key()? {
-            let len = k.key.1 - k.key.0 - 2;
-            if !filtering && !k.escaped && lengths & (1u64 << (len % 64)) == 0 {
+            if !filtering && !k.escaped && !names.may_hold(&b[k.key.0 + 1..k.key.1 - 1]) {
                 let end = members.pass(k.value)?;
                 w.keep(b, (k.key.0, end));
                 continue;

@@ -41,8 +41,8 @@ use serde_json::Value;
 
 use super::js::{self, Js};
 use super::jsregex;
-use super::scan::{self, Malformed, Span};
-use super::{ConditionRef, Drop, RuleError};
+use super::scan::{self, KeySet, Malformed, Span};
+use super::{ConditionRef, DropReason, RuleError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Type {
@@ -180,7 +180,7 @@ pub(super) struct Filters {
     drop_on_property: Vec<DropOnProperty>,
     /// The property names the rules read, each once; conditions point here.
     slots: Vec<Box<[u8]>>,
-    slot_len_mask: u64,
+    slot_names: KeySet,
     /// The configuration had an empty group, which every event satisfies.
     empty_group: bool,
 }
@@ -203,15 +203,15 @@ impl Filters {
         self.slots.len()
     }
 
-    /// Bit `len % 64` is set when a read property's name has that length.
-    pub(super) fn len_mask(&self) -> u64 {
-        self.slot_len_mask
+    /// The read properties' names, summarized.
+    pub(super) fn names(&self) -> KeySet {
+        self.slot_names
     }
 
     /// The slot of a property the rules read.
     #[inline]
     pub(super) fn slot(&self, key: &[u8]) -> Option<usize> {
-        if self.slot_len_mask & (1u64 << (key.len() % 64)) == 0 {
+        if !self.slot_names.may_hold(key) {
             return None;
         }
         self.slots.iter().position(|s| s.as_ref() == key)
@@ -223,7 +223,7 @@ impl Filters {
             Some(i) => i,
             None => {
                 self.slots.push(key.into());
-                self.slot_len_mask |= 1u64 << (key.len() % 64);
+                self.slot_names.insert(key);
                 self.slots.len() - 1
             }
         }
@@ -237,7 +237,7 @@ impl Filters {
         event_name: Option<Span>,
         props: Props,
         values: &[Option<Span>],
-    ) -> Result<(Option<Drop>, Option<ConditionRef>), Malformed> {
+    ) -> Result<(Option<DropReason>, Option<ConditionRef>), Malformed> {
         if props != Props::Object {
             return Ok((None, None));
         }
@@ -246,7 +246,7 @@ impl Filters {
             if let Some(name) = event_name.filter(|s| b.get(s.0) == Some(&b'"')) {
                 let name = scan::string_value(b, name)?;
                 if self.events_to_drop.iter().any(|e| *e == name) {
-                    return Ok((Some(Drop::EventName), None));
+                    return Ok((Some(DropReason::EventName), None));
                 }
             }
         }
@@ -272,7 +272,7 @@ impl Filters {
                 break;
             }
             if !kept {
-                return Ok((Some(Drop::NoGroupMatched), None));
+                return Ok((Some(DropReason::NoGroupMatched), None));
             }
         }
         for (i, rule) in self.drop_on_property.iter().enumerate() {
@@ -294,7 +294,7 @@ impl Filters {
                     (Some(_), _) => false,
                 };
             if drop {
-                return Ok((Some(Drop::OnProperty { rule: i + 1 }), error));
+                return Ok((Some(DropReason::OnProperty { rule: i + 1 }), error));
             }
         }
         Ok((None, error))

@@ -18,7 +18,7 @@
 //! names applies to the property and to the top-level field alike, so the
 //! two copies never disagree. `uuid`, `event`, `distinct_id`, `team_id` and
 //! `timestamp` always leave (the receiver's contract; `uuid` is its
-//! deduplication key and no rule may name it).
+//! deduplication key: no rule may remove or hash it).
 //!
 //! Order, per event: filters decide on the event as it came (a filter
 //! reads the value before it is removed or hashed), then removal or
@@ -84,7 +84,7 @@ impl RuleError {
 
 /// Why an event does not leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Its name is in the Filter Out app's `eventsToDrop`.
     EventName,
     /// It satisfies none of the Filter Out groups.
@@ -96,14 +96,14 @@ pub enum Drop {
     Unreadable,
 }
 
-impl Drop {
+impl DropReason {
     /// A metrics label.
     pub fn reason(self) -> &'static str {
         match self {
-            Drop::EventName => "events_to_drop",
-            Drop::NoGroupMatched => "filter_groups",
-            Drop::OnProperty { .. } => "drop_on_property",
-            Drop::Unreadable => "unreadable",
+            DropReason::EventName => "events_to_drop",
+            DropReason::NoGroupMatched => "filter_groups",
+            DropReason::OnProperty { .. } => "drop_on_property",
+            DropReason::Unreadable => "unreadable",
         }
     }
 }
@@ -119,7 +119,7 @@ pub struct ConditionRef {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
     /// `Some`: the event does not leave (the output is empty).
-    pub dropped: Option<Drop>,
+    pub dropped: Option<DropReason>,
     /// Values removed (each key at each place, and `ip` set to null).
     pub removed: u32,
     /// Values replaced by their hash.
@@ -217,7 +217,7 @@ impl Rules {
             Err(scan::Malformed) => {
                 out.clear();
                 Applied {
-                    dropped: Some(Drop::Unreadable),
+                    dropped: Some(DropReason::Unreadable),
                     ..Applied::default()
                 }
             }

@@ -7,6 +7,7 @@
 //! The three lists (remove, keep, hash) are merged into one tree, so an
 //! event's keys are looked up once, whatever the number of rules.
 
+use super::scan::KeySet;
 use super::RuleError;
 
 /// What the rules say about one path.
@@ -14,9 +15,8 @@ use super::RuleError;
 pub(super) struct Node {
     /// Children by name; a small list (lookups compare lengths first).
     pub children: Vec<(Box<[u8]>, usize)>,
-    /// Bit `len % 64` is set when a child's name has that length: most
-    /// keys are rejected by this one test.
-    pub len_mask: u64,
+    /// The children's names, summarized: most keys are rejected by one test.
+    pub names: KeySet,
     pub remove: bool,
     pub hash: bool,
     /// The keep-list names this path: the value is kept whole.
@@ -45,7 +45,7 @@ pub(super) const ROOT: usize = 0;
 impl Tree {
     pub(super) fn child(&self, node: usize, key: &[u8]) -> Option<usize> {
         let n = &self.nodes[node];
-        if n.len_mask & (1u64 << (key.len() % 64)) == 0 {
+        if !n.names.may_hold(key) {
             return None;
         }
         n.children
@@ -65,7 +65,7 @@ impl Tree {
                     self.nodes.push(Node::default());
                     let parent = &mut self.nodes[node];
                     parent.children.push((key.into(), c));
-                    parent.len_mask |= 1u64 << (key.len() % 64);
+                    parent.names.insert(key);
                     c
                 }
             };

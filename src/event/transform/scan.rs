@@ -10,6 +10,42 @@
 
 use std::borrow::Cow;
 
+/// A 256-bit summary of a set of key names, from each name's length and
+/// last two bytes: a key whose bit is clear is in no set, which rejects
+/// nearly every key of an event with one test.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct KeySet([u64; 4]);
+
+impl KeySet {
+    #[inline]
+    fn bit(name: &[u8]) -> usize {
+        let n = name.len();
+        let last = name.last().copied().unwrap_or(0) as usize;
+        let before = if n >= 2 { name[n - 2] as usize } else { 0 };
+        (n.wrapping_mul(31) ^ last.wrapping_mul(7) ^ before) & 255
+    }
+
+    pub(super) fn insert(&mut self, name: &[u8]) {
+        let bit = Self::bit(name);
+        self.0[bit / 64] |= 1 << (bit % 64);
+    }
+
+    /// Whether `name` may be in the set.
+    #[inline]
+    pub(super) fn may_hold(&self, name: &[u8]) -> bool {
+        let bit = Self::bit(name);
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    pub(super) fn union(self, other: KeySet) -> KeySet {
+        let mut out = self;
+        for (a, b) in out.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        out
+    }
+}
+
 /// A byte range `[start, end)` of the input.
 pub(super) type Span = (usize, usize);
 
