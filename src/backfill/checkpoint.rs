@@ -87,99 +87,9 @@ impl Positions {
     }
 }
 
-/// Rows spread over several workers (by key, so each key keeps its order):
-/// rows are numbered in read order (the sequence the checkpoint follows),
-/// and each worker numbers its own rows 0, 1, 2, ... (the offsets its
-/// frontier reports). Every row before [`Spread::done_before`] is done.
-#[derive(Debug)]
-pub struct Spread {
-    /// Per worker, the sequence numbers of its rows not done yet, in its
-    /// own order: the first is its local offset `done_local[w]`.
-    pending: Vec<VecDeque<i64>>,
-    done_local: Vec<i64>,
-    next_local: Vec<i64>,
-    next: i64,
-}
-
-impl Spread {
-    pub fn new(workers: usize) -> Self {
-        let workers = workers.max(1);
-        Spread {
-            pending: vec![VecDeque::new(); workers],
-            done_local: vec![0; workers],
-            next_local: vec![0; workers],
-            next: 0,
-        }
-    }
-
-    pub fn workers(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The number the next row read gets: rows below it were all read.
-    pub fn next(&self) -> i64 {
-        self.next
-    }
-
-    /// The next row read goes to worker `w`: its local offset there, and
-    /// its sequence number.
-    pub fn assign(&mut self, w: usize) -> (i64, i64) {
-        let (local, seq) = (self.next_local[w], self.next);
-        self.pending[w].push_back(seq);
-        self.next_local[w] += 1;
-        self.next += 1;
-        (local, seq)
-    }
-
-    /// Worker `w`'s frontier: every one of its rows below `next_local` is done.
-    pub fn done(&mut self, w: usize, next_local: i64) {
-        while self.done_local[w] < next_local.min(self.next_local[w]) {
-            self.pending[w].pop_front();
-            self.done_local[w] += 1;
-        }
-    }
-
-    /// Every row numbered below this is done, in whichever worker.
-    pub fn done_before(&self) -> i64 {
-        self.pending
-            .iter()
-            .filter_map(|p| p.front().copied())
-            .min()
-            .unwrap_or(self.next)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_spread_frontier_waits_for_the_slowest_worker_and_moves_with_it() {
-        let mut s = Spread::new(2);
-        // Rows 0..6 alternate between the two workers.
-        let given: Vec<(i64, i64)> = (0..6).map(|i| s.assign(i % 2)).collect();
-        assert_eq!(given, [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]);
-        assert_eq!(s.done_before(), 0);
-        s.done(1, 3); // worker 1 did rows 1, 3, 5
-        assert_eq!(s.done_before(), 0, "row 0 (worker 0) is not done");
-        s.done(0, 1); // row 0
-        assert_eq!(s.done_before(), 2);
-        s.done(0, 3); // rows 2, 4
-        assert_eq!(s.done_before(), 6, "everything");
-        s.assign(0);
-        assert_eq!(s.done_before(), 6, "row 6 is assigned, not done");
-    }
-
-    #[test]
-    fn a_report_past_what_a_worker_was_given_is_bounded() {
-        let mut s = Spread::new(3);
-        s.assign(2);
-        s.done(2, 10);
-        s.done(0, 5);
-        assert_eq!(s.done_before(), 1);
-        assert_eq!(s.assign(2), (1, 1));
-        assert_eq!(s.done_before(), 1);
-    }
 
     fn at(us: i64) -> Cursor {
         Cursor {

@@ -6,12 +6,11 @@
 //!  ClickHouse (source.rs, clickhouse.rs): keyset pages in (ingestion time, uuid)
 //!      order, one team, ingested before the hand-over bound (handover.rs)
 //!      │  each row a clickhouse_events_json message, numbered 0, 1, 2, ...
-//!      │  and spread by key over up to 4 workers (one per core)
 //!      ▼
-//!  partition workers (crate::partition), as for Kafka partitions: decode,
-//!      filter, batch, deliver, bisect, dead-letter; their frontiers report
-//!      the rows done
-//!      │  the slowest frontier → cursor (checkpoint.rs: Spread, Positions)
+//!  a partition worker (crate::partition), as for a Kafka partition: decode,
+//!      filter, batch, deliver, bisect, dead-letter; its frontier reports the
+//!      rows done
+//!      │  frontier → cursor (checkpoint.rs)
 //!      ▼
 //!  checkpoint in STATE_TOPIC (kafka::state), progress line and metrics (progress.rs)
 //! ```
@@ -41,8 +40,7 @@ pub mod progress;
 pub mod source;
 
 use std::io::IsTerminal as _;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -57,20 +55,16 @@ use crate::kafka::state::{Lock, StateTopic};
 use crate::ops::health::Health;
 use crate::ops::metrics::{BackfillMetrics, Metrics};
 use crate::ops::shutdown::pause;
-use crate::partition::state::{lane_of, Lanes};
-use crate::partition::{self, Message, Progress};
+use crate::partition::{self, state::Lanes, Message, Progress};
 use crate::sink::{delivery, dlq, webhook};
 use crate::topic_partition::TopicPartition;
-use checkpoint::{Checkpoint, Positions, Spread, Totals};
+use checkpoint::{Checkpoint, Positions, Totals};
 use clickhouse::ClickHouse;
 use handover::Handover;
 use source::{micros, Cursor, Range, SourceError};
 
-/// Rows handed to the workers at once, and the checkpoint's granularity.
+/// Rows handed to the worker at once, and the checkpoint's granularity.
 const CHUNK: usize = 32;
-
-/// Most partition workers a backfill spreads its rows over.
-const WORKERS: usize = 4;
 
 /// What `run` returns: the summary line, printed last.
 pub struct Finished {
@@ -204,26 +198,14 @@ pub async fn run(
         metrics: metrics.clone(),
         progress: progress_tx,
     });
-    // Decoding is most of a row's cost: rows are spread over a worker per
-    // core (at most WORKERS), by key, so each key keeps its order.
-    let count = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, WORKERS);
     let lanes = Lanes::per_partition(
         config.ordering,
         config.key_lanes,
         config.max_concurrent_requests,
-        count,
+        1,
     );
-    let topic: Arc<str> = Arc::from(format!("clickhouse:{}.events", source.database()));
-    let runtime = tokio::runtime::Handle::current();
-    let workers: Vec<partition::Handle> = (0..count)
-        .map(|w| {
-            let tp = TopicPartition::new(topic.clone(), w as i32);
-            partition::spawn(&runtime, deps.clone(), tp, w as u64, lanes)
-        })
-        .collect();
-    let spread = Arc::new(Mutex::new(Spread::new(count)));
+    let tp = TopicPartition::new(format!("clickhouse:{}.events", source.database()), 0);
+    let worker = partition::spawn(&tokio::runtime::Handle::current(), deps, tp, 0, lanes);
 
     let tracker = Tracker {
         state: state.clone(),
@@ -239,7 +221,6 @@ pub async fn run(
         overlap,
     };
     let feeder = Feeder {
-        spread: spread.clone(),
         source: &source,
         range: resumed,
         page_rows: args.page_rows,
@@ -250,8 +231,7 @@ pub async fn run(
     };
     let result = pipeline(
         feeder,
-        workers,
-        spread,
+        worker,
         tracker,
         progress_rx,
         lock,
@@ -385,11 +365,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(20))
 }
 
-/// Reads pages and hands their rows to the workers.
+/// Reads pages and hands their rows to the worker.
 struct Feeder<'a> {
-    /// Which worker has which row (shared with the pipeline, which reads
-    /// the workers' frontiers through it).
-    spread: Arc<Mutex<Spread>>,
     source: &'a ClickHouse,
     /// What is left to read: `after` moves with every row handed over.
     range: Range,
@@ -402,23 +379,20 @@ struct Feeder<'a> {
 
 /// What the feeder tells the tracker.
 enum Fed {
-    /// The rows up to number `seq` (inclusive) end at `cursor`.
+    /// The rows up to `offset` (inclusive) end at `cursor`.
     Mark(i64, Cursor),
-    /// Every row is handed over; `end` is one past the last number.
+    /// Every row is handed over; `end` is one past the last offset.
     End(i64),
-}
-
-fn guard(spread: &Mutex<Spread>) -> std::sync::MutexGuard<'_, Spread> {
-    spread.lock().expect("the spread's lock is never poisoned")
 }
 
 impl Feeder<'_> {
     async fn run(
         mut self,
-        workers: &[partition::Handle],
+        worker: &partition::Handle,
         fed: mpsc::UnboundedSender<Fed>,
         cancel: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut next_offset = 0i64;
         let mut failing_since: Option<Instant> = None;
         let mut attempt = 0u32;
         loop {
@@ -430,7 +404,9 @@ impl Feeder<'_> {
                 until_us: self.range.until_us.min(visible_us),
                 ..self.range.clone()
             };
-            let (rows, error) = self.page(&page_range, workers, &fed, cancel).await;
+            let (rows, error) = self
+                .page(&page_range, worker, &fed, &mut next_offset, cancel)
+                .await;
             if cancel.is_cancelled() {
                 return Err(interrupted());
             }
@@ -471,7 +447,7 @@ impl Feeder<'_> {
                 })
                 .await?;
                 if left == 0 {
-                    let _ = fed.send(Fed::End(guard(&self.spread).next()));
+                    let _ = fed.send(Fed::End(next_offset));
                     return Ok(());
                 }
                 warn!(left, "a page ended short with rows still after it (does the server cut answers short?); reading on");
@@ -496,8 +472,9 @@ impl Feeder<'_> {
     async fn page(
         &mut self,
         range: &Range,
-        workers: &[partition::Handle],
+        worker: &partition::Handle,
         fed: &mpsc::UnboundedSender<Fed>,
+        next_offset: &mut i64,
         cancel: &CancellationToken,
     ) -> (usize, Option<SourceError>) {
         let mut page = match self.source.page(range, self.page_rows).await {
@@ -505,82 +482,65 @@ impl Feeder<'_> {
             Err(e) => return (0, Some(e)),
         };
         let mut rows = 0;
-        let mut chunks: Vec<Vec<Message>> = workers.iter().map(|_| Vec::new()).collect();
-        let mut last: Option<(i64, Cursor)> = None;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut last: Option<Cursor> = None;
         let error = loop {
             if cancel.is_cancelled() {
                 break None;
             }
             match page.next_row().await {
                 Ok(Some(row)) => {
-                    let w = lane_of(&row.key, workers.len());
-                    let (local, seq) = guard(&self.spread).assign(w);
-                    chunks[w].push(Message {
-                        offset: local,
+                    chunk.push(Message {
+                        offset: *next_offset,
                         timestamp_ms: Some(row.cursor.ingested_at_us / 1000),
                         key: Some(row.key),
                         payload: Some(row.json),
                     });
+                    *next_offset += 1;
                     rows += 1;
-                    last = Some((seq, row.cursor));
-                    if rows % CHUNK == 0 {
-                        self.hand(workers, fed, &mut chunks, &mut last, cancel)
-                            .await;
+                    last = Some(row.cursor);
+                    if chunk.len() >= CHUNK {
+                        self.hand(worker, fed, &mut chunk, &mut last, cancel).await;
                     }
                 }
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
         };
-        self.hand(workers, fed, &mut chunks, &mut last, cancel)
-            .await;
+        self.hand(worker, fed, &mut chunk, &mut last, cancel).await;
         (rows, error)
     }
 
-    /// Hands the rows read since the last call to their workers, then waits
-    /// while the workers' buffers are full.
+    /// Hands `chunk` to the worker, then waits while its buffer is full.
     async fn hand(
         &mut self,
-        workers: &[partition::Handle],
+        worker: &partition::Handle,
         fed: &mpsc::UnboundedSender<Fed>,
-        chunks: &mut [Vec<Message>],
-        last: &mut Option<(i64, Cursor)>,
+        chunk: &mut Vec<Message>,
+        last: &mut Option<Cursor>,
         cancel: &CancellationToken,
     ) {
-        let Some((seq, cursor)) = last.take() else {
+        let (Some(cursor), Some(offset)) = (last.take(), chunk.last().map(|m| m.offset)) else {
             return;
         };
-        let _ = fed.send(Fed::Mark(seq, cursor.clone()));
-        for (worker, chunk) in workers.iter().zip(chunks.iter_mut()) {
-            if !chunk.is_empty() {
-                self.metrics.rows_read.inc_by(chunk.len() as u64);
-                worker.send(std::mem::take(chunk));
-            }
-        }
+        self.metrics.rows_read.inc_by(chunk.len() as u64);
+        let _ = fed.send(Fed::Mark(offset, cursor.clone()));
+        worker.send(std::mem::take(chunk));
         self.range.after = Some(cursor);
-        let buffered = || {
-            workers
-                .iter()
-                .map(|w| w.shared.buffered_bytes())
-                .sum::<usize>()
-        };
-        if buffered() > self.max_buffered {
-            // As the consumer pauses a full partition: the workers send
-            // their open batches at once, since nothing more joins them now.
-            for w in workers {
-                w.shared.press(true);
-            }
-            while buffered() > self.max_buffered / 2
+        if worker.shared.buffered_bytes() > self.max_buffered {
+            // As the consumer pauses a full partition: the worker sends its
+            // open batches at once, since nothing more joins them for now.
+            worker.shared.press(true);
+            while worker.shared.buffered_bytes() > self.max_buffered / 2
                 && !cancel.is_cancelled()
-                && !workers
-                    .iter()
-                    .any(|w| w.shared.blocked.load(Ordering::Relaxed))
+                && !worker
+                    .shared
+                    .blocked
+                    .load(std::sync::atomic::Ordering::Relaxed)
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            for w in workers {
-                w.shared.press(false);
-            }
+            worker.shared.press(false);
         }
     }
 }
@@ -669,11 +629,9 @@ fn sum(vec: &prometheus::IntCounterVec) -> u64 {
 
 /// The feeder, the worker and the tracker together, until every row is
 /// done, the lock is lost, or a shutdown.
-#[allow(clippy::too_many_arguments)] // the parts `run` built, handed over once
 async fn pipeline(
     feeder: Feeder<'_>,
-    workers: Vec<partition::Handle>,
-    spread: Arc<Mutex<Spread>>,
+    worker: partition::Handle,
     mut tracker: Tracker,
     mut progress: mpsc::UnboundedReceiver<Progress>,
     lock: Lock,
@@ -694,7 +652,7 @@ async fn pipeline(
         Duration::from_secs(10)
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut feeding = Box::pin(feeder.run(&workers, fed_tx, &cancel));
+    let mut feeding = Box::pin(feeder.run(&worker, fed_tx, &cancel));
     let failure: Option<anyhow::Error> = loop {
         if end.is_some_and(|end| frontier >= end) {
             break None;
@@ -711,18 +669,16 @@ async fn pipeline(
                 Fed::End(at) => end = Some(at),
             },
             Some(p) = progress.recv() => {
-                let mut spread = guard(&spread);
-                spread.done(worker_of(&p), p.next_offset);
-                frontier = spread.done_before();
-                drop(spread);
+                frontier = frontier.max(p.next_offset);
                 tracker.advance(frontier);
             }
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break Some(interrupted()),
         }
-        if workers
-            .iter()
-            .any(|w| w.shared.blocked.load(Ordering::Relaxed))
+        if worker
+            .shared
+            .blocked
+            .load(std::sync::atomic::Ordering::Relaxed)
         {
             break Some(anyhow::anyhow!(
                 "a row could not be delivered and DLQ_POLICY=block holds it (see the log above); fix the cause and run the backfill again: it resumes before that row"
@@ -749,16 +705,12 @@ async fn pipeline(
         }
     };
     drop(feeding);
-    // Stop the workers: at the end they have nothing left; on a failure
-    // they finish what is in flight within SHUTDOWN_TIMEOUT_MS (all told
-    // at once, so they drain together).
+    // Stop the worker: at the end it has nothing left; on a failure it
+    // finishes what is in flight within SHUTDOWN_TIMEOUT_MS.
     cancel.cancel();
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    let stopping: Vec<_> = workers.into_iter().map(|w| w.stop(deadline)).collect();
-    for (w, stopped) in stopping.into_iter().enumerate() {
-        if let Some(safe) = stopped.await {
-            guard(&spread).done(w, safe);
-        }
+    if let Some(safe) = worker.stop(deadline).await {
+        frontier = frontier.max(safe);
     }
     while let Ok(f) = fed.try_recv() {
         if let Fed::Mark(offset, cursor) = f {
@@ -766,9 +718,8 @@ async fn pipeline(
         }
     }
     while let Ok(p) = progress.try_recv() {
-        guard(&spread).done(worker_of(&p), p.next_offset);
+        frontier = frontier.max(p.next_offset);
     }
-    frontier = guard(&spread).done_before();
     tracker.advance(frontier);
     let save_cancel = CancellationToken::new();
     let saving = tracker.save(failure.is_none(), &save_cancel);
@@ -787,11 +738,6 @@ async fn pipeline(
         }
         Some(e) => Err(e),
     }
-}
-
-/// Which worker a frontier report is from: its (virtual) partition.
-fn worker_of(progress: &Progress) -> usize {
-    usize::try_from(progress.tp.partition).unwrap_or(0)
 }
 
 fn report(snapshot: &progress::Snapshot, tty: bool) {
