@@ -28,7 +28,7 @@ use crate::event::transform::Rules;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read;
 use crate::sink::dlq::header;
-use crate::sink::webhook::{Sent, Webhook};
+use crate::sink::webhook::{batch_key, Sent, Webhook};
 use crate::topic_partition::TopicPartition;
 
 /// What a replay did.
@@ -250,13 +250,14 @@ async fn send_batch(
         body.push(b']');
         bytes::Bytes::from(body)
     };
-    let key = webhook.batch_key(tp, events[0].0, events.len());
+    let batch = rand::random();
+    let key = batch_key(batch, 0, events.len());
     if webhook.send(body(events), &key, tp, cancel).await? == Sent::Delivered {
         summary.delivered += events.len() as u64;
         return Ok(());
     }
-    for event in events {
-        let key = webhook.batch_key(tp, event.0, 1);
+    for (index, event) in events.iter().enumerate() {
+        let key = batch_key(batch, index, 1);
         match webhook
             .send(body(std::slice::from_ref(event)), &key, tp, cancel)
             .await?

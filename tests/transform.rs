@@ -206,9 +206,12 @@ async fn rules_that_cannot_be_used_stop_the_start_naming_the_option_and_the_plac
     )
     .expect("test input");
     let file = file.to_str().expect("test input");
+    let empty = dir.join("salt");
+    std::fs::write(&empty, "\n").expect("test input");
+    let empty = empty.to_str().expect("test input");
     // (environment, the option named, the place or reason named)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             &[("EVENT_FILTERS_FILE", file)],
             "EVENT_FILTERS_FILE",
@@ -228,15 +231,42 @@ async fn rules_that_cannot_be_used_stop_the_start_naming_the_option_and_the_plac
             "uuid",
         ),
         (&[("HASH_PROPERTIES", "email")], "HASH_SALT", "salt"),
+        // A mounted secret not filled in: not an unsalted hash.
+        (
+            &[
+                ("HASH_PROPERTIES", "email"),
+                ("HASH_SALT", "s"),
+                ("HASH_SALT_FILE", empty),
+            ],
+            "HASH_SALT_FILE",
+            "empty",
+        ),
     ];
     for (env, option, place) in cases {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
         cmd.env_clear()
             .env("PATTERNS_WEBHOOK_URL", "http://127.0.0.1:9/hook")
             .envs(env.iter().copied());
-        let out = cmd.output().expect("test input");
+        // Refused at once, or not at all (a connector that starts runs on).
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the connector");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{env:?} was not refused: the connector started");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().expect("its output");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert_eq!(status.code(), Some(2), "{env:?}: {stderr}");
         assert!(
             stderr.contains(&format!("invalid value for {option}")) && stderr.contains(place),
             "{env:?}: {stderr}"

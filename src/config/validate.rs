@@ -95,6 +95,14 @@ fn transform(c: &mut Config) -> Result<super::Transform, ConfigError> {
     use crate::event::transform::Rules;
     // A salt from its file wins; an explicitly empty one hashes unsalted.
     if let Some(SecretFile(Some(salt))) = c.hash_salt_file.take() {
+        // A mounted secret not filled in must not turn into unsalted
+        // hashes, which anyone can reverse for guessable values.
+        if salt.expose_secret().is_empty() {
+            return Err(bad(
+                "HASH_SALT_FILE",
+                "the file is empty; to hash without a salt on purpose, set HASH_SALT to an empty value instead",
+            ));
+        }
         c.hash_salt = Some(salt);
     }
     let salt = c.hash_salt.clone();

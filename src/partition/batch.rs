@@ -32,6 +32,11 @@ pub struct Batch {
     pub oldest_kafka_ts_ms: Option<i64>,
     /// True when a single event alone exceeds `BATCH_MAX_BYTES`.
     pub oversized: bool,
+    /// Random, drawn when sealed: names this batch in its requests'
+    /// `Idempotency-Key` (offsets alone do not: a batch cut again after a
+    /// rebalance, with other lanes, can start at the same offset with the
+    /// same count and hold other events).
+    pub id: u64,
     /// The body's allocation (a `Bytes` made from a `Vec` keeps all of it).
     reserved: usize,
 }
@@ -92,6 +97,9 @@ impl crate::sink::delivery::Events for Batch {
     }
     fn offset(&self, index: usize) -> i64 {
         self.events[index].offset
+    }
+    fn id(&self) -> u64 {
+        self.id
     }
     fn event_json(&self, index: usize) -> Bytes {
         Batch::event_json(self, index)
@@ -208,6 +216,7 @@ impl Batcher {
             unit: open.unit,
             oldest_kafka_ts_ms: open.oldest_kafka_ts_ms,
             oversized,
+            id: rand::random(),
         })
     }
 }

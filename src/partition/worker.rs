@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::event::decode::decode_into;
 use crate::event::filter::Filter;
+use crate::event::transform::DropReason;
 use crate::ops::metrics::Metrics;
 use crate::partition::batch::Batch;
 use crate::partition::decide::{dispose, Disposition};
@@ -248,6 +249,9 @@ impl Worker {
             let applied = rules.apply(&json, &mut self.transformed);
             self.record_transform(&applied);
             disposition = match applied.dropped {
+                // The rules could not read the event (the decoder never
+                // writes such): set aside with its original, not lost.
+                Some(DropReason::Unreadable) => Disposition::Undecodable("unreadable_by_rules"),
                 Some(reason) => Disposition::Dropped(reason),
                 None => {
                     std::mem::swap(&mut json, &mut self.transformed);

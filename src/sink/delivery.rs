@@ -19,7 +19,7 @@ use crate::kafka::originals::{Found, Originals};
 use crate::ops::metrics::{status_class, Metrics};
 use crate::sink::bisect::Bisection;
 use crate::sink::dlq::{header, DeadLetter, DeadLetters};
-use crate::sink::webhook::{Cancelled, Sent, Webhook};
+use crate::sink::webhook::{self, Cancelled, Sent, Webhook};
 use crate::topic_partition::TopicPartition;
 
 /// The `dlq.error` of a rejected event whose original message was deleted.
@@ -33,6 +33,8 @@ const NOT_FROM_KAFKA: &str = "the event was read from PostHog's ClickHouse by a 
 /// delivered; a trait, so that the sink needs nothing of the partition.
 pub trait Events: Sync {
     fn event_count(&self) -> usize;
+    /// Names the batch in its requests' `Idempotency-Key`; random per batch.
+    fn id(&self) -> u64;
     /// The Kafka offset of event `index`.
     fn offset(&self, index: usize) -> i64;
     /// Event `index`'s JSON as sent.
@@ -136,9 +138,7 @@ impl Deliverer {
         let mut bisection = Bisection::new(batch.event_count());
         let mut rejected = Vec::new();
         while let Some(range) = bisection.next() {
-            let key = self
-                .webhook
-                .batch_key(tp, batch.offset(range.start), range.len());
+            let key = webhook::batch_key(batch.id(), range.start, range.len());
             match self
                 .webhook
                 .send(batch.body_for(range.clone()), &key, tp, cancel)

@@ -44,13 +44,20 @@ pub struct Webhook {
     signing_secret: Option<Arc<[u8]>>,
     gzip: bool,
     metrics: Arc<Metrics>,
-    /// Random, per process: batch keys of two runs never collide, even
-    /// where offsets repeat (a backfill numbers its rows from 0 each run).
-    key_nonce: u64,
 }
 
-/// The header naming a request's batch ([`Webhook::batch_key`]).
+/// The header naming a request's batch ([`batch_key`]).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` of the request holding events `start..start +
+/// count` of the batch named `batch` (a random number drawn when the batch
+/// was sealed): the same for every retry of that request, another for any
+/// other range of it (a bisection's halves) and for any other batch. After
+/// a crash or a rebalance batches are cut anew, under new keys: `uuid` is
+/// the per-event key.
+pub fn batch_key(batch: u64, start: usize, count: usize) -> String {
+    format!("{batch:016x}-{start}-{count}")
+}
 
 /// How a request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,29 +138,12 @@ impl Webhook {
                 .as_ref()
                 .map(|s| Arc::from(s.expose_secret().as_bytes())),
             gzip: config.webhook_gzip,
-            key_nonce: rand::random(),
             reject: match config.dlq_policy {
                 DlqPolicy::Dlq => config.reject_statuses.clone(),
                 DlqPolicy::Block => StatusSet::default(),
             },
             metrics,
         })
-    }
-
-    /// The `Idempotency-Key` of the request holding `count` events of `tp`
-    /// from `first_offset` on: the same for every retry of that request,
-    /// another for any other range (a bisection's halves), and another in
-    /// another process. After a crash or a rebalance batches are cut anew,
-    /// so a key says nothing across those: `uuid` is the per-event key.
-    pub fn batch_key(&self, tp: &TopicPartition, first_offset: i64, count: usize) -> String {
-        // FNV-1a of the topic: short, stable, and no topic name on the wire.
-        let topic = tp.topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        format!(
-            "{:016x}-{:08x}-{}-{first_offset}-{count}",
-            self.key_nonce, topic as u32, tp.partition
-        )
     }
 
     /// Sends `body` (a JSON array) with its batch's `key`, retrying until the
