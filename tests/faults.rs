@@ -336,7 +336,8 @@ async fn a_fenced_static_member_exits_non_zero_with_a_clear_error() {
 }
 
 /// With Kafka unreachable, one line names the broker and the cause, then
-/// reminders are rate-limited (it was about 27 lines a second).
+/// reminders are rate-limited (it was about 27 lines a second), across all
+/// of the process's clients.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_kafka_is_reported_once_then_reminded_not_flooded() {
     let nobody = free_port();
@@ -362,8 +363,11 @@ async fn an_unreachable_kafka_is_reported_once_then_reminded_not_flooded() {
             .any(|l| l.contains(&nobody.to_string()) && l.contains("refused")),
         "the broker and the cause are named:\n{logs}"
     );
+    // One line per kind for the whole process, not per client: the
+    // consumer, two producers and the watermark probe lose the same broker
+    // (13 lines with a limit per client, once the state producer came).
     assert!(
-        noisy.len() <= 12,
+        noisy.len() <= 8,
         "{} warning or error lines in 12 s:\n{logs}",
         noisy.len()
     );

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use rdkafka::client::ClientContext;
@@ -171,9 +171,23 @@ impl fmt::Debug for Connection {
 /// in all), so the first line of each kind is logged (naming the broker and
 /// the cause), then one reminder per `log_limit::REMINDER_INTERVAL` with how
 /// many were left out.
-#[derive(Debug, Default)]
+///
+/// One limit serves every client of the process: the consumer, the
+/// dead-letter and state producers and the watermark probe all lose the same
+/// broker at once, and one line says so (each client on its own added three
+/// lines per client to the same outage).
+#[derive(Debug)]
 pub struct KafkaLogs {
-    limit: RateLimit,
+    limit: Arc<RateLimit>,
+}
+
+impl Default for KafkaLogs {
+    fn default() -> Self {
+        static SHARED: OnceLock<Arc<RateLimit>> = OnceLock::new();
+        KafkaLogs {
+            limit: Arc::clone(SHARED.get_or_init(|| Arc::new(RateLimit::default()))),
+        }
+    }
 }
 
 impl KafkaLogs {
