@@ -160,6 +160,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             None
         }
     };
+    // The group protocol, decided once (`kafka::group_protocol`).
+    let probed = config.clone();
+    let choice = tokio::task::spawn_blocking(move || {
+        kafka::group_protocol::choose(probed.group_protocol, &probed.kafka_properties, || {
+            kafka::group_protocol::probe(&probed, kafka::group_protocol::PROBE_TIMEOUT)
+        })
+    })
+    .await
+    .context("the group protocol probe failed")?;
+    info!(protocol = choice.protocol.as_str(), reason = %choice.reason, static_member = config.group_instance_id.is_some(), "consumer group protocol");
+    metrics
+        .group_protocol
+        .with_label_values(&[choice.protocol.as_str()])
+        .set(1);
     let consumer = consumer::create(
         &config,
         tokio::runtime::Handle::current(),
@@ -167,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics.clone(),
         health.clone(),
         state,
+        choice.protocol,
     )?;
 
     let max_buffered = config.max_buffered_bytes;

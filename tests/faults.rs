@@ -310,29 +310,48 @@ async fn failing_dead_letter_writes_stop_the_partition_until_the_topic_accepts_t
 /// A fatal client state (here: another member took this one's
 /// group.instance.id) ends the process with a clear error and a non-zero
 /// exit, so the orchestrator restarts it, instead of a live-looking replica
-/// that consumes nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fenced_static_member_exits_non_zero_with_a_clear_error() {
+/// that consumes nothing. Under the classic protocol the member already in
+/// the group is fenced; under the new one (KIP-848) the one joining is.
+async fn two_members_with_one_identity(protocol: &str, session: &str) {
     let (topic, group) = (unique("fenced"), unique("g"));
     create_topic(&topic, 2).await;
     let receiver = Receiver::start().await;
     let instance = unique("instance");
-    let properties = format!("group.instance.id={instance},{GROUP_PROPERTIES}");
-    let env = [("KAFKA_PROPERTIES", properties.as_str())];
+    let env = [
+        ("KAFKA_PROPERTIES", session),
+        ("KAFKA_GROUP_PROTOCOL", protocol),
+        ("KAFKA_GROUP_INSTANCE_ID", instance.as_str()),
+    ];
     let mut first = Connector::start(&topic, &group, &receiver.url(), &env);
     eventually(WAIT, "the first member has both partitions", || {
         assigned(&first) == Some(2)
     })
     .await;
-    let _second = Connector::start(&topic, &group, &receiver.url(), &env);
-    let status = first.wait(Duration::from_secs(60)).await;
+    let mut second = Connector::start(&topic, &group, &receiver.url(), &env);
+    let (fenced, kept) = if protocol == "classic" {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+    let status = fenced.wait(Duration::from_secs(60)).await;
     assert!(!status.success(), "a fenced member must exit non-zero");
-    let logs = first.logs();
+    let logs = fenced.logs();
     assert!(
         logs.contains("fatal Kafka"),
         "the reason is logged: {}",
         &logs[logs.len().saturating_sub(3000)..]
     );
+    assert!(kept.exited().is_none(), "the other member keeps running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_static_member_exits_non_zero_with_a_clear_error() {
+    two_members_with_one_identity("classic", GROUP_PROPERTIES).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_new_protocol_a_second_member_with_a_taken_identity_exits_non_zero() {
+    two_members_with_one_identity("consumer", "").await;
 }
 
 /// With Kafka unreachable, one line names the broker and the cause, then

@@ -78,6 +78,14 @@ pub const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
         "patterns-connector manages it for its delivery guarantee \
          (its rebalance handling is written for cooperative-sticky assignment)",
     ),
+    (
+        "group.protocol",
+        "choose the group protocol with KAFKA_GROUP_PROTOCOL (auto, classic or consumer)",
+    ),
+    (
+        "group.instance.id",
+        "set a static member's identity with KAFKA_GROUP_INSTANCE_ID",
+    ),
 ];
 
 /// Why `key` may not be set in `KAFKA_PROPERTIES`, if it may not.

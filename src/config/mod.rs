@@ -107,6 +107,17 @@ pub enum DlqPolicy {
     Block,
 }
 
+/// `KAFKA_GROUP_PROTOCOL`: which consumer group protocol to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupProtocolChoice {
+    /// `consumer` where the brokers offer it, else `classic`.
+    Auto,
+    /// The classic protocol, with cooperative-sticky assignment.
+    Classic,
+    /// The next-generation protocol (KIP-848), assignment by the brokers.
+    Consumer,
+}
+
 /// The order deliveries keep (`ORDERING`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeliveryOrder {
@@ -160,6 +171,27 @@ pub struct Config {
     #[arg(long, env = "KAFKA_CONSUMER_GROUP", default_value = "patterns-connector",
           value_parser = values::non_empty)]
     pub kafka_consumer_group: String,
+
+    /// Kafka's consumer group protocol. `consumer` is the next-generation
+    /// protocol (KIP-848, Apache Kafka 4.0 and later): the brokers assign
+    /// partitions, and a replica joining or leaving stops no other. `classic`
+    /// is the older one (cooperative-sticky assignment), for brokers before
+    /// 4.0 and for Redpanda. `auto` asks the brokers at start-up and uses
+    /// `consumer` where they offer it, `classic` otherwise.
+    #[arg(long = "kafka-group-protocol", env = "KAFKA_GROUP_PROTOCOL",
+          value_name = "KAFKA_GROUP_PROTOCOL", value_enum, default_value = "auto")]
+    #[serde(serialize_with = "summary::debug")]
+    pub group_protocol: GroupProtocolChoice,
+
+    /// Static membership: this replica's identity in the group
+    /// (librdkafka's `group.instance.id`), e.g. its pod's name. A replica
+    /// restarted under the same identity within the session timeout gets
+    /// its own partitions back instead of moving them. Empty: a new identity
+    /// at each start. Two running replicas must never share one.
+    #[arg(long = "kafka-group-instance-id", env = "KAFKA_GROUP_INSTANCE_ID",
+          value_name = "KAFKA_GROUP_INSTANCE_ID", default_value = "", hide_default_value = true,
+          value_parser = values::optional)]
+    pub group_instance_id: OptionalText,
 
     /// Extra librdkafka properties, comma-separated key=value (e.g.
     /// security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,fetch.max.bytes=52428800).

@@ -182,6 +182,8 @@ fn kafka_properties_owned_by_other_options_or_by_the_guarantee_are_refused_with_
         ("auto.commit.enable=false", "at-least-once guarantee"),
         ("enable.auto.offset.store=true", "at-least-once guarantee"),
         ("partition.assignment.strategy=range", "delivery guarantee"),
+        ("group.protocol=consumer", "KAFKA_GROUP_PROTOCOL"),
+        ("group.instance.id=replica-1", "KAFKA_GROUP_INSTANCE_ID"),
     ] {
         let err = cli(&[
             "--kafka-properties",
@@ -195,7 +197,41 @@ fn kafka_properties_owned_by_other_options_or_by_the_guarantee_are_refused_with_
         );
     }
     // Keys that only start like a refused one are the user's.
-    assert!(cli(&["--kafka-properties", "group.instance.id=replica-1"]).is_ok());
+    assert!(cli(&["--kafka-properties", "group.protocol.type=consumer"]).is_ok());
+}
+
+#[test]
+fn settings_of_one_group_protocol_are_refused_when_the_other_is_forced() {
+    let with = |protocol: &str, properties: &str| {
+        cli(&[
+            "--kafka-group-protocol",
+            protocol,
+            "--kafka-properties",
+            properties,
+        ])
+    };
+    for key in ["session.timeout.ms", "heartbeat.interval.ms"] {
+        let err = with("consumer", &format!("{key}=6000")).unwrap_err();
+        assert!(
+            err.contains("KAFKA_PROPERTIES") && err.contains(key) && err.contains("classic"),
+            "{err}"
+        );
+        assert!(with("classic", &format!("{key}=6000")).is_ok());
+        // auto resolves to classic for them (kafka::group_protocol).
+        assert!(with("auto", &format!("{key}=6000")).is_ok());
+    }
+    let err = with("classic", "group.remote.assignor=range").unwrap_err();
+    assert!(err.contains("group.remote.assignor"), "{err}");
+    assert!(with("consumer", "group.remote.assignor=range").is_ok());
+    let err = cli(&["--kafka-group-protocol", "newest"]).unwrap_err();
+    assert!(err.contains("KAFKA_GROUP_PROTOCOL"), "{err}");
+}
+
+#[test]
+fn a_static_identity_is_its_own_option() {
+    assert_eq!(cli(&[]).expect("default").group_instance_id, None);
+    let config = cli(&["--kafka-group-instance-id", "connector-0"]).expect("valid");
+    assert_eq!(config.group_instance_id.as_deref(), Some("connector-0"));
 }
 
 #[test]
@@ -467,7 +503,8 @@ fn the_summary_shows_the_same_options_as_before_in_the_declarations_order() {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    let expected = "KAFKA_HOSTS KAFKA_TOPIC KAFKA_CONSUMER_GROUP KAFKA_PROPERTIES PATTERNS_WEBHOOK_URL \
+    let expected = "KAFKA_HOSTS KAFKA_TOPIC KAFKA_CONSUMER_GROUP KAFKA_GROUP_PROTOCOL KAFKA_GROUP_INSTANCE_ID \
+        KAFKA_PROPERTIES PATTERNS_WEBHOOK_URL \
         ALLOWED_EVENT_TYPES POSTHOG_PROJECT_TOKEN POSTHOG_TEAM_ID INPUT_FORMAT BATCH_MAX_EVENTS \
         BATCH_MAX_BYTES BATCH_LINGER_MS WEBHOOK_TIMEOUT_MS RETRY_BACKOFF_MIN_MS RETRY_BACKOFF_MAX_MS \
         MAX_CONCURRENT_REQUESTS ORDERING KEY_LANES MAX_BUFFERED_BYTES COMMIT_INTERVAL_MS \

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::kafka_properties::check_poll_interval;
 use super::secret::{choose, SecretFile};
 use super::values::Problem;
-use super::{bad, Cli, Config, ConfigError, InputFormat};
+use super::{bad, Cli, Config, ConfigError, GroupProtocolChoice, InputFormat};
 
 impl Config {
     /// Validates the parsed options together.
@@ -68,6 +68,7 @@ impl Config {
             ));
         }
         check_poll_interval(&c.kafka_properties, c.shutdown_timeout)?;
+        check_group_protocol(&c)?;
         c.transform = transform(&mut c)?;
         if c.project_token.is_some() && c.input_format == InputFormat::Clickhouse {
             return Err(bad(
@@ -86,6 +87,34 @@ impl Config {
             ));
         }
         Ok(c)
+    }
+}
+
+/// Settings of one group protocol given with the other forced.
+fn check_group_protocol(c: &Config) -> Result<(), ConfigError> {
+    use crate::kafka::group_protocol::{classic_only_key, consumer_only_key};
+    match c.group_protocol {
+        GroupProtocolChoice::Consumer => match classic_only_key(&c.kafka_properties) {
+            Some(key) => Err(bad(
+                "KAFKA_PROPERTIES",
+                format!(
+                    "{key} applies to the classic group protocol only, and KAFKA_GROUP_PROTOCOL=consumer: \
+                     under the new protocol the brokers set it (group.consumer.session.timeout.ms, \
+                     group.consumer.heartbeat.interval.ms)"
+                ),
+            )),
+            None => Ok(()),
+        },
+        GroupProtocolChoice::Classic => match consumer_only_key(&c.kafka_properties) {
+            Some(key) => Err(bad(
+                "KAFKA_PROPERTIES",
+                format!(
+                    "{key} applies to the next-generation group protocol only, and KAFKA_GROUP_PROTOCOL=classic"
+                ),
+            )),
+            None => Ok(()),
+        },
+        GroupProtocolChoice::Auto => Ok(()),
     }
 }
 

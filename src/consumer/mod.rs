@@ -36,6 +36,7 @@ use tracing::{error, info};
 
 use crate::config::{Config, StartAt};
 use crate::kafka::connection::KafkaLogs;
+use crate::kafka::group_protocol::GroupProtocol;
 use crate::kafka::topics;
 use crate::kafka::watermarks;
 use crate::kafka::wedge::WedgeWatch;
@@ -187,14 +188,14 @@ pub fn create(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     state: Option<crate::kafka::state::StateTopic>,
+    protocol: GroupProtocol,
 ) -> anyhow::Result<Consumer_> {
     // The brokers and the connection settings every client shares (`kafka::connection`).
     let connection = crate::kafka::connection::Connection::from_config(config);
     let mut client: ClientConfig = connection.client_config("patterns-connector");
     client
         .set("group.id", &config.kafka_consumer_group)
-        // Cooperative rebalancing: adding a replica moves only the partitions it takes.
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("group.protocol", protocol.as_str())
         // Where a partition without a commit, or with one out of range,
         // starts: never past an event. START_AT applies to a new group only,
         // resolved and committed at its first assignment
@@ -212,6 +213,16 @@ pub fn create(
             config.commit_interval.as_millis().to_string(),
         )
         .set_log_level(RDKafkaLogLevel::Warning);
+    if protocol == GroupProtocol::Classic {
+        // Cooperative rebalancing: adding a replica moves only the
+        // partitions it takes. (Under the new protocol the brokers assign,
+        // always incrementally.)
+        client.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    // Static membership: the same identity across restarts.
+    if let Some(instance) = &config.group_instance_id {
+        client.set("group.instance.id", instance);
+    }
     // How soon a listed topic created later, a new topic matching the
     // pattern, or partitions added to a topic are read: librdkafka finds them
     // at its next metadata refresh (its default is 5 minutes). A connection
@@ -228,12 +239,19 @@ pub fn create(
         client.set(key, value);
     }
     // `debug=<contexts>` asks for librdkafka's debug lines: let them through.
-    // Without it, the group's (`cgrp`) lines are produced for the wedge
-    // watch (`wedge.rs`) and not logged.
+    // Without it, under the classic protocol, the group's (`cgrp`) lines are
+    // produced for the wedge watch (`wedge.rs`) and not logged. The new
+    // protocol has no such state to get stuck in (the brokers assign, and
+    // librdkafka rejoins when fenced): no watch, no lines.
     let debug_asked = client.get("debug").is_some();
-    let contexts = debug_contexts(client.get("debug"));
-    client.set("debug", contexts);
-    client.set_log_level(RDKafkaLogLevel::Debug);
+    if protocol == GroupProtocol::Classic || debug_asked {
+        let contexts = match protocol {
+            GroupProtocol::Classic => debug_contexts(client.get("debug")),
+            GroupProtocol::Consumer => client.get("debug").unwrap_or_default().to_owned(),
+        };
+        client.set("debug", contexts);
+        client.set_log_level(RDKafkaLogLevel::Debug);
+    }
     // The guarantee: librdkafka stores nothing by itself; only offsets the
     // workers report as delivered are stored, and auto-commit commits those.
     client.set("enable.auto.offset.store", "false");

@@ -18,6 +18,7 @@
 //! it, never the other way round.
 
 pub mod connection;
+pub mod group_protocol;
 pub mod originals;
 pub mod read;
 pub mod state;

@@ -44,6 +44,7 @@ pub const PARTITION_STALLED: &str = "patterns_connector_partition_stalled";
 pub const PARTITION_BLOCKED: &str = "patterns_connector_partition_blocked";
 pub const PARTITION_DEAD_LETTER_FAILING: &str = "patterns_connector_partition_dead_letter_failing";
 pub const FATAL_ERRORS: &str = "patterns_connector_kafka_fatal_errors_total";
+pub const GROUP_PROTOCOL: &str = "patterns_connector_group_protocol";
 pub const PROPERTIES_REMOVED: &str = "patterns_connector_properties_removed_total";
 pub const PROPERTIES_HASHED: &str = "patterns_connector_properties_hashed_total";
 pub const EVENT_FILTER_ERRORS: &str = "patterns_connector_event_filter_errors_total";
@@ -101,6 +102,7 @@ pub const ALL: &[&str] = &[
     PARTITION_BLOCKED,
     PARTITION_DEAD_LETTER_FAILING,
     FATAL_ERRORS,
+    GROUP_PROTOCOL,
     EVENTS_DEAD_LETTERED,
     BISECTION_REQUESTS,
     PROPERTIES_REMOVED,
@@ -144,6 +146,7 @@ pub struct Metrics {
     pub partition_blocked: IntGaugeVec,
     pub partition_dead_letter_failing: IntGaugeVec,
     pub fatal_errors: IntCounter,
+    pub group_protocol: IntGaugeVec,
     pub events_dead_lettered: IntCounterVec,
     pub bisection_requests: IntCounter,
     pub properties_removed: IntCounter,
@@ -231,6 +234,7 @@ impl Metrics {
             partition_blocked: partition_gauge(PARTITION_BLOCKED, "1 while DLQ_POLICY=block holds the partition at a message it cannot deliver; it resumes only after the operator acts."),
             partition_dead_letter_failing: partition_gauge(PARTITION_DEAD_LETTER_FAILING, "1 while writes to the dead-letter topic for this partition fail; the partition takes no more messages meanwhile."),
             fatal_errors: counter(FATAL_ERRORS, "Fatal Kafka client errors (e.g. a fenced group.instance.id); the process exits on one."),
+            group_protocol: int_gauge_vec(GROUP_PROTOCOL, "1 for the consumer group protocol this replica speaks (classic, or consumer: KIP-848), as KAFKA_GROUP_PROTOCOL decided it at start-up.", &["protocol"]),
             events_dead_lettered: counter_vec(EVENTS_DEAD_LETTERED, "Messages written to the dead-letter topic, by reason (a decode reason, too_large, webhook_<status>).", &["reason"]),
             bisection_requests: counter(BISECTION_REQUESTS, "Extra webhook requests spent splitting rejected batches."),
             properties_removed: counter(PROPERTIES_REMOVED, "Property values removed by REMOVE_PROPERTIES or KEEP_PROPERTIES (each key at each place)."),
