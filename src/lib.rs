@@ -28,11 +28,13 @@
 //! The folders: `config` (options, topics), `consumer` (the group consumer's
 //! thread: poll loop, rebalance, commits), `partition` (the worker, its state
 //! machine, batches, the frontier), `event` (pure decoding and filters),
+//! `transform` (pure: the operator's rules on what leaves PostHog),
 //! `sink` (webhook, bisection, dead letters), `kafka` (the other clients and
-//! the connection settings all share), `ops` (metrics, statistics, lag,
-//! stalls, health, HTTP, shutdown). Dependencies point one way: `consumer` →
-//! `partition` → `sink` → `kafka`, `partition` → `event`; `config` and `ops`
-//! call none of the others. This file only wires them together.
+//! the connection settings all share, the group protocol's choice), `ops`
+//! (metrics, statistics, lag, stalls, health, HTTP, shutdown). Dependencies
+//! point one way: `consumer` → `partition` → `sink` → `kafka`, `partition` →
+//! `event` → `config` → `transform`; `ops` and `transform` call none of the
+//! others (`tests/layout.rs` checks it). This file only wires them together.
 //!
 //! **The guarantee.** An offset is stored, and so committed, only when every
 //! message before it in its partition was delivered (2xx), filtered out or
@@ -98,6 +100,7 @@ pub mod partition;
 pub mod replay;
 pub mod sink;
 pub mod topic_partition;
+pub mod transform;
 
 use std::sync::Arc;
 

@@ -24,12 +24,12 @@ use tracing::{info, warn};
 use crate::config::{Config, InputFormat};
 use crate::event::decode::decode;
 use crate::event::filter::Filter;
-use crate::event::transform::Rules;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read;
 use crate::sink::dlq::header;
 use crate::sink::webhook::{batch_key, Sent, Webhook};
 use crate::topic_partition::TopicPartition;
+use crate::transform::Rules;
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

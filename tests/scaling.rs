@@ -4,107 +4,16 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Duration;
 
+use common::steady::{check_deliveries, SteadyProducer};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 /// Fast group failure detection, so a killed replica's partitions move in seconds.
 const GROUP_PROPERTIES: &str = "session.timeout.ms=6000,heartbeat.interval.ms=1000";
-
-/// Produces sample events at about `rate` per second until stopped.
-struct SteadyProducer {
-    stop: Arc<AtomicBool>,
-    produced: Arc<Mutex<Vec<Produced>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SteadyProducer {
-    fn start(topic: &str, rate: u64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let produced = Arc::new(Mutex::new(Vec::new()));
-        let producer = producer();
-        let (topic, run) = (topic.to_owned(), run_id());
-        let (stop2, produced2) = (stop.clone(), produced.clone());
-        let task = tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let mut n = 0u64;
-            while !stop2.load(Ordering::Relaxed) {
-                let sample =
-                    patterns_connector::event::sample::captured(run, n, &common::now_timestamp());
-                let produced = send_sample(&producer, &topic, sample).await;
-                produced2.lock().expect("lock").push(produced);
-                n += 1;
-                tokio::time::sleep_until(started + Duration::from_secs_f64(n as f64 / rate as f64))
-                    .await;
-            }
-        });
-        SteadyProducer {
-            stop,
-            produced,
-            task,
-        }
-    }
-
-    async fn stop(self) -> Vec<Produced> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("producer task");
-        Arc::try_unwrap(self.produced)
-            .expect("one owner")
-            .into_inner()
-            .expect("lock")
-    }
-}
-
-/// Checks at-least-once and each key's order (within its partition) among
-/// first deliveries, what the default ORDERING=key promises; returns the
-/// number of duplicate deliveries.
-fn check_deliveries(produced: &[Produced], receiver: &Receiver) -> usize {
-    let position: HashMap<&str, (i32, &str, i64)> = produced
-        .iter()
-        .map(|p| {
-            (
-                p.sample.uuid.as_str(),
-                (p.partition, p.sample.key.as_str(), p.offset),
-            )
-        })
-        .collect();
-    let delivered = receiver.delivered();
-    let mut seen = HashSet::new();
-    let mut last: HashMap<(i32, &str), i64> = HashMap::new();
-    let mut duplicates = 0;
-    for event in &delivered {
-        let uuid = event["uuid"].as_str().expect("uuid");
-        // Events produced after the `produced` snapshot are checked later.
-        let Some(&(partition, key, offset)) = position.get(uuid) else {
-            continue;
-        };
-        if !seen.insert(uuid) {
-            duplicates += 1;
-            continue;
-        }
-        let previous = last.entry((partition, key)).or_insert(-1);
-        assert!(
-            offset > *previous,
-            "partition {partition}, key {key}: first delivery of offset {offset} after {previous}"
-        );
-        *previous = offset;
-    }
-    for p in produced {
-        assert!(
-            seen.contains(p.sample.uuid.as_str()),
-            "{} (partition {}, offset {}) lost",
-            p.sample.uuid,
-            p.partition,
-            p.offset
-        );
-    }
-    duplicates
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_join_leave_and_die_while_events_keep_coming_and_nothing_is_lost() {

@@ -88,6 +88,33 @@ pub const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// `KAFKA_PROPERTIES` keys that only the classic protocol has; librdkafka
+/// refuses them with `group.protocol=consumer`.
+pub const CLASSIC_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+];
+
+/// `KAFKA_PROPERTIES` keys that only the new protocol has.
+pub const CONSUMER_ONLY: &[&str] = &["group.remote.assignor"];
+
+/// The first classic-only key `properties` sets, if any.
+pub fn classic_only_key(properties: &KafkaProperties) -> Option<&'static str> {
+    CLASSIC_ONLY
+        .iter()
+        .copied()
+        .find(|key| properties.contains_key(*key))
+}
+
+/// The first new-protocol-only key `properties` sets, if any.
+pub fn consumer_only_key(properties: &KafkaProperties) -> Option<&'static str> {
+    CONSUMER_ONLY
+        .iter()
+        .copied()
+        .find(|key| properties.contains_key(*key))
+}
+
 /// Why `key` may not be set in `KAFKA_PROPERTIES`, if it may not.
 pub fn refused_kafka_property(key: &str) -> Option<&'static str> {
     MANAGED_KAFKA_PROPERTIES

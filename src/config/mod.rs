@@ -24,7 +24,8 @@ mod tests;
 pub use backfill::{BackfillArgs, ClickHouseUrl, HistoryStart};
 pub(crate) use kafka_properties::is_secret_key;
 pub use kafka_properties::{
-    parse_kafka_properties, refused_kafka_property, KafkaProperties, MANAGED_KAFKA_PROPERTIES,
+    classic_only_key, consumer_only_key, parse_kafka_properties, refused_kafka_property,
+    KafkaProperties, CLASSIC_ONLY, CONSUMER_ONLY, MANAGED_KAFKA_PROPERTIES,
 };
 pub use secret::{redact_url, SecretUrl, WebhookUrl};
 pub use topics::Topics;
@@ -131,12 +132,12 @@ pub enum DeliveryOrder {
 /// The parsed `REMOVE_PROPERTIES`, `KEEP_PROPERTIES`, `HASH_PROPERTIES` and
 /// `EVENT_FILTERS`, shared by every worker.
 #[derive(Clone, Debug)]
-pub struct Transform(pub std::sync::Arc<crate::event::transform::Rules>);
+pub struct Transform(pub std::sync::Arc<crate::transform::Rules>);
 
 impl Default for Transform {
     fn default() -> Self {
         Transform(std::sync::Arc::new(
-            crate::event::transform::Rules::parse("", "", "", None, None)
+            crate::transform::Rules::parse("", "", "", None, None)
                 .expect("no rule at all is valid"),
         ))
     }
@@ -178,8 +179,13 @@ pub struct Config {
     /// is the older one (cooperative-sticky assignment), for brokers before
     /// 4.0 and for Redpanda. `auto` asks the brokers at start-up and uses
     /// `consumer` where they offer it, `classic` otherwise.
-    #[arg(long = "kafka-group-protocol", env = "KAFKA_GROUP_PROTOCOL",
-          value_name = "KAFKA_GROUP_PROTOCOL", value_enum, default_value = "auto")]
+    #[arg(
+        long = "kafka-group-protocol",
+        env = "KAFKA_GROUP_PROTOCOL",
+        value_name = "KAFKA_GROUP_PROTOCOL",
+        value_enum,
+        default_value = "auto"
+    )]
     #[serde(serialize_with = "summary::debug")]
     pub group_protocol: GroupProtocolChoice,
 

@@ -92,7 +92,7 @@ impl Config {
 
 /// Settings of one group protocol given with the other forced.
 fn check_group_protocol(c: &Config) -> Result<(), ConfigError> {
-    use crate::kafka::group_protocol::{classic_only_key, consumer_only_key};
+    use super::{classic_only_key, consumer_only_key};
     match c.group_protocol {
         GroupProtocolChoice::Consumer => match classic_only_key(&c.kafka_properties) {
             Some(key) => Err(bad(
@@ -121,7 +121,7 @@ fn check_group_protocol(c: &Config) -> Result<(), ConfigError> {
 /// The event rules, parsed: a rule that cannot be used stops the start,
 /// naming the option, where in it, and why.
 fn transform(c: &mut Config) -> Result<super::Transform, ConfigError> {
-    use crate::event::transform::Rules;
+    use crate::transform::Rules;
     // A salt from its file wins; an explicitly empty one hashes unsalted.
     if let Some(SecretFile(Some(salt))) = c.hash_salt_file.take() {
         // A mounted secret not filled in must not turn into unsalted

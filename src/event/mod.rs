@@ -20,8 +20,9 @@ pub mod fast;
 pub mod filter;
 mod meta;
 pub mod rawjson;
+#[cfg(test)]
+mod rules_timing;
 pub mod sample;
 pub mod timestamp;
-pub mod transform;
 
 pub use meta::EventMeta;

@@ -30,7 +30,9 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
-use crate::config::{Config, GroupProtocolChoice, KafkaProperties};
+use crate::config::{classic_only_key, Config, GroupProtocolChoice, KafkaProperties};
+#[cfg(test)]
+use crate::config::{consumer_only_key, CLASSIC_ONLY};
 use crate::kafka::connection::{Connection, KafkaLogs};
 
 /// The protocol the consumer uses.
@@ -48,33 +50,6 @@ impl GroupProtocol {
             GroupProtocol::Consumer => "consumer",
         }
     }
-}
-
-/// `KAFKA_PROPERTIES` keys that only the classic protocol has; librdkafka
-/// refuses them with `group.protocol=consumer`.
-pub const CLASSIC_ONLY: &[&str] = &[
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "group.protocol.type",
-];
-
-/// `KAFKA_PROPERTIES` keys that only the new protocol has.
-pub const CONSUMER_ONLY: &[&str] = &["group.remote.assignor"];
-
-/// The first classic-only key `properties` sets, if any.
-pub fn classic_only_key(properties: &KafkaProperties) -> Option<&'static str> {
-    CLASSIC_ONLY
-        .iter()
-        .copied()
-        .find(|key| properties.contains_key(*key))
-}
-
-/// The first new-protocol-only key `properties` sets, if any.
-pub fn consumer_only_key(properties: &KafkaProperties) -> Option<&'static str> {
-    CONSUMER_ONLY
-        .iter()
-        .copied()
-        .find(|key| properties.contains_key(*key))
 }
 
 /// The decision and why, for the start-up log.

@@ -5,7 +5,7 @@
 use crate::config::DlqPolicy;
 use crate::event::decode::{DecodeError, EventMeta};
 use crate::event::filter::{Filter, Skip};
-use crate::event::transform::DropReason;
+use crate::transform::DropReason;
 
 /// The fate of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,6 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::event::decode::decode_into;
 use crate::event::filter::Filter;
-use crate::event::transform::DropReason;
 use crate::ops::metrics::Metrics;
 use crate::partition::batch::Batch;
 use crate::partition::decide::{dispose, Disposition};
@@ -35,6 +34,7 @@ use crate::sink::delivery::{Deliverer, Outcome};
 use crate::sink::dlq::DeadLetter;
 use crate::sink::webhook::Cancelled;
 use crate::topic_partition::TopicPartition;
+use crate::transform::DropReason;
 
 /// What every worker needs, shared.
 pub struct Deps {
@@ -275,7 +275,7 @@ impl Worker {
     }
 
     /// The counters of what the operator's rules did to one event.
-    fn record_transform(&self, applied: &crate::event::transform::Applied) {
+    fn record_transform(&self, applied: &crate::transform::Applied) {
         let metrics = &self.deps.metrics;
         if applied.removed > 0 {
             metrics

@@ -27,6 +27,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub mod clickhouse;
+pub mod steady;
 
 /// The broker every test uses.
 pub fn kafka() -> String {

@@ -35,7 +35,7 @@ mod hash;
 mod js;
 mod jsregex;
 mod path;
-mod scan;
+pub(crate) mod scan;
 #[cfg(test)]
 mod tests;
 

@@ -51,7 +51,7 @@ pub(super) type Span = (usize, usize);
 
 /// The bytes are not the JSON the scanner expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Malformed;
+pub(crate) struct Malformed;
 
 pub(super) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -112,7 +112,7 @@ pub(super) fn skip_string(b: &[u8], i: usize) -> Result<usize, Malformed> {
 
 /// `i` is at the first byte of a value; returns the index just after it.
 #[inline]
-pub(super) fn skip_value(b: &[u8], i: usize) -> Result<usize, Malformed> {
+pub(crate) fn skip_value(b: &[u8], i: usize) -> Result<usize, Malformed> {
     match b.get(i) {
         Some(b'"') => skip_string(b, i),
         Some(b'{' | b'[') => skip_container(b, i),
