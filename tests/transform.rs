@@ -12,7 +12,7 @@ use common::*;
 use patterns_connector::config::InputFormat;
 use patterns_connector::event::decode::decode;
 use patterns_connector::event::sample;
-use patterns_connector::event::transform::Rules;
+use patterns_connector::transform::Rules;
 use secrecy::SecretString;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
