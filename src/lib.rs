@@ -116,6 +116,23 @@ use crate::ops::metrics::Metrics;
 use crate::ops::{http, shutdown};
 use crate::sink::{delivery, dlq, webhook};
 
+/// How long a replica whose static identity is still held waits before
+/// joining again.
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long it waits in all before concluding that a running replica
+/// shares its identity: longer than the brokers' longest session timeout
+/// by default (`group.consumer.max.session.timeout.ms`, 60 s).
+const IDENTITY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Sleeps for `wait`, or until the shutdown starts.
+fn wait_or_shutdown(shutdown: &CancellationToken, wait: std::time::Duration) {
+    let until = std::time::Instant::now() + wait;
+    while !shutdown.is_cancelled() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs the connector until `shutdown` is cancelled and everything is drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -177,33 +194,59 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .group_protocol
         .with_label_values(&[choice.protocol.as_str()])
         .set(1);
-    let consumer = consumer::create(
-        &config,
-        tokio::runtime::Handle::current(),
-        deps,
-        metrics.clone(),
-        health.clone(),
-        state,
-        choice.protocol,
-    )?;
-
-    let max_buffered = config.max_buffered_bytes;
     let shutdown_timeout = config.shutdown_timeout;
-    let consumer_shutdown = shutdown.clone();
     shutdown::watchdog(shutdown.clone(), shutdown_timeout + shutdown::EXIT_GRACE)
         .context("cannot start the shutdown watchdog")?;
-    let consumer_thread = std::thread::Builder::new()
-        .name("kafka-consumer".into())
-        .spawn(move || {
-            consumer::run(
-                consumer,
-                progress_rx,
-                max_buffered,
-                shutdown_timeout,
-                consumer_shutdown,
-            )
-        })
-        .context("cannot start the consumer thread")?;
+    let consumer_thread = {
+        let (config, metrics, health, shutdown) = (
+            config.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        );
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || {
+                let mut progress = progress_rx;
+                let mut held_since: Option<std::time::Instant> = None;
+                loop {
+                    let consumer = consumer::create(
+                        &config,
+                        runtime.clone(),
+                        deps.clone(),
+                        metrics.clone(),
+                        health.clone(),
+                        state.clone(),
+                        choice.protocol,
+                    )?;
+                    let result = consumer::run(
+                        consumer,
+                        &mut progress,
+                        config.max_buffered_bytes,
+                        shutdown_timeout,
+                        shutdown.clone(),
+                    );
+                    match result {
+                        Err(e) if e.is::<consumer::IdentityHeld>() && !shutdown.is_cancelled() => {
+                            let since = *held_since.get_or_insert_with(std::time::Instant::now);
+                            if since.elapsed() >= IDENTITY_WAIT {
+                                return Err(e.context(format!(
+                                    "KAFKA_GROUP_INSTANCE_ID is still held by another member after {} s: \
+                                     two running replicas share one identity (each needs its own, e.g. its pod's name)",
+                                    IDENTITY_WAIT.as_secs()
+                                )));
+                            }
+                            tracing::warn!(error = %e, retry_in = ?JOIN_RETRY,
+                                "waiting for the brokers to release this replica's static identity (an earlier incarnation that was killed keeps it until the group's session timeout, 45 s by default)");
+                            wait_or_shutdown(&shutdown, JOIN_RETRY);
+                        }
+                        other => return other,
+                    }
+                }
+            })
+            .context("cannot start the consumer thread")?
+    };
 
     // If the HTTP server fails to bind, stop everything: an unmonitored
     // connector is not what the operator asked for.

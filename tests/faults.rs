@@ -311,7 +311,9 @@ async fn failing_dead_letter_writes_stop_the_partition_until_the_topic_accepts_t
 /// group.instance.id) ends the process with a clear error and a non-zero
 /// exit, so the orchestrator restarts it, instead of a live-looking replica
 /// that consumes nothing. Under the classic protocol the member already in
-/// the group is fenced; under the new one (KIP-848) the one joining is.
+/// the group is fenced; under the new one (KIP-848) the one joining is
+/// refused, waits for the identity to be released (what a killed
+/// incarnation's restart needs), and exits after 120 s.
 async fn two_members_with_one_identity(protocol: &str, session: &str) {
     let (topic, group) = (unique("fenced"), unique("g"));
     create_topic(&topic, 2).await;
@@ -333,7 +335,9 @@ async fn two_members_with_one_identity(protocol: &str, session: &str) {
     } else {
         (&mut second, &mut first)
     };
-    let status = fenced.wait(Duration::from_secs(60)).await;
+    // The new protocol's refused member waits for the identity to be
+    // released (as after a kill) for 120 s before it concludes.
+    let status = fenced.wait(Duration::from_secs(200)).await;
     assert!(!status.success(), "a fenced member must exit non-zero");
     let logs = fenced.logs();
     assert!(
@@ -341,6 +345,13 @@ async fn two_members_with_one_identity(protocol: &str, session: &str) {
         "the reason is logged: {}",
         &logs[logs.len().saturating_sub(3000)..]
     );
+    if protocol == "consumer" {
+        assert!(
+            logs.contains("share one identity"),
+            "the conclusion is logged: {}",
+            &logs[logs.len().saturating_sub(3000)..]
+        );
+    }
     assert!(kept.exited().is_none(), "the other member keeps running");
 }
 

@@ -305,7 +305,7 @@ pub fn create(
 /// what was delivered and leaves the group.
 pub fn run(
     consumer: Consumer_,
-    mut progress: mpsc::UnboundedReceiver<Progress>,
+    mut progress: &mut mpsc::UnboundedReceiver<Progress>,
     max_buffered_bytes: usize,
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
@@ -328,7 +328,17 @@ pub fn run(
         if let Some((code, reason)) = consumer.client().fatal_error() {
             ctx.set_fatal(format!("fatal Kafka client error ({code:?}): {reason}"));
         }
-        if let Some(reason) = ctx.fatal.lock().expect("fatal lock").take() {
+        let fatal_reason = ctx.fatal.lock().expect("fatal lock").take();
+        if let Some(reason) = fatal_reason {
+            if identity_held(&consumer) {
+                // Nothing was assigned (this is the join's answer): no
+                // drain, no commit, and the process goes on (`lib.rs`
+                // creates a new consumer), so the shutdown is not started.
+                let closing = std::thread::Builder::new().name("closing-consumer".into());
+                // Closing a fenced client may hang: not on this thread.
+                let _ = closing.spawn(move || drop(consumer));
+                return Err(IdentityHeld { reason }.into());
+            }
             error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
             fatal = Some(reason);
             // The shutdown that follows gets the usual deadline and the
@@ -433,6 +443,26 @@ pub fn run(
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
     }
+}
+
+/// The group refused this replica's join because another member still
+/// holds its static identity (`KAFKA_GROUP_INSTANCE_ID`): under the new
+/// protocol (KIP-848), an earlier incarnation that was killed rather than
+/// stopped keeps it until the brokers' session timeout
+/// (`group.consumer.session.timeout.ms`, 45 s by default) expires it.
+/// Waiting and joining again is the way through; exiting would only add an
+/// orchestrator's growing restart back-off to the wait.
+#[derive(Debug, thiserror::Error)]
+#[error("the group refused the join: another member holds KAFKA_GROUP_INSTANCE_ID ({reason})")]
+pub struct IdentityHeld {
+    reason: String,
+}
+
+fn identity_held(consumer: &Consumer_) -> bool {
+    matches!(
+        consumer.client().fatal_error(),
+        Some((rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId, _))
+    )
 }
 
 /// librdkafka's `debug` contexts for the consumer: the operator's, plus

@@ -1,0 +1,499 @@
+//! Replicas that come and go faster than the group settles, under both
+//! consumer group protocols (KAFKA_GROUP_PROTOCOL classic and consumer, the
+//! latter KIP-848), with and without static identities
+//! (KAFKA_GROUP_INSTANCE_ID): a replica SIGKILLed mid-rebalance, one replica
+//! crash-looping next to healthy ones, a rolling restart of every replica,
+//! each while a producer keeps PostHog's events coming.
+//!
+//! Every run asserts the guarantee: nothing lost, each key in order, and the
+//! group's commits at the high watermarks at the end. Each also measures
+//! what the replicas' users see, from the webhook's side: the longest time
+//! each partition went without a delivery, the seconds in which nothing at
+//! all was delivered, and the seconds in which some partition had no live
+//! owner (read from the replicas' own gauges). Those figures are printed,
+//! not asserted (they depend on the machine); `scripts/churn` runs the whole
+//! matrix and writes the table docs/MEMBERSHIP.md quotes. The suite runs a
+//! bounded crash loop under each protocol with static identities, the
+//! shipped Kubernetes setting.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::steady::{check_deliveries, SteadyProducer};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(180);
+const PARTITIONS: i32 = 6;
+/// Events per second: 10 per partition per second, so a partition that
+/// goes a second without a delivery is waiting on something.
+const RATE: u64 = 60;
+/// Healthy replicas; the faults pick among them (and one more).
+const REPLICAS: usize = 3;
+/// How long a dead replica stays dead before it is started again (an
+/// orchestrator's restart, without its growing back-off).
+const RESTART_AFTER: Duration = Duration::from_secs(2);
+/// How long a crash-looping replica lives.
+const CRASH_AFTER: Duration = Duration::from_secs(6);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// A fourth replica joins; half a second into the rebalance replica 0
+    /// is SIGKILLed, and started again `RESTART_AFTER` later.
+    KillMidRebalance,
+    /// A fourth replica is killed `CRASH_AFTER` after each start and
+    /// started again `RESTART_AFTER` after each death.
+    CrashLoop,
+    /// Each replica in turn: SIGTERM, started again once it exited, and the
+    /// next one once it owns partitions again (or after 15 s).
+    RollingRestart,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    protocol: &'static str,
+    static_ids: bool,
+    fault: Fault,
+    /// How long faults go on (the rolling restart ends when it is done).
+    length: Duration,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Report {
+    setup: Setup,
+    /// The longest time each partition went without a delivery, from the
+    /// start of the faults to their end.
+    longest_gap: BTreeMap<i32, Duration>,
+    /// Whole seconds of the fault window in which nothing was delivered.
+    silent_seconds: u32,
+    /// Seconds (sampled every half second) in which fewer than all
+    /// partitions had a live owner.
+    unowned_seconds: f64,
+    /// Replica starts that ended on their own with a non-zero exit (a
+    /// static identity still held by a killed incarnation, under the new
+    /// protocol).
+    refused_starts: u32,
+    produced: usize,
+    duplicates: usize,
+    fault_window: Duration,
+}
+
+impl Report {
+    fn line(&self) -> String {
+        let gaps: Vec<String> = self
+            .longest_gap
+            .values()
+            .map(|g| format!("{:.1}", g.as_secs_f64()))
+            .collect();
+        format!(
+            "| {:?} | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} / {} |",
+            self.setup.fault,
+            self.setup.protocol,
+            if self.setup.static_ids { "yes" } else { "no" },
+            gaps.join(" "),
+            self.longest_gap
+                .values()
+                .max()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            self.silent_seconds,
+            self.unowned_seconds,
+            self.refused_starts,
+            self.duplicates,
+            self.produced,
+        )
+    }
+}
+
+const HEADER: &str = "| fault | protocol | static | longest gap per partition (s) | longest (s) | seconds with nothing delivered | seconds with unowned partitions | starts refused | duplicates / produced |\n|---|---|---|---|---|---|---|---|---|";
+
+struct Replica {
+    id: String,
+    process: Option<Connector>,
+    /// When it was last started, or when it last died.
+    since: Instant,
+}
+
+/// The replicas of one group, started and stopped as an orchestrator would.
+struct Group {
+    topic: String,
+    group: String,
+    url: String,
+    setup: Setup,
+    replicas: Vec<Replica>,
+    refused_starts: u32,
+    run: String,
+}
+
+impl Group {
+    fn new(topic: &str, group: &str, url: &str, setup: Setup) -> Self {
+        Group {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            url: url.to_owned(),
+            setup,
+            replicas: Vec::new(),
+            refused_starts: 0,
+            run: unique("replica"),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        while self.replicas.len() <= i {
+            let id = format!("{}-{}", self.run, self.replicas.len());
+            self.replicas.push(Replica {
+                id,
+                process: None,
+                since: Instant::now(),
+            });
+        }
+        let replica = &mut self.replicas[i];
+        assert!(replica.process.is_none(), "replica {i} is running");
+        let mut env = vec![
+            ("KAFKA_GROUP_PROTOCOL", self.setup.protocol),
+            ("BATCH_LINGER_MS", "100"),
+            ("SHUTDOWN_TIMEOUT_MS", "10000"),
+        ];
+        if self.setup.static_ids {
+            env.push(("KAFKA_GROUP_INSTANCE_ID", replica.id.as_str()));
+        }
+        replica.process = Some(Connector::start(&self.topic, &self.group, &self.url, &env));
+        replica.since = Instant::now();
+    }
+
+    fn kill(&mut self, i: usize) {
+        let replica = &mut self.replicas[i];
+        if let Some(process) = replica.process.as_ref() {
+            process.signal("KILL");
+        }
+        replica.process = None;
+        replica.since = Instant::now();
+    }
+
+    fn terminate(&mut self, i: usize) {
+        if let Some(process) = self.replicas[i].process.as_ref() {
+            process.signal("TERM");
+        }
+    }
+
+    /// Notices replicas that exited on their own (or after a SIGTERM):
+    /// returns which, counting non-zero exits as refused starts.
+    fn reap(&mut self) -> Vec<usize> {
+        let mut exited = Vec::new();
+        for (i, replica) in self.replicas.iter_mut().enumerate() {
+            if let Some(status) = replica.process.as_mut().and_then(Connector::exited) {
+                if !status.success() {
+                    self.refused_starts += 1;
+                }
+                replica.process = None;
+                replica.since = Instant::now();
+                exited.push(i);
+            }
+        }
+        exited
+    }
+
+    fn running(&self, i: usize) -> bool {
+        self.replicas.get(i).is_some_and(|r| r.process.is_some())
+    }
+
+    /// Partitions owned by live replicas, by their own gauges.
+    async fn owned(&self) -> i64 {
+        let mut owned = 0;
+        for replica in &self.replicas {
+            if let Some(process) = &replica.process {
+                let text = process.metrics().await;
+                owned += metric_values(&text, "patterns_connector_assigned_partitions")
+                    .first()
+                    .map_or(0, |(_, v)| *v as i64);
+            }
+        }
+        owned
+    }
+}
+
+async fn owned_by(process: &Connector) -> i64 {
+    metric_values(
+        &process.metrics().await,
+        "patterns_connector_assigned_partitions",
+    )
+    .first()
+    .map_or(0, |(_, v)| *v as i64)
+}
+
+/// Runs one setup: healthy replicas, a steady producer, the faults, then
+/// every replica running again until everything is delivered and committed.
+async fn run(setup: Setup) -> Report {
+    let (topic, group_id) = (unique("churn"), unique("g"));
+    create_topic(&topic, PARTITIONS).await;
+    let receiver = Receiver::start().await;
+    let mut group = Group::new(&topic, &group_id, &receiver.url(), setup);
+    for i in 0..REPLICAS {
+        group.start(i);
+    }
+    let producer = SteadyProducer::start(&topic, RATE);
+    eventually(WAIT, "the healthy replicas own every partition", || {
+        group
+            .replicas
+            .iter()
+            .filter_map(|r| r.process.as_ref())
+            .map(|p| assigned(p).unwrap_or(0))
+            .sum::<i64>()
+            == i64::from(PARTITIONS)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let fault_start = Instant::now();
+    let mut unowned = 0.0;
+    let mut next_sample = Instant::now();
+    let mut rolling = 0usize;
+    let mut rolling_restarted: Option<Instant> = None;
+    let mut kill_done = false;
+    let extra = REPLICAS; // the fourth replica
+    if setup.fault != Fault::RollingRestart {
+        group.start(extra);
+    }
+    loop {
+        let now = Instant::now();
+        let elapsed = now - fault_start;
+        let exited = group.reap();
+        match setup.fault {
+            Fault::KillMidRebalance => {
+                if !kill_done && elapsed >= Duration::from_millis(500) {
+                    group.kill(0);
+                    kill_done = true;
+                }
+            }
+            Fault::CrashLoop => {
+                let r = &group.replicas[extra];
+                if r.process.is_some() && now - r.since >= CRASH_AFTER {
+                    group.kill(extra);
+                }
+            }
+            Fault::RollingRestart => {
+                if rolling < REPLICAS {
+                    let r = &group.replicas[rolling];
+                    match (r.process.as_ref(), rolling_restarted) {
+                        (Some(_), None) => {
+                            group.terminate(rolling);
+                            rolling_restarted = Some(now);
+                        }
+                        (Some(p), Some(at)) if at < r.since => {
+                            // Restarted: the next once it owns partitions.
+                            if owned_by(p).await > 0 || now - r.since > Duration::from_secs(15) {
+                                rolling += 1;
+                                rolling_restarted = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        // Dead replicas come back, as under an orchestrator; after a
+        // SIGTERM of the rolling restart, at once.
+        for i in 0..group.replicas.len() {
+            let r = &group.replicas[i];
+            let wait = if exited.contains(&i) && setup.fault == Fault::RollingRestart {
+                Duration::ZERO
+            } else {
+                RESTART_AFTER
+            };
+            if r.process.is_none() && now - r.since >= wait {
+                group.start(i);
+            }
+        }
+        if now >= next_sample {
+            if group.owned().await < i64::from(PARTITIONS) {
+                unowned += 0.5;
+            }
+            next_sample += Duration::from_millis(500);
+        }
+        let done = match setup.fault {
+            Fault::RollingRestart => rolling >= REPLICAS,
+            _ => elapsed >= setup.length,
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fault_end = Instant::now();
+
+    // Everything running again (a static identity may be refused until the
+    // broker lets the killed incarnation's go), then drained and committed.
+    let settle = Instant::now();
+    loop {
+        group.reap();
+        for i in 0..group.replicas.len() {
+            let r = &group.replicas[i];
+            if r.process.is_none() && Instant::now() - r.since >= RESTART_AFTER {
+                group.start(i);
+            }
+        }
+        let all_up = (0..group.replicas.len()).all(|i| group.running(i));
+        if all_up && group.owned().await == i64::from(PARTITIONS) {
+            break;
+        }
+        assert!(
+            settle.elapsed() < WAIT,
+            "the group did not settle after the faults"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let produced = producer.stop().await;
+    eventually(WAIT, "every produced event delivered", || {
+        let got = receiver.delivered_uuids();
+        produced.iter().all(|p| got.contains(&p.sample.uuid))
+    })
+    .await;
+    let duplicates = check_deliveries(&produced, &receiver);
+    let highs = high_watermarks(&topic, PARTITIONS);
+    eventually(
+        WAIT,
+        "the group's commits reach the high watermarks",
+        || {
+            committed(&group_id, &topic, PARTITIONS)
+                .iter()
+                .zip(&highs)
+                .all(|(c, h)| *c == Some(*h))
+        },
+    )
+    .await;
+    for replica in &group.replicas {
+        if let Some(process) = &replica.process {
+            assert_no_secret(process);
+        }
+    }
+
+    // What the webhook saw, per partition, during the faults.
+    let partition_of: HashMap<&str, i32> = produced
+        .iter()
+        .map(|p| (p.sample.uuid.as_str(), p.partition))
+        .collect();
+    let mut times: BTreeMap<i32, Vec<Instant>> = (0..PARTITIONS).map(|p| (p, Vec::new())).collect();
+    let mut busy_seconds = std::collections::HashSet::new();
+    for request in receiver.requests() {
+        if !(200..300).contains(&request.status) || request.events.is_empty() {
+            continue;
+        }
+        if request.at >= fault_start && request.at <= fault_end {
+            busy_seconds.insert((request.at - fault_start).as_secs());
+        }
+        for event in &request.events {
+            let uuid = event["uuid"].as_str().unwrap_or_default();
+            if let Some(p) = partition_of.get(uuid) {
+                times.entry(*p).or_default().push(request.at);
+            }
+        }
+    }
+    let longest_gap = times
+        .into_iter()
+        .map(|(p, mut at)| {
+            at.retain(|t| *t >= fault_start && *t <= fault_end);
+            at.sort();
+            let mut previous = fault_start;
+            let mut longest = Duration::ZERO;
+            for t in at.into_iter().chain([fault_end]) {
+                longest = longest.max(t - previous);
+                previous = t;
+            }
+            (p, longest)
+        })
+        .collect();
+    let window = fault_end - fault_start;
+    let silent_seconds = (0..window.as_secs())
+        .filter(|s| !busy_seconds.contains(s))
+        .count() as u32;
+    for i in 0..group.replicas.len() {
+        group.terminate(i);
+    }
+    Report {
+        setup,
+        longest_gap,
+        silent_seconds,
+        unowned_seconds: unowned,
+        refused_starts: group.refused_starts,
+        produced: produced.len(),
+        duplicates,
+        fault_window: window,
+    }
+}
+
+fn print(report: &Report) {
+    println!("{HEADER}\n{}", report.line());
+    println!("(fault window {:.0} s)", report.fault_window.as_secs_f64());
+}
+
+/// The shipped Kubernetes setting (static identities), new protocol: a
+/// crash-looping replica next to three healthy ones loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_replica_under_the_new_protocol_loses_nothing() {
+    let report = run(Setup {
+        protocol: "consumer",
+        static_ids: true,
+        fault: Fault::CrashLoop,
+        length: Duration::from_secs(30),
+    })
+    .await;
+    print(&report);
+}
+
+/// The same under the classic protocol.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_replica_under_the_classic_protocol_loses_nothing() {
+    let report = run(Setup {
+        protocol: "classic",
+        static_ids: true,
+        fault: Fault::CrashLoop,
+        length: Duration::from_secs(30),
+    })
+    .await;
+    print(&report);
+}
+
+/// The whole matrix (fault × protocol × static identities), one run after
+/// the other so that the timings are not shared with other tests:
+/// `scripts/churn` runs it and writes the table. About 25 minutes.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn matrix() {
+    let seconds: u64 = std::env::var("CHURN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(90);
+    let only = std::env::var("CHURN_ONLY").unwrap_or_default();
+    let mut lines = vec![HEADER.to_owned()];
+    for fault in [
+        Fault::KillMidRebalance,
+        Fault::CrashLoop,
+        Fault::RollingRestart,
+    ] {
+        for protocol in ["classic", "consumer"] {
+            for static_ids in [false, true] {
+                let name = format!("{fault:?}");
+                if !only.is_empty() && !only.split(',').any(|o| o == name) {
+                    continue;
+                }
+                let report = run(Setup {
+                    protocol,
+                    static_ids,
+                    fault,
+                    length: Duration::from_secs(seconds),
+                })
+                .await;
+                print(&report);
+                lines.push(report.line());
+            }
+        }
+    }
+    let table = lines.join("\n");
+    println!("\n{table}");
+    if let Ok(path) = std::env::var("CHURN_REPORT") {
+        std::fs::write(path, table + "\n").expect("write the report");
+    }
+}
