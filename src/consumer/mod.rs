@@ -305,7 +305,7 @@ pub fn create(
 /// what was delivered and leaves the group.
 pub fn run(
     consumer: Consumer_,
-    mut progress: &mut mpsc::UnboundedReceiver<Progress>,
+    progress: &mut mpsc::UnboundedReceiver<Progress>,
     max_buffered_bytes: usize,
     shutdown_timeout: Duration,
     shutdown: CancellationToken,
@@ -356,7 +356,7 @@ pub fn run(
             && pacing_since.get_or_insert_with(Instant::now).elapsed() < MAX_PACING
         {
             std::thread::sleep(Duration::from_millis(1));
-            store_progress(&consumer, &mut progress);
+            store_progress(&consumer, progress);
             apply_backpressure(&consumer, max_buffered_bytes);
             continue;
         }
@@ -408,7 +408,7 @@ pub fn run(
             continue;
         }
         handover.flush(ctx);
-        store_progress(&consumer, &mut progress);
+        store_progress(&consumer, progress);
         apply_backpressure(&consumer, max_buffered_bytes);
         if last_gauges.elapsed() >= Duration::from_millis(500) {
             last_gauges = Instant::now();
@@ -431,7 +431,7 @@ pub fn run(
     ctx.health.set_shutting_down();
     let workers: Vec<(TopicPartition, partition::Handle)> = ctx.workers().drain().collect();
     ctx.metrics.assigned_partitions.set(0);
-    store_progress(&consumer, &mut progress);
+    store_progress(&consumer, progress);
     let finals = ctx.stop_workers(workers, shutdown_timeout);
     commit_at_shutdown(&consumer, &finals);
     consumer.unsubscribe();
