@@ -282,12 +282,14 @@ async fn run(setup: Setup) -> Report {
                             group.terminate(rolling);
                             rolling_restarted = Some(now);
                         }
-                        (Some(p), Some(at)) if at < r.since => {
-                            // Restarted: the next once it owns partitions.
-                            if owned_by(p).await > 0 || now - r.since > Duration::from_secs(15) {
-                                rolling += 1;
-                                rolling_restarted = None;
-                            }
+                        // Restarted: the next once it owns partitions.
+                        (Some(p), Some(at))
+                            if at < r.since
+                                && (now - r.since > Duration::from_secs(15)
+                                    || owned_by(p).await > 0) =>
+                        {
+                            rolling += 1;
+                            rolling_restarted = None;
                         }
                         _ => {}
                     }
