@@ -11,6 +11,10 @@
 //     decodes into batch/v1 Job and runs like the Deployment: same ConfigMap
 //     and Secret, security context and port, and no selector of the stream's
 //     matches its pod;
+//   - the static-membership overlay (deploy/kubernetes-static-membership)
+//     swaps the Deployment for a StatefulSet whose pods are the Deployment's
+//     with KAFKA_GROUP_INSTANCE_ID set to the pod's name, and points the
+//     ScaledObject at it;
 //   - it prints the environment variables the files set ("ENV NAME", and
 //     "BACKFILL_ENV NAME" for the ones the backfill Job sets), so a test can
 //     check each is an option the binary accepts.
@@ -35,6 +39,8 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -94,6 +100,20 @@ type Kustomization struct {
 	APIVersion string   `json:"apiVersion"`
 	Kind       string   `json:"kind"`
 	Resources  []string `json:"resources"`
+}
+
+// Overlay is a kustomization with patches (the static-membership overlay).
+type Overlay struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+	Patches    []struct {
+		Patch  string `json:"patch"`
+		Target *struct {
+			Kind string `json:"kind"`
+			Name string `json:"name"`
+		} `json:"target,omitempty"`
+	} `json:"patches"`
 }
 
 var failures []string
@@ -239,6 +259,12 @@ func main() {
 		env[e.Name] = true
 	}
 	backfillEnv := checkJob(&job, &deployment, &service, &pdb)
+	for _, name := range checkStatic(filepath.Join(root, "deploy", "kubernetes-static-membership"), &deployment, &scaled) {
+		env[name] = true
+	}
+	// What kubectl apply -k creates, built by kustomize itself.
+	builtKinds(k8s, []string{"Deployment"}, nil)
+	builtKinds(filepath.Join(root, "deploy", "kubernetes-static-membership"), []string{"StatefulSet"}, []string{"Deployment"})
 
 	// Compose files, validated against the Compose specification.
 	for _, file := range []string{filepath.Join(root, "docker-compose.yml"), filepath.Join(root, "deploy", "posthog", "docker-compose.yml")} {
@@ -375,4 +401,105 @@ func checkJob(job *batchv1.Job, deployment *appsv1.Deployment, service *corev1.S
 func readOrEmpty(path string) string {
 	data, _ := os.ReadFile(path)
 	return string(data)
+}
+
+// checkStatic checks the static-membership overlay: a StatefulSet whose pods
+// are the Deployment's plus their identity, in the Deployment's place, and
+// the ScaledObject retargeted. It returns the names the StatefulSet adds to env.
+func checkStatic(dir string, deployment *appsv1.Deployment, scaled *ScaledObject) []string {
+	var overlay Overlay
+	strict(filepath.Join(dir, "kustomization.yaml"), &overlay)
+	var set appsv1.StatefulSet
+	strict(filepath.Join(dir, "statefulset.yaml"), &set)
+	if set.Kind != "StatefulSet" || set.APIVersion != "apps/v1" {
+		fail("static-membership: expected an apps/v1 StatefulSet, found %s %s", set.APIVersion, set.Kind)
+	}
+	if set.Name != deployment.Name || set.Name != scaled.Spec.ScaleTargetRef.Name {
+		fail("static-membership: the StatefulSet must take the Deployment's name %q (the ScaledObject's target)", deployment.Name)
+	}
+	if !slices.Contains(overlay.Resources, "../kubernetes") || !slices.Contains(overlay.Resources, "statefulset.yaml") {
+		fail("static-membership: the kustomization must build on ../kubernetes and add statefulset.yaml")
+	}
+	deleted, retargeted := false, false
+	for _, p := range overlay.Patches {
+		if strings.Contains(p.Patch, "$patch: delete") && strings.Contains(p.Patch, "kind: Deployment") {
+			deleted = true
+		}
+		if p.Target != nil && p.Target.Kind == "ScaledObject" && strings.Contains(p.Patch, "/spec/scaleTargetRef/kind") && strings.Contains(p.Patch, "StatefulSet") {
+			retargeted = true
+		}
+	}
+	if !deleted || !retargeted {
+		fail("static-membership: the kustomization must delete the Deployment and point the ScaledObject at the StatefulSet")
+	}
+	if set.Spec.ServiceName == "" || set.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		fail("static-membership: expected a serviceName and podManagementPolicy Parallel")
+	}
+	if !reflect.DeepEqual(set.Spec.Selector, deployment.Spec.Selector) || !reflect.DeepEqual(set.Spec.Template.Labels, deployment.Spec.Template.Labels) {
+		fail("static-membership: selector and pod labels must be the Deployment's (the Service, PDB and monitoring select them)")
+	}
+	pod := *set.Spec.Template.Spec.DeepCopy()
+	if len(pod.Containers) != 1 {
+		fail("static-membership: expected one container")
+		return nil
+	}
+	var names []string
+	identity := false
+	var rest []corev1.EnvVar
+	for _, e := range pod.Containers[0].Env {
+		names = append(names, e.Name)
+		if e.Name == "KAFKA_GROUP_INSTANCE_ID" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name" {
+			identity = true
+			continue
+		}
+		rest = append(rest, e)
+	}
+	if !identity {
+		fail("static-membership: KAFKA_GROUP_INSTANCE_ID must come from the pod's name (fieldRef metadata.name)")
+	}
+	pod.Containers[0].Env = rest
+	want := deployment.Spec.Template.Spec
+	if len(want.Containers) == 1 && len(want.Containers[0].Env) == 0 && len(rest) == 0 {
+		pod.Containers[0].Env = want.Containers[0].Env
+	}
+	if !reflect.DeepEqual(pod, want) {
+		fail("static-membership: the StatefulSet's pod must be the Deployment's, plus KAFKA_GROUP_INSTANCE_ID")
+	}
+	return names
+}
+
+// builtKinds builds the kustomization in dir with kustomize's own library and
+// checks that it yields the given kinds and none of the refused ones, and that
+// the ScaledObject targets the workload it yields.
+func builtKinds(dir string, want, refused []string) {
+	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		fail("kustomize build %s: %v", dir, err)
+		return
+	}
+	kinds := map[string]bool{}
+	target := ""
+	for _, r := range resources.Resources() {
+		kinds[r.GetKind()] = true
+		if r.GetKind() == "ScaledObject" {
+			if k, err := r.GetString("spec.scaleTargetRef.kind"); err == nil {
+				target = k
+			} else {
+				target = "Deployment"
+			}
+		}
+	}
+	for _, k := range want {
+		if !kinds[k] {
+			fail("kustomize build %s: no %s", dir, k)
+		}
+		if target != k {
+			fail("kustomize build %s: the ScaledObject targets a %s, not the %s", dir, target, k)
+		}
+	}
+	for _, k := range refused {
+		if kinds[k] {
+			fail("kustomize build %s: a %s is left", dir, k)
+		}
+	}
 }
