@@ -499,3 +499,70 @@ async fn matrix() {
         std::fs::write(path, table + "\n").expect("write the report");
     }
 }
+
+/// A rebalance does not wait on a failing webhook: replica A owns both
+/// partitions and cannot deliver (503s); replica B joins. A's revocation
+/// drain would wait SHUTDOWN_TIMEOUT_MS (60 s here) for batches that cannot
+/// be delivered; it gives up once the webhook has been failing a while, so
+/// B gets its partitions long before, and nothing is lost once the webhook
+/// is back.
+async fn a_joining_replica_does_not_wait_for_a_drain_against_a_failing_webhook(protocol: &str) {
+    let (topic, group) = (unique("outage"), unique("g"));
+    create_topic(&topic, 2).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(503));
+    let env = [
+        ("KAFKA_GROUP_PROTOCOL", protocol),
+        ("SHUTDOWN_TIMEOUT_MS", "60000"),
+        ("KAFKA_PROPERTIES", "max.poll.interval.ms=120000"),
+    ];
+    let a = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "A owns both partitions", || assigned(&a) == Some(2)).await;
+    let produced = produce(&topic, run_id(), 0..200).await;
+    eventually(WAIT, "A is retrying against the failing webhook", || {
+        receiver.requests().len() >= 5
+    })
+    .await;
+    // Long enough that the webhook counts as failing, not blipping.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let joined = Instant::now();
+    let b = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "B owns a partition", || assigned(&b) == Some(1)).await;
+    let waited = joined.elapsed();
+    println!(
+        "{protocol}: B owned a partition {:.1} s after it started",
+        waited.as_secs_f64()
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "B waited {waited:?}: the revocation drain held the partition for the whole SHUTDOWN_TIMEOUT_MS"
+    );
+    receiver.set_default(Reply::ok());
+    eventually(
+        WAIT,
+        "every event delivered once the webhook is back",
+        || {
+            let got = receiver.delivered_uuids();
+            produced.iter().all(|p| got.contains(&p.sample.uuid))
+        },
+    )
+    .await;
+    let highs = high_watermarks(&topic, 2);
+    eventually(WAIT, "commits at the high watermarks", || {
+        committed(&group, &topic, 2)
+            .iter()
+            .zip(&highs)
+            .all(|(c, h)| *c == Some(*h))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_new_protocol_a_rebalance_does_not_wait_on_a_failing_webhook() {
+    a_joining_replica_does_not_wait_for_a_drain_against_a_failing_webhook("consumer").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_classic_protocol_a_rebalance_does_not_wait_on_a_failing_webhook() {
+    a_joining_replica_does_not_wait_for_a_drain_against_a_failing_webhook("classic").await;
+}

@@ -121,6 +121,10 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// How long the webhook must have been failing for a drain (a revocation or
+/// a shutdown) to stop waiting for it.
+pub const DRAIN_GIVES_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The state's clock: tokio's, so linger deadlines and timers agree (also
 /// under `tokio::time::pause`).
 fn now() -> std::time::Instant {
@@ -147,6 +151,14 @@ impl Worker {
             self.carry_out();
             self.publish_state();
             if self.state.is_drained() {
+                break;
+            }
+            if drain_deadline.is_some() && self.webhook_down() {
+                // Waiting out the deadline would deliver nothing and hold
+                // the partition (a revocation: the replica taking it over
+                // waits; a shutdown: the exit waits).
+                warn!(topic = self.tp.topic(), partition = self.tp.partition,
+                    "the webhook keeps failing: the drain stops waiting; what is undelivered stays uncommitted and will be redelivered");
                 break;
             }
             let linger = self.state.linger_deadline().map(Instant::from_std);
@@ -207,6 +219,16 @@ impl Worker {
             "partition worker stopped"
         );
         safe_offset
+    }
+
+    /// Whether every webhook answer for `DRAIN_GIVES_UP_AFTER` has been a
+    /// failure: an outage, not a blip that the drain should wait out.
+    fn webhook_down(&self) -> bool {
+        self.deps
+            .deliverer
+            .webhook
+            .failing_for()
+            .is_some_and(|failing| failing >= DRAIN_GIVES_UP_AFTER)
     }
 
     /// True while the worker must take no more messages: the partition is

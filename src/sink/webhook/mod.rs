@@ -44,6 +44,9 @@ pub struct Webhook {
     signing_secret: Option<Arc<[u8]>>,
     gzip: bool,
     metrics: Arc<Metrics>,
+    /// Since when every answer has been a failure to retry (none since the
+    /// last success or rejection): shared by every clone.
+    failing_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// The header naming a request's batch ([`batch_key`]).
@@ -143,7 +146,25 @@ impl Webhook {
                 DlqPolicy::Block => StatusSet::default(),
             },
             metrics,
+            failing_since: Arc::default(),
         })
+    }
+
+    /// How long the webhook has answered every request with a failure to
+    /// retry (a 5xx, a 429, a timeout, a dropped connection), or `None`
+    /// when its last answer was a success or a rejection.
+    pub fn failing_for(&self) -> Option<Duration> {
+        let since = *self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map(|since| since.elapsed())
+    }
+
+    fn record(&self, failed: bool) {
+        let mut since = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (failed, *since) {
+            (true, None) => *since = Some(tokio::time::Instant::now()),
+            (false, _) => *since = None,
+            (true, Some(_)) => {}
+        }
     }
 
     /// Sends `body` (a JSON array) with its batch's `key`, retrying until the
@@ -162,6 +183,7 @@ impl Webhook {
                 _ = cancel.cancelled() => return Err(Cancelled),
                 outcome = self.attempt(body.clone(), key) => outcome,
             };
+            self.record(matches!(outcome.verdict, Verdict::Retry { .. }));
             match outcome.verdict {
                 Verdict::Delivered => {
                     if attempt > 0 {
