@@ -13,7 +13,8 @@
 //     matches its pod;
 //   - the static-membership overlay (deploy/kubernetes-static-membership)
 //     swaps the Deployment for a StatefulSet whose pods are the Deployment's
-//     with KAFKA_GROUP_INSTANCE_ID set to the pod's name, and points the
+//     with KAFKA_GROUP_INSTANCE_ID set to the pod's name (and the group
+//     protocol chosen for static identities), and points the
 //     ScaledObject at it;
 //   - it prints the environment variables the files set ("ENV NAME", and
 //     "BACKFILL_ENV NAME" for the ones the backfill Job sets), so a test can
@@ -452,6 +453,9 @@ func checkStatic(dir string, deployment *appsv1.Deployment, scaled *ScaledObject
 			identity = true
 			continue
 		}
+		if e.Name == "KAFKA_GROUP_PROTOCOL" && slices.Contains([]string{"auto", "classic", "consumer"}, e.Value) {
+			continue
+		}
 		rest = append(rest, e)
 	}
 	if !identity {
@@ -463,7 +467,7 @@ func checkStatic(dir string, deployment *appsv1.Deployment, scaled *ScaledObject
 		pod.Containers[0].Env = want.Containers[0].Env
 	}
 	if !reflect.DeepEqual(pod, want) {
-		fail("static-membership: the StatefulSet's pod must be the Deployment's, plus KAFKA_GROUP_INSTANCE_ID")
+		fail("static-membership: the StatefulSet's pod must be the Deployment's, plus KAFKA_GROUP_INSTANCE_ID (and KAFKA_GROUP_PROTOCOL)")
 	}
 	return names
 }
