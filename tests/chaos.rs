@@ -768,6 +768,8 @@ struct Replicas {
     starts: u64,
     terms: u64,
     kills: u64,
+    /// The group protocol of this run (`KAFKA_GROUP_PROTOCOL`).
+    protocol: &'static str,
     /// Replicas that exited on their own because librdkafka's group state
     /// was stuck (`src/kafka/wedge.rs`), restarted as an orchestrator would.
     wedge_restarts: u64,
@@ -779,7 +781,15 @@ struct Replicas {
 
 impl Replicas {
     fn start(&mut self, id: usize, latest: bool) {
-        let mut properties = "session.timeout.ms=6000,heartbeat.interval.ms=1000,topic.metadata.refresh.interval.ms=3000".to_owned();
+        // Fast failure detection: a killed replica's partitions move in
+        // seconds (under the new protocol the brokers set it: 6 s too,
+        // scripts/kafka-local's cluster).
+        let mut properties = match self.protocol {
+            "classic" => "session.timeout.ms=6000,heartbeat.interval.ms=1000,",
+            _ => "",
+        }
+        .to_owned()
+            + "topic.metadata.refresh.interval.ms=3000";
         // CHAOS_KAFKA_DEBUG=cgrp (say) puts librdkafka's debug lines in the replicas' logs.
         if let Ok(debug) = std::env::var("CHAOS_KAFKA_DEBUG") {
             if !debug.is_empty() {
@@ -791,6 +801,7 @@ impl Replicas {
             ("KAFKA_HOSTS", self.cluster.as_str()),
             ("DLQ_TOPIC", self.dlq.as_str()),
             ("KAFKA_PROPERTIES", properties.as_str()),
+            ("KAFKA_GROUP_PROTOCOL", self.protocol),
             // 1 MiB (the least allowed) shared by a replica's partitions:
             // an outage of seconds fills a share, so partitions pause.
             ("MAX_BUFFERED_BYTES", "1048576"),
@@ -918,9 +929,19 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         .unwrap_or(90);
     assert!(seconds >= 30, "CHAOS_SECONDS must be at least 30");
     let duration = Duration::from_secs(seconds);
+    // Both group protocols, one per seed (CHAOS_PROTOCOL chooses).
+    let protocol: &'static str = match std::env::var("CHAOS_PROTOCOL").as_deref() {
+        Ok("classic") => "classic",
+        Ok("consumer") => "consumer",
+        Ok(other) if !other.is_empty() => {
+            panic!("CHAOS_PROTOCOL is classic or consumer, not {other}")
+        }
+        _ if seed % 2 == 0 => "classic",
+        _ => "consumer",
+    };
     let schedule = plan(seed, duration);
     let schedule_text: String = schedule.iter().map(|s| format!("  {s}\n")).collect();
-    println!("chaos: seed {seed} (replay with CHAOS_SEED={seed}), {seconds} s of faults; schedule:\n{schedule_text}");
+    println!("chaos: seed {seed} (replay with CHAOS_SEED={seed}), {seconds} s of faults, group protocol {protocol}; schedule:\n{schedule_text}");
     let context = format!(
         "chaos seed {seed} (replay: CHAOS_SEED={seed} CHAOS_SECONDS={seconds}); schedule:\n{schedule_text}"
     );
@@ -963,6 +984,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         starts: 0,
         terms: 0,
         kills: 0,
+        protocol,
         wedge_restarts: 0,
         unexpected_exits: Vec::new(),
         retired_logs: Vec::new(),
@@ -1429,7 +1451,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         "n/a (no such gauge)".to_owned()
     };
     let summary = format!(
-        "chaos summary: seed={seed} result={result} faults={seconds}s produced={} delivered={} lost={} \
+        "chaos summary: seed={seed} protocol={protocol} result={result} faults={seconds}s produced={} delivered={} lost={} \
          duplicates={duplicates} max_lag_seconds={:.1} outages={outages} pauses={} (log: {pause_log_lines}) \
          kills={} sigterms={} starts={} wedge_restarts={} latest_restart={} partitions={n} commit_samples={} commit_checks={commit_checks} \
          stall_readings={stalls} drain={drain_seconds:.1}s wall={:.1}s",
