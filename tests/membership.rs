@@ -224,6 +224,34 @@ async fn owned_by(process: &Connector) -> i64 {
     .map_or(0, |(_, v)| *v as i64)
 }
 
+/// Waits until every produced event reached the receiver and the group's
+/// commits are at the high watermarks.
+async fn delivered_and_committed(
+    receiver: &Receiver,
+    produced: &[Produced],
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) {
+    eventually(WAIT, "every produced event delivered", || {
+        let got = receiver.delivered_uuids();
+        produced.iter().all(|p| got.contains(&p.sample.uuid))
+    })
+    .await;
+    let highs = high_watermarks(topic, partitions);
+    eventually(
+        WAIT,
+        "the group's commits reach the high watermarks",
+        || {
+            committed(group, topic, partitions)
+                .iter()
+                .zip(&highs)
+                .all(|(c, h)| *c == Some(*h))
+        },
+    )
+    .await;
+}
+
 /// Runs one setup: healthy replicas, a steady producer, the faults, then
 /// every replica running again until everything is delivered and committed.
 async fn run(setup: Setup) -> Report {
@@ -348,24 +376,8 @@ async fn run(setup: Setup) -> Report {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let produced = producer.stop().await;
-    eventually(WAIT, "every produced event delivered", || {
-        let got = receiver.delivered_uuids();
-        produced.iter().all(|p| got.contains(&p.sample.uuid))
-    })
-    .await;
+    delivered_and_committed(&receiver, &produced, &group_id, &topic, PARTITIONS).await;
     let duplicates = check_deliveries(&produced, &receiver);
-    let highs = high_watermarks(&topic, PARTITIONS);
-    eventually(
-        WAIT,
-        "the group's commits reach the high watermarks",
-        || {
-            committed(&group_id, &topic, PARTITIONS)
-                .iter()
-                .zip(&highs)
-                .all(|(c, h)| *c == Some(*h))
-        },
-    )
-    .await;
     for replica in &group.replicas {
         if let Some(process) = &replica.process {
             assert_no_secret(process);
@@ -538,23 +550,7 @@ async fn a_joining_replica_does_not_wait_for_a_drain_against_a_failing_webhook(p
         "B waited {waited:?}: the revocation drain held the partition for the whole SHUTDOWN_TIMEOUT_MS"
     );
     receiver.set_default(Reply::ok());
-    eventually(
-        WAIT,
-        "every event delivered once the webhook is back",
-        || {
-            let got = receiver.delivered_uuids();
-            produced.iter().all(|p| got.contains(&p.sample.uuid))
-        },
-    )
-    .await;
-    let highs = high_watermarks(&topic, 2);
-    eventually(WAIT, "commits at the high watermarks", || {
-        committed(&group, &topic, 2)
-            .iter()
-            .zip(&highs)
-            .all(|(c, h)| *c == Some(*h))
-    })
-    .await;
+    delivered_and_committed(&receiver, &produced, &group, &topic, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
