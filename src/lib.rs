@@ -227,8 +227,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                         shutdown_timeout,
                         shutdown.clone(),
                     );
+                    let held = result
+                        .as_ref()
+                        .err()
+                        .and_then(|e| e.downcast_ref::<consumer::IdentityHeld>());
+                    if held.is_some() && shutdown.is_cancelled() {
+                        // Stopped while waiting to join: nothing to drain.
+                        return Ok(());
+                    }
+                    if held.is_some_and(|h| h.had_joined) {
+                        held_since = None;
+                    }
                     match result {
-                        Err(e) if e.is::<consumer::IdentityHeld>() && !shutdown.is_cancelled() => {
+                        Err(e) if e.is::<consumer::IdentityHeld>() => {
                             let since = *held_since.get_or_insert_with(std::time::Instant::now);
                             if since.elapsed() >= IDENTITY_WAIT {
                                 return Err(e.context(format!(
@@ -240,6 +251,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                             tracing::warn!(error = %e, retry_in = ?JOIN_RETRY,
                                 "waiting for the brokers to release this replica's static identity (an earlier incarnation that was killed keeps it until the group's session timeout, 45 s by default)");
                             wait_or_shutdown(&shutdown, JOIN_RETRY);
+                            if shutdown.is_cancelled() {
+                                return Ok(());
+                            }
                         }
                         other => return other,
                     }

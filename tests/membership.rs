@@ -562,3 +562,40 @@ async fn under_the_new_protocol_a_rebalance_does_not_wait_on_a_failing_webhook()
 async fn under_the_classic_protocol_a_rebalance_does_not_wait_on_a_failing_webhook() {
     a_joining_replica_does_not_wait_for_a_drain_against_a_failing_webhook("classic").await;
 }
+
+/// A replica that the group gives no partition (more replicas than
+/// partitions, a rolling update's surge pod) is still a member: `/readyz`
+/// says so under either protocol. (The new protocol calls no assign
+/// callback for an empty assignment.)
+async fn a_replica_without_partitions_is_ready(protocol: &str) {
+    let (topic, group) = (unique("idle"), unique("g"));
+    create_topic(&topic, 1).await;
+    let receiver = Receiver::start().await;
+    let env = [("KAFKA_GROUP_PROTOCOL", protocol)];
+    let a = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(WAIT, "A owns the partition", || assigned(&a) == Some(1)).await;
+    let b = Connector::start(&topic, &group, &receiver.url(), &env);
+    eventually(
+        Duration::from_secs(30),
+        "B, with no partition, is ready",
+        || {
+            b.get_blocking("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+        },
+    )
+    .await;
+    assert_eq!(assigned(&b), Some(0));
+    assert!(a
+        .get_blocking("/readyz")
+        .is_some_and(|(status, _)| status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_new_protocol_a_replica_without_partitions_is_ready() {
+    a_replica_without_partitions_is_ready("consumer").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_classic_protocol_a_replica_without_partitions_is_ready() {
+    a_replica_without_partitions_is_ready("classic").await;
+}

@@ -85,6 +85,11 @@ pub struct Context {
     /// Set by an error the connector cannot recover from (bad credentials).
     fatal: Mutex<Option<String>>,
     fatal_seen: AtomicBool,
+    /// Whether this consumer was ever a member of the group (assigned, or
+    /// steady with nothing assigned).
+    ever_joined: AtomicBool,
+    /// The group protocol this consumer speaks.
+    protocol: GroupProtocol,
     /// Where a new group starts (see `Context::resolve_start`).
     start_at: StartAt,
     /// The topics read that existed at the first `START_AT` look.
@@ -142,7 +147,6 @@ impl Context {
         if self.fatal_seen.swap(true, Ordering::Relaxed) {
             return;
         }
-        self.metrics.fatal_errors.inc();
         self.health.set_joined(false);
         *self.fatal.lock().expect("fatal lock") = Some(reason);
     }
@@ -272,6 +276,8 @@ pub fn create(
         logs: KafkaLogs::default(),
         fatal: Mutex::new(None),
         fatal_seen: AtomicBool::new(false),
+        ever_joined: AtomicBool::new(false),
+        protocol,
         start_at: config.start_at,
         topics_first_seen: OnceLock::new(),
         wedge: Mutex::new(WedgeWatch::default()),
@@ -330,15 +336,18 @@ pub fn run(
         }
         let fatal_reason = ctx.fatal.lock().expect("fatal lock").take();
         if let Some(reason) = fatal_reason {
-            if identity_held(&consumer) {
-                // Nothing was assigned (this is the join's answer): no
-                // drain, no commit, and the process goes on (`lib.rs`
-                // creates a new consumer), so the shutdown is not started.
+            // The join's answer, with nothing assigned: no drain, no
+            // commit, and the process goes on (`lib.rs` creates a new
+            // consumer), so the shutdown is not started. (Workers present
+            // take the usual way out below.)
+            if identity_held(&consumer) && ctx.workers().is_empty() {
+                let had_joined = ctx.ever_joined.load(Ordering::Relaxed);
                 let closing = std::thread::Builder::new().name("closing-consumer".into());
                 // Closing a fenced client may hang: not on this thread.
                 let _ = closing.spawn(move || drop(consumer));
-                return Err(IdentityHeld { reason }.into());
+                return Err(IdentityHeld { reason, had_joined }.into());
             }
+            ctx.metrics.fatal_errors.inc();
             error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
             fatal = Some(reason);
             // The shutdown that follows gets the usual deadline and the
@@ -456,6 +465,9 @@ pub fn run(
 #[error("the group refused the join: another member holds KAFKA_GROUP_INSTANCE_ID ({reason})")]
 pub struct IdentityHeld {
     reason: String,
+    /// Whether this consumer had been a member before (then the wait for
+    /// the identity starts again: an earlier refusal is long past).
+    pub had_joined: bool,
 }
 
 fn identity_held(consumer: &Consumer_) -> bool {

@@ -9,6 +9,7 @@ use rdkafka::error::KafkaError;
 use tracing::warn;
 
 use super::Context;
+use crate::kafka::group_protocol::GroupProtocol;
 use crate::kafka::wedge;
 use crate::ops::health::PartitionProblems;
 use crate::ops::lag::WorkerView;
@@ -22,6 +23,18 @@ impl ClientContext for Context {
             return;
         };
         self.health.set_broker_up(stats.broker_up);
+        // A member with no partitions gets no assign callback under the new
+        // protocol: it is a member all the same (`/readyz`). (Under the
+        // classic one it gets an empty assignment, and readiness follows
+        // the callbacks.)
+        if self.protocol == GroupProtocol::Consumer
+            && stats.group_up
+            && !self.fatal_seen.load(Ordering::Relaxed)
+            && !self.health.is_shutting_down()
+        {
+            self.health.set_joined(true);
+            self.ever_joined.store(true, Ordering::Relaxed);
+        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let wedged = self.wedge.lock().expect("wedge lock").wedged(now_ms);
         if let Some(skipping) = wedged {

@@ -75,6 +75,7 @@ impl ConsumerContext for Context {
                     )),
                 }
                 self.health.set_joined(true);
+                self.ever_joined.store(true, Ordering::Relaxed);
             }
             Err::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));

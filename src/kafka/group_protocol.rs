@@ -115,19 +115,12 @@ pub fn heartbeat_api(line: &str) -> Option<(i16, i16)> {
     Some((min.trim().parse().ok()?, max.trim().parse().ok()?))
 }
 
-/// Whether a debug line says that the broker's API versions were all listed
-/// (librdkafka logs the list, then the features it enabled from it).
-fn api_versions_done(line: &str) -> bool {
-    line.contains("Updated enabled protocol features")
-}
-
 /// How long the probe waits for a broker's answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Collects the probe client's `feature` debug lines.
 struct ProbeContext {
     heartbeat: Mutex<Option<(i16, i16)>>,
-    listed: std::sync::atomic::AtomicBool,
     logs: KafkaLogs,
 }
 
@@ -136,9 +129,6 @@ impl ClientContext for ProbeContext {
         if matches!(level, RDKafkaLogLevel::Debug) {
             if let Some(versions) = heartbeat_api(line) {
                 *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Some(versions);
-            }
-            if api_versions_done(line) {
-                self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             return;
         }
@@ -167,7 +157,6 @@ pub fn probe(config: &Config, timeout: Duration) -> Option<bool> {
         .set_log_level(RDKafkaLogLevel::Debug);
     let context = ProbeContext {
         heartbeat: Mutex::new(None),
-        listed: Default::default(),
         logs: KafkaLogs::default(),
     };
     let client: BaseProducer<ProbeContext> = match client.create_with_context(context) {
@@ -178,18 +167,19 @@ pub fn probe(config: &Config, timeout: Duration) -> Option<bool> {
         }
     };
     // The metadata request needs a connection, and librdkafka asks for the
-    // broker's API versions first, logging them as it does.
-    let _ = client.client().fetch_metadata(None, timeout);
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let context = client.context();
-    while !context.listed.load(std::sync::atomic::Ordering::SeqCst)
-        && std::time::Instant::now() < deadline
-    {
+    // broker's API versions before any other request, logging them as it
+    // reads the answer: once the metadata is answered, the lines are queued.
+    let answered = client.client().fetch_metadata(None, timeout).is_ok();
+    let drained = std::time::Instant::now() + Duration::from_millis(300);
+    while std::time::Instant::now() < drained {
         client.poll(Duration::from_millis(20));
     }
-    let heartbeat = *context.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
-    let listed = context.listed.load(std::sync::atomic::Ordering::SeqCst);
-    match (heartbeat, listed) {
+    let heartbeat = *client
+        .context()
+        .heartbeat
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match (heartbeat, answered) {
         (Some(_), _) => Some(true),
         (None, true) => Some(false),
         (None, false) => None,

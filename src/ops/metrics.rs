@@ -233,7 +233,7 @@ impl Metrics {
             partition_stalled: partition_gauge(PARTITION_STALLED, "1 while the partition has lag but has neither fetched nor delivered for 30 s, for no known reason (not waiting on the webhook, not paused, not blocked): /healthz fails."),
             partition_blocked: partition_gauge(PARTITION_BLOCKED, "1 while DLQ_POLICY=block holds the partition at a message it cannot deliver; it resumes only after the operator acts."),
             partition_dead_letter_failing: partition_gauge(PARTITION_DEAD_LETTER_FAILING, "1 while writes to the dead-letter topic for this partition fail; the partition takes no more messages meanwhile."),
-            fatal_errors: counter(FATAL_ERRORS, "Fatal Kafka client errors (e.g. a fenced group.instance.id); the process exits on one, except when the group refuses a join because an earlier incarnation still holds KAFKA_GROUP_INSTANCE_ID (waited out for up to 120 s)."),
+            fatal_errors: counter(FATAL_ERRORS, "Fatal Kafka client errors (e.g. a fenced group.instance.id) the process exits on. A join refused because an earlier incarnation still holds KAFKA_GROUP_INSTANCE_ID is waited out (up to 120 s) and not counted."),
             group_protocol: int_gauge_vec(GROUP_PROTOCOL, "1 for the consumer group protocol this replica speaks (classic, or consumer: KIP-848), as KAFKA_GROUP_PROTOCOL decided it at start-up.", &["protocol"]),
             events_dead_lettered: counter_vec(EVENTS_DEAD_LETTERED, "Messages written to the dead-letter topic, by reason (a decode reason, too_large, webhook_<status>).", &["reason"]),
             bisection_requests: counter(BISECTION_REQUESTS, "Extra webhook requests spent splitting rejected batches."),

@@ -65,6 +65,11 @@ fn unknown() -> i64 {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub broker_up: bool,
+    /// The group consumer has its coordinator (librdkafka's `cgrp` state
+    /// `up`). Under the new protocol (KIP-848) a member given no partition
+    /// gets no rebalance callback and its join state stays `init`: being
+    /// `up` with no fatal error (a refused join is one) is how it is seen.
+    pub group_up: bool,
     /// Every topic-partition in the snapshot, sorted (assigned or not: the
     /// caller keeps those it owns).
     pub partitions: Vec<(TopicPartition, PartitionStats)>,
@@ -76,6 +81,13 @@ struct RawStats {
     brokers: HashMap<String, RawBroker>,
     #[serde(default)]
     topics: HashMap<String, RawTopic>,
+    cgrp: Option<RawGroup>,
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    #[serde(default)]
+    state: String,
 }
 
 #[derive(Deserialize)]
@@ -111,8 +123,10 @@ pub fn parse_stats(json: &[u8]) -> Option<Stats> {
         }
     }
     partitions.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let group_up = raw.cgrp.is_some_and(|g| g.state == "up");
     Some(Stats {
         broker_up,
+        group_up,
         partitions,
     })
 }
@@ -136,6 +150,26 @@ mod tests {
     use super::*;
 
     use crate::ops::stats::test_stats as stats;
+
+    #[test]
+    fn the_group_state_is_read_from_the_cgrp_object() {
+        let parse = |cgrp: &str| {
+            let json = format!(r#"{{"brokers":{{}},"topics":{{}}{cgrp}}}"#);
+            parse_stats(json.as_bytes()).expect("parses").group_up
+        };
+        // What a KIP-848 member given no partition reports, for good.
+        assert!(parse(
+            r#","cgrp":{"state":"up","join_state":"init","assignment_size":0}"#
+        ));
+        assert!(parse(r#","cgrp":{"state":"up","join_state":"steady"}"#));
+        assert!(!parse(
+            r#","cgrp":{"state":"query-coord","join_state":"init"}"#
+        ));
+        assert!(!parse(
+            r#","cgrp":{"state":"wait-coord","join_state":"init"}"#
+        ));
+        assert!(!parse(""));
+    }
 
     #[test]
     fn statistics_json_is_read_for_every_topic_and_the_brokers() {
