@@ -71,7 +71,9 @@
 //! delivery in flight (the webhook), paused for backpressure, blocked by
 //! `DLQ_POLICY=block`, dead-letter writes failing. One that has work and
 //! moves for none of these is *stalled* (`ops::stall`): `/healthz` fails and
-//! names it. A fatal Kafka client error ends the process non-zero, and so
+//! names it. A fatal Kafka client error ends the process non-zero (but for
+//! a join the group refuses for a reason that passes: `consumer::rejoin`
+//! creates a new consumer), and so
 //! does librdkafka's group state when it stops taking part in rebalances
 //! (`kafka::wedge`): a restart is what clears it.
 //!
@@ -115,23 +117,6 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::{http, shutdown};
 use crate::sink::{delivery, dlq, webhook};
-
-/// How long a replica whose static identity is still held waits before
-/// joining again.
-const JOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// How long it waits in all before concluding that a running replica
-/// shares its identity: longer than the brokers' longest session timeout
-/// by default (`group.consumer.max.session.timeout.ms`, 60 s).
-const IDENTITY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Sleeps for `wait`, or until the shutdown starts.
-fn wait_or_shutdown(shutdown: &CancellationToken, wait: std::time::Duration) {
-    let until = std::time::Instant::now() + wait;
-    while !shutdown.is_cancelled() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
 
 /// Runs the connector until `shutdown` is cancelled and everything is drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -190,75 +175,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await
     .context("the group protocol probe failed")?;
     info!(protocol = choice.protocol.as_str(), reason = %choice.reason, static_member = config.group_instance_id.is_some(), "consumer group protocol");
-    metrics
-        .group_protocol
-        .with_label_values(&[choice.protocol.as_str()])
-        .set(1);
+    consumer::rejoin::set_protocol_gauge(&metrics, choice.protocol);
     let shutdown_timeout = config.shutdown_timeout;
     shutdown::watchdog(shutdown.clone(), shutdown_timeout + shutdown::EXIT_GRACE)
         .context("cannot start the shutdown watchdog")?;
+    // The consumer thread: group consumers one after another while the
+    // group refuses the join for a reason that passes (`consumer::rejoin`).
     let consumer_thread = {
-        let (config, metrics, health, shutdown) = (
-            config.clone(),
-            metrics.clone(),
-            health.clone(),
-            shutdown.clone(),
-        );
-        let runtime = tokio::runtime::Handle::current();
+        let parts = consumer::rejoin::Parts {
+            config: config.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            deps,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            state,
+        };
+        let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("kafka-consumer".into())
-            .spawn(move || {
-                let mut progress = progress_rx;
-                let mut held_since: Option<std::time::Instant> = None;
-                loop {
-                    let consumer = consumer::create(
-                        &config,
-                        runtime.clone(),
-                        deps.clone(),
-                        metrics.clone(),
-                        health.clone(),
-                        state.clone(),
-                        choice.protocol,
-                    )?;
-                    let result = consumer::run(
-                        consumer,
-                        &mut progress,
-                        config.max_buffered_bytes,
-                        shutdown_timeout,
-                        shutdown.clone(),
-                    );
-                    let held = result
-                        .as_ref()
-                        .err()
-                        .and_then(|e| e.downcast_ref::<consumer::IdentityHeld>());
-                    if held.is_some() && shutdown.is_cancelled() {
-                        // Stopped while waiting to join: nothing to drain.
-                        return Ok(());
-                    }
-                    if held.is_some_and(|h| h.had_joined) {
-                        held_since = None;
-                    }
-                    match result {
-                        Err(e) if e.is::<consumer::IdentityHeld>() => {
-                            let since = *held_since.get_or_insert_with(std::time::Instant::now);
-                            if since.elapsed() >= IDENTITY_WAIT {
-                                return Err(e.context(format!(
-                                    "KAFKA_GROUP_INSTANCE_ID is still held by another member after {} s: \
-                                     two running replicas share one identity (each needs its own, e.g. its pod's name)",
-                                    IDENTITY_WAIT.as_secs()
-                                )));
-                            }
-                            tracing::warn!(error = %e, retry_in = ?JOIN_RETRY,
-                                "waiting for the brokers to release this replica's static identity (an earlier incarnation that was killed keeps it until the group's session timeout, 45 s by default)");
-                            wait_or_shutdown(&shutdown, JOIN_RETRY);
-                            if shutdown.is_cancelled() {
-                                return Ok(());
-                            }
-                        }
-                        other => return other,
-                    }
-                }
-            })
+            .spawn(move || consumer::rejoin::serve(parts, choice.protocol, progress_rx, shutdown))
             .context("cannot start the consumer thread")?
     };
 

@@ -599,3 +599,50 @@ async fn under_the_new_protocol_a_replica_without_partitions_is_ready() {
 async fn under_the_classic_protocol_a_replica_without_partitions_is_ready() {
     a_replica_without_partitions_is_ready("classic").await;
 }
+
+/// `auto` against a broker that lists the new protocol's API but refuses
+/// it (Kafka 4 with `group.coordinator.rebalance.protocols=classic`; scripts/test
+/// starts one and sets KAFKA_CLASSIC_HOSTS): the replica falls back to the
+/// classic protocol by itself and delivers, instead of exiting at every
+/// start on librdkafka's fatal "API version not supported".
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_falls_back_to_classic_where_the_brokers_refuse_the_new_protocol() {
+    let hosts = std::env::var("KAFKA_CLASSIC_HOSTS").expect(
+        "KAFKA_CLASSIC_HOSTS: a broker with group.coordinator.rebalance.protocols=classic (scripts/test starts one)",
+    );
+    let topic = unique("classiconly");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &hosts)
+        .create()
+        .expect("producer");
+    let run = run_id();
+    let now = now_timestamp();
+    let mut produced = Vec::new();
+    for n in 0..20 {
+        let sample = patterns_connector::event::sample::captured(run, n, &now);
+        produced.push(send_sample(&producer, &topic, sample).await);
+    }
+    let receiver = Receiver::start().await;
+    let mut connector = Connector::start(
+        &topic,
+        &unique("g"),
+        &receiver.url(),
+        &[("KAFKA_HOSTS", hosts.as_str())],
+    );
+    eventually(WAIT, "every event delivered", || {
+        let got = receiver.delivered_uuids();
+        produced.iter().all(|p| got.contains(&p.sample.uuid))
+    })
+    .await;
+    assert!(connector.exited().is_none(), "{}", connector.logs());
+    let metrics = connector.metrics().await;
+    let protocol = metric_values(&metrics, "patterns_connector_group_protocol");
+    assert!(
+        protocol.contains(&("protocol=\"classic\"".to_owned(), 1.0))
+            && !protocol
+                .iter()
+                .any(|(l, v)| l.contains("consumer") && *v != 0.0),
+        "{protocol:?}"
+    );
+    assert_no_secret(&connector);
+}

@@ -53,6 +53,7 @@ mod first_read;
 mod handover;
 mod observe;
 mod rebalance;
+pub mod rejoin;
 mod start;
 
 use commit::*;
@@ -340,12 +341,17 @@ pub fn run(
             // commit, and the process goes on (`lib.rs` creates a new
             // consumer), so the shutdown is not started. (Workers present
             // take the usual way out below.)
-            if identity_held(&consumer) && ctx.workers().is_empty() {
+            if let Some(refusal) = refusal(&consumer).filter(|_| ctx.workers().is_empty()) {
                 let had_joined = ctx.ever_joined.load(Ordering::Relaxed);
                 let closing = std::thread::Builder::new().name("closing-consumer".into());
                 // Closing a fenced client may hang: not on this thread.
                 let _ = closing.spawn(move || drop(consumer));
-                return Err(IdentityHeld { reason, had_joined }.into());
+                return Err(JoinRefused {
+                    refusal,
+                    reason,
+                    had_joined,
+                }
+                .into());
             }
             ctx.metrics.fatal_errors.inc();
             error!(%reason, "stopping: the Kafka client cannot recover; exiting so that the replica is restarted");
@@ -454,27 +460,40 @@ pub fn run(
     }
 }
 
-/// The group refused this replica's join because another member still
-/// holds its static identity (`KAFKA_GROUP_INSTANCE_ID`): under the new
-/// protocol (KIP-848), an earlier incarnation that was killed rather than
-/// stopped keeps it until the brokers' session timeout
-/// (`group.consumer.session.timeout.ms`, 45 s by default) expires it.
-/// Waiting and joining again is the way through; exiting would only add an
-/// orchestrator's growing restart back-off to the wait.
+/// Why the group refused this replica's join (`rejoin` decides what next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another member still holds its static identity
+    /// (`KAFKA_GROUP_INSTANCE_ID`): under the new protocol (KIP-848), an
+    /// earlier incarnation that was killed rather than stopped keeps it
+    /// until the brokers' session timeout (`group.consumer.session.timeout.ms`,
+    /// 45 s by default) expires it.
+    IdentityHeld,
+    /// The brokers refuse the new protocol although they list its API
+    /// (`group.coordinator.rebalance.protocols` without `consumer`, or a
+    /// cluster mid-upgrade).
+    ProtocolRefused,
+}
+
+/// The consumer stopped on the group's refusal of its join, with nothing
+/// assigned: the process goes on with a new consumer (`rejoin`).
 #[derive(Debug, thiserror::Error)]
-#[error("the group refused the join: another member holds KAFKA_GROUP_INSTANCE_ID ({reason})")]
-pub struct IdentityHeld {
+#[error("the group refused the join ({refusal:?}): {reason}")]
+pub struct JoinRefused {
+    pub refusal: Refusal,
     reason: String,
     /// Whether this consumer had been a member before (then the wait for
-    /// the identity starts again: an earlier refusal is long past).
+    /// a held identity starts again: an earlier refusal is long past).
     pub had_joined: bool,
 }
 
-fn identity_held(consumer: &Consumer_) -> bool {
-    matches!(
-        consumer.client().fatal_error(),
-        Some((rdkafka::types::RDKafkaErrorCode::UnreleasedInstanceId, _))
-    )
+fn refusal(consumer: &Consumer_) -> Option<Refusal> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match consumer.client().fatal_error()?.0 {
+        Code::UnreleasedInstanceId => Some(Refusal::IdentityHeld),
+        Code::UnsupportedVersion | Code::UnsupportedFeature => Some(Refusal::ProtocolRefused),
+        _ => None,
+    }
 }
 
 /// librdkafka's `debug` contexts for the consumer: the operator's, plus

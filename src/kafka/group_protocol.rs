@@ -17,10 +17,11 @@
 //! the broker's API versions (its `feature` debug lines, [`heartbeat_api`]):
 //! librdkafka has no call that returns them.
 //!
-//! What the probe cannot see: a cluster in the middle of an upgrade, whose
-//! group coordinator is an older broker than the one asked. The consumer
-//! then stops with librdkafka's fatal "unsupported" error, and
-//! `KAFKA_GROUP_PROTOCOL=classic` is the way out (the README says so).
+//! What the probe cannot see: brokers that list the API but refuse the
+//! protocol (`group.coordinator.rebalance.protocols` without `consumer`, or
+//! a cluster mid-upgrade whose coordinator is older than the broker asked).
+//! The join then fails with librdkafka's fatal "unsupported" error, and
+//! `consumer::rejoin` falls back to classic when `auto` chose.
 
 use std::sync::Mutex;
 use std::time::Duration;
