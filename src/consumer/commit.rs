@@ -42,8 +42,9 @@ impl Context {
             warn!(error = %e, why, "storing offsets failed");
         }
         // A coordinator that moves or loads (a broker restarting) answers
-        // for a few seconds with errors worth retrying; a new generation
-        // (IllegalGeneration) is final. Retries end by the shutdown deadline.
+        // for a few seconds with errors worth retrying, and so does a stale
+        // member epoch (new protocol); a new generation (IllegalGeneration,
+        // classic) is final. Retries end by the shutdown deadline.
         let give_up = drain_deadline(
             tokio::time::Instant::now(),
             COMMIT_RETRY_FOR,
@@ -57,7 +58,7 @@ impl Context {
                     return;
                 }
                 Err(e)
-                    if read::is_transient(&e)
+                    if (read::is_transient(&e) || is_stale_epoch(&e))
                         && tokio::time::Instant::now() + COMMIT_RETRY_STEP < give_up =>
                 {
                     warn!(why, error = %e, attempt = attempt + 1, "committing offsets failed; retrying");
@@ -72,6 +73,13 @@ impl Context {
             }
         }
     }
+}
+
+/// Under the new group protocol (KIP-848) a commit sent while the member's
+/// epoch moves on is refused as stale, and librdkafka does not retry a
+/// manual commit: sent again, it carries the new epoch.
+fn is_stale_epoch(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::StaleMemberEpoch)
 }
 
 /// The shutdown's commit of what the workers delivered. Asynchronous, then
