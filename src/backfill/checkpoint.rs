@@ -25,6 +25,17 @@ pub struct Checkpoint {
     /// Totals so far, over every run (a row redelivered after a restart
     /// counts again).
     pub totals: Totals,
+    /// The source the cursor is a position in (`clickhouse` or `api`): a
+    /// cursor means nothing to the other one.
+    #[serde(default = "clickhouse")]
+    pub source: String,
+    /// `--follow`: no end; `until_ms` is not used.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+fn clickhouse() -> String {
+    "clickhouse".into()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,9 +151,20 @@ mod tests {
                 dead_lettered: 0,
                 overlap: 3,
             },
+            source: "api".into(),
+            follow: false,
         };
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(serde_json::from_slice::<Checkpoint>(&json).unwrap(), c);
         assert_eq!(key("g", 2), "backfill/g/2");
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_the_api_source_reads_as_clickhouse() {
+        let old = br#"{"team_id":2,"until_ms":5,"overlap_from_ms":4,"from_us":null,"cursor":null,"complete":false,
+            "totals":{"read":0,"delivered":0,"filtered":0,"dead_lettered":0,"overlap":0}}"#;
+        let c: Checkpoint = serde_json::from_slice(old).unwrap();
+        assert_eq!(c.source, "clickhouse");
+        assert!(!c.follow);
     }
 }

@@ -320,7 +320,7 @@ fn body_error(e: reqwest::Error) -> SourceError {
 
 /// reqwest's error text without the URL it names (ours holds no secret,
 /// but the message is shorter and the URL is logged once on its own).
-fn without_url(e: &reqwest::Error) -> String {
+pub(super) fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
         text = text.replace(&format!(" for url ({url})"), "");

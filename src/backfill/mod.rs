@@ -3,8 +3,10 @@
 //! pipeline as the stream, up to where the stream's group started.
 //!
 //! ```text
-//!  ClickHouse (source.rs, clickhouse.rs): keyset pages in (ingestion time, uuid)
-//!      order, one team, ingested before the hand-over bound (handover.rs)
+//!  PostHog's ClickHouse (clickhouse.rs) or its query API (api.rs), behind
+//!      source.rs: keyset pages in (ingestion time, uuid) order, one team,
+//!      ingested before the hand-over bound (handover.rs), or with --follow
+//!      for ever, BACKFILL_VISIBILITY_DELAY_MS behind now
 //!      │  each row a clickhouse_events_json message, numbered 0, 1, 2, ...
 //!      ▼
 //!  a partition worker (crate::partition), as for a Kafka partition: decode,
@@ -12,7 +14,8 @@
 //!      rows done
 //!      │  frontier → cursor (checkpoint.rs)
 //!      ▼
-//!  checkpoint in STATE_TOPIC (kafka::state), progress line and metrics (progress.rs)
+//!  checkpoint in STATE_TOPIC or BACKFILL_STATE_FILE (store.rs), progress
+//!      line and metrics (progress.rs)
 //! ```
 //!
 //! **The hand-over** is on ingestion time (when ClickHouse got the row:
@@ -31,13 +34,20 @@
 //! (BACKFILL_PAGE_ROWS) whenever a page is larger than the batches in flight.
 //!
 //! **One at a time.** A backfill holds a lock for its group and team
-//! (`StateTopic::lock`): a second one waits until the first ends.
+//! (`store::Store::lock`): a second one waits until the first ends.
+//!
+//! **Following** (`--follow`): after history, the same loop keeps reading
+//! rows as they become visible, every BACKFILL_FOLLOW_INTERVAL_MS, with the
+//! same checkpoints: an event is missed only if it became visible more than
+//! BACKFILL_VISIBILITY_DELAY_MS after its ingestion time.
 
+pub mod api;
 pub mod checkpoint;
 pub mod clickhouse;
 pub mod handover;
 pub mod progress;
 pub mod source;
+pub mod store;
 
 use std::io::IsTerminal as _;
 use std::sync::Arc;
@@ -49,9 +59,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{BackfillArgs, Config, HistoryStart, InputFormat};
+use crate::config::{BackfillArgs, Config, HistoryStart, InputFormat, SourceKind};
 use crate::event::filter::Filter;
-use crate::kafka::state::{Lock, StateTopic};
+use crate::kafka::state::StateTopic;
 use crate::ops::health::Health;
 use crate::ops::metrics::{BackfillMetrics, Metrics};
 use crate::ops::shutdown::pause;
@@ -59,12 +69,19 @@ use crate::partition::{self, state::Lanes, Message, Progress};
 use crate::sink::{delivery, dlq, webhook};
 use crate::topic_partition::TopicPartition;
 use checkpoint::{Checkpoint, Positions, Totals};
-use clickhouse::ClickHouse;
 use handover::Handover;
-use source::{micros, Cursor, Range, SourceError};
+use source::{micros, Cursor, Range, Source, SourceError};
+use store::{Held, Store};
 
 /// Rows handed to the worker at once, and the checkpoint's granularity.
 const CHUNK: usize = 32;
+
+/// The bound of a backfill that follows: none (in ms, far enough that
+/// microseconds still fit an i64).
+const NO_END_MS: i64 = i64::MAX / 1_000_000;
+
+/// What the feeder is waiting for, shown in the progress line.
+type Waiting = Arc<std::sync::Mutex<Option<String>>>;
 
 /// What `run` returns: the summary line, printed last.
 pub struct Finished {
@@ -76,11 +93,23 @@ pub async fn run(
     args: BackfillArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Finished> {
-    let team_id = config.team_id.ok_or_else(|| {
-        anyhow::anyhow!(
-            "invalid value for POSTHOG_TEAM_ID: a backfill reads one team's events; set POSTHOG_TEAM_ID"
-        )
-    })?;
+    let team_id = match args.source() {
+        SourceKind::Api => args.project_id.ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid value for POSTHOG_PROJECT_ID: the api source reads one project's events; set POSTHOG_PROJECT_ID (the number in the project's URL, /project/<id>)"
+            )
+        })?,
+        _ => config.team_id.ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid value for POSTHOG_TEAM_ID: a backfill reads one team's events; set POSTHOG_TEAM_ID"
+            )
+        })?,
+    };
+    if args.follow && args.until.is_some() {
+        anyhow::bail!(
+            "invalid value for BACKFILL_UNTIL: --follow (BACKFILL_FOLLOW) has no end; give one or the other"
+        );
+    }
     let mut config = config;
     // Rows are clickhouse_events_json messages, whatever the stream reads.
     config.input_format = InputFormat::Clickhouse;
@@ -106,21 +135,45 @@ pub async fn run(
         http_stop,
     ));
 
-    let source = ClickHouse::new(&args)?;
-    let retry_for = args.retry_for;
-    retrying(
-        &source_errors(&progress_metrics),
-        retry_for,
-        &shutdown,
-        || source.check(),
-    )
-    .await?;
-    let state = StateTopic::new(&config)?;
-    state.ensure().await?;
+    let source = Source::new(&args)?;
+    info!(source = source.kind(), "reading events from {}", source.name());
+    let waiting: Waiting = Arc::default();
+    let retry = Retry {
+        errors: progress_metrics.source_errors.clone(),
+        retry_for: args.retry_for,
+        location: source.location_option(),
+        waiting: waiting.clone(),
+    };
+    retry.run(&shutdown, || source.check()).await?;
+    let store = match &args.state_file {
+        Some(path) => Store::File(path.into()),
+        None => {
+            let state = StateTopic::new(&config)?;
+            state.ensure().await?;
+            Store::Topic(state)
+        }
+    };
     let lock_name = format!("{}-backfill-{team_id}", config.kafka_consumer_group);
-    let lock = state.lock(&lock_name, &shutdown).await?;
+    let lock = store.lock(&lock_name, &shutdown).await?;
     let key = checkpoint::key(&config.kafka_consumer_group, team_id);
-    let earlier = read_checkpoint(&state, &key)?;
+    let earlier = store.get(&key)?;
+    if let Some(c) = &earlier {
+        if c.source != source.kind() {
+            anyhow::bail!(
+                "invalid value for BACKFILL_SOURCE: the checkpoint {key} in {} is a position in the {} source, not {}; finish it with BACKFILL_SOURCE={}, or use another KAFKA_CONSUMER_GROUP",
+                store.describe(),
+                c.source,
+                source.kind(),
+                c.source
+            );
+        }
+        if c.follow != args.follow && !c.complete {
+            warn!(
+                checkpoint_follows = c.follow,
+                "--follow differs from the checkpoint's run; resuming as the checkpoint was started"
+            );
+        }
+    }
     let checkpoint = match earlier {
         Some(c) if c.complete => {
             let summary =
@@ -133,7 +186,14 @@ pub async fn run(
             c
         }
         None => {
-            let handover = choose_handover(&config, &args, &state)?;
+            let handover = if args.follow {
+                Handover {
+                    overlap_from_ms: NO_END_MS,
+                    until_ms: NO_END_MS,
+                }
+            } else {
+                choose_handover(&config, &args, &store)?
+            };
             let c = Checkpoint {
                 team_id,
                 until_ms: handover.until_ms,
@@ -145,9 +205,11 @@ pub async fn run(
                 cursor: None,
                 complete: false,
                 totals: Totals::default(),
+                source: source.kind().into(),
+                follow: args.follow,
             };
             // The bound is fixed now: a restart keeps it.
-            state
+            store
                 .put(&key, &c, &shutdown)
                 .await
                 .map_err(|_| interrupted())?;
@@ -163,22 +225,32 @@ pub async fn run(
         after: None,
         until_us: checkpoint.until_ms.saturating_mul(1000),
     };
-    let errors = source_errors(&progress_metrics);
-    let total = retrying(&errors, retry_for, &shutdown, || source.count(&whole)).await?;
+    let total = retry.run(&shutdown, || source.count(&whole)).await?;
     let resumed = Range {
         after: checkpoint.cursor.clone(),
         ..whole.clone()
     };
-    let remaining = retrying(&errors, retry_for, &shutdown, || source.count(&resumed)).await?;
-    let overlap = retrying(&errors, retry_for, &shutdown, || {
-        source.count_since(&whole, checkpoint.overlap_from_ms.saturating_mul(1000))
-    })
-    .await?;
+    let remaining = retry.run(&shutdown, || source.count(&resumed)).await?;
+    let overlap = if checkpoint.follow {
+        0
+    } else {
+        retry
+            .run(&shutdown, || {
+                source.count_since(&whole, checkpoint.overlap_from_ms.saturating_mul(1000))
+            })
+            .await?
+    };
     info!(team_id, total, remaining, overlap, handover = %handover_text(&checkpoint), "rows to backfill");
-    eprintln!(
-        "backfill: team {team_id}: {total} rows ingested before {}, {remaining} left to send",
-        source::from_micros(whole.until_us).to_rfc3339()
-    );
+    if checkpoint.follow {
+        eprintln!(
+            "backfill: team {team_id}: {total} rows ingested so far, {remaining} left to send; then following new events"
+        );
+    } else {
+        eprintln!(
+            "backfill: team {team_id}: {total} rows ingested before {}, {remaining} left to send",
+            source::from_micros(whole.until_us).to_rfc3339()
+        );
+    }
     progress_metrics.rows_remaining.set(remaining as i64);
     if total == 0 {
         eprintln!("backfill: no events for team {team_id} (a project with no events, or an unknown team): nothing to send");
@@ -204,11 +276,11 @@ pub async fn run(
         config.max_concurrent_requests,
         1,
     );
-    let tp = TopicPartition::new(format!("clickhouse:{}.events", source.database()), 0);
+    let tp = TopicPartition::new(source.name(), 0);
     let worker = partition::spawn(&tokio::runtime::Handle::current(), deps, tp, 0, lanes);
 
     let tracker = Tracker {
-        state: state.clone(),
+        store,
         key,
         checkpoint: checkpoint.clone(),
         positions: Positions::default(),
@@ -219,13 +291,15 @@ pub async fn run(
         done_this_run: 0,
         started,
         overlap,
+        waiting,
     };
     let feeder = Feeder {
         source: &source,
         range: resumed,
         page_rows: args.page_rows,
         visibility_delay: args.visibility_delay,
-        retry_for,
+        follow: checkpoint.follow.then_some(args.follow_interval),
+        retry,
         max_buffered: config.max_buffered_bytes,
         metrics: progress_metrics.clone(),
     };
@@ -257,6 +331,9 @@ fn interrupted() -> anyhow::Error {
 }
 
 fn handover_text(c: &Checkpoint) -> String {
+    if c.follow {
+        return "following: every row ingested, no hand-over".into();
+    }
     let time = |ms: i64| {
         source::from_micros(ms.saturating_mul(1000))
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
@@ -269,24 +346,28 @@ fn handover_text(c: &Checkpoint) -> String {
     )
 }
 
-fn read_checkpoint(state: &StateTopic, key: &str) -> anyhow::Result<Option<Checkpoint>> {
-    let values = tokio::task::block_in_place(|| state.read_prefix(key))?;
-    match values.get(key) {
-        None => Ok(None),
-        Some(value) => serde_json::from_slice(value)
-            .map(Some)
-            .with_context(|| format!("the checkpoint {key} in STATE_TOPIC is not readable")),
-    }
-}
-
 /// The bound of a first start: `BACKFILL_UNTIL`, else from where the
 /// stream's group started reading (see `handover`).
 fn choose_handover(
     config: &Config,
     args: &BackfillArgs,
-    state: &StateTopic,
+    store: &Store,
 ) -> anyhow::Result<Handover> {
     let margin = i64::try_from(args.handover_margin.as_millis()).unwrap_or(i64::MAX);
+    let state = match store {
+        Store::Topic(state) => state,
+        Store::File(_) => {
+            let until = args.until.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "invalid value for BACKFILL_UNTIL: with BACKFILL_STATE_FILE there is no stream's start to hand over to; give BACKFILL_UNTIL (an RFC 3339 time), or --follow to keep reading new events"
+                )
+            })?;
+            return Ok(Handover {
+                overlap_from_ms: until.timestamp_millis(),
+                until_ms: until.timestamp_millis(),
+            });
+        }
+    };
     let recorded = tokio::task::block_in_place(|| -> anyhow::Result<_> {
         let partitions = state.stream_partitions(config)?;
         let starts = state.stream_starts()?;
@@ -313,50 +394,94 @@ fn choose_handover(
         }
         (None, Ok(handover)) => Ok(handover),
         (None, Err(e)) => Err(anyhow::anyhow!(
-            "cannot tell where the stream's group {} started: {e}. Start the connector first (it records where it starts reading in STATE_TOPIC {}), or give BACKFILL_UNTIL",
+            "cannot tell where the stream's group {} started: {e}. Start the connector first (it records where it starts reading in STATE_TOPIC {}), or give BACKFILL_UNTIL, or --follow where no stream runs",
             config.kafka_consumer_group,
             config.state_topic
         )),
     }
 }
 
-fn source_errors(metrics: &BackfillMetrics) -> prometheus::IntCounter {
-    metrics.source_errors.clone()
+/// How source calls are retried: transient failures for up to
+/// BACKFILL_RETRY_FOR_MS, throttling for as long as the source asks.
+#[derive(Clone)]
+struct Retry {
+    errors: prometheus::IntCounter,
+    retry_for: Duration,
+    /// The option naming where the source is.
+    location: &'static str,
+    waiting: Waiting,
 }
 
-/// Runs `op` until it succeeds, is refused, or has failed for `retry_for`.
-async fn retrying<T, F, Fut>(
-    errors: &prometheus::IntCounter,
-    retry_for: Duration,
-    cancel: &CancellationToken,
-    mut op: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SourceError>>,
-{
-    let since = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_transient() && since.elapsed() < retry_for => {
-                errors.inc();
-                if crate::ops::log_limit::worth_logging(attempt.into()) {
-                    warn!(error = %e, attempt, "reading from ClickHouse failed; retrying");
+impl Retry {
+    /// After attempt `attempt` failed with `e` (failing since `since`, None
+    /// when throttled only): how long to wait before the next, or the error
+    /// that ends the backfill.
+    fn after(
+        &self,
+        e: SourceError,
+        since: &mut Option<Instant>,
+        attempt: &mut u32,
+    ) -> anyhow::Result<Duration> {
+        match e {
+            SourceError::Throttled { wait, message } => {
+                if crate::ops::log_limit::worth_logging((*attempt).into()) {
+                    warn!("{message}");
                 }
-                pause(backoff(attempt), cancel)
-                    .await
-                    .map_err(|_| interrupted())?;
-                attempt = attempt.saturating_add(1);
+                self.set_waiting(Some(format!(
+                    "throttled by the source (HTTP 429), next request in {} s",
+                    wait.as_secs()
+                )));
+                *attempt = attempt.saturating_add(1);
+                Ok(wait)
             }
-            Err(e @ SourceError::Transient(_)) => {
-                anyhow::bail!(
-                    "{e} (failed for {} s; check CLICKHOUSE_HOST)",
-                    since.elapsed().as_secs()
-                )
+            SourceError::Transient(_) => {
+                self.errors.inc();
+                let failing = since.get_or_insert_with(Instant::now).elapsed();
+                if failing >= self.retry_for {
+                    anyhow::bail!(
+                        "{e} (failed for {} s; check {})",
+                        failing.as_secs(),
+                        self.location
+                    );
+                }
+                if crate::ops::log_limit::worth_logging((*attempt).into()) {
+                    warn!(error = %e, attempt = *attempt, "reading from the source failed; retrying");
+                }
+                let wait = backoff(*attempt);
+                self.set_waiting(Some(format!(
+                    "the source is failing, retrying in {} s",
+                    wait.as_secs_f64().ceil()
+                )));
+                *attempt = attempt.saturating_add(1);
+                Ok(wait)
             }
-            Err(e) => anyhow::bail!("{e}"),
+            refused => Err(anyhow::anyhow!("{refused}")),
+        }
+    }
+
+    fn set_waiting(&self, what: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    /// Runs `op` until it succeeds, is refused, or has failed for too long.
+    async fn run<T, F, Fut>(&self, cancel: &CancellationToken, mut op: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SourceError>>,
+    {
+        let mut since = None;
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.set_waiting(None);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    let wait = self.after(e, &mut since, &mut attempt)?;
+                    pause(wait, cancel).await.map_err(|_| interrupted())?;
+                }
+            }
         }
     }
 }
@@ -367,12 +492,14 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Reads pages and hands their rows to the worker.
 struct Feeder<'a> {
-    source: &'a ClickHouse,
+    source: &'a Source,
     /// What is left to read: `after` moves with every row handed over.
     range: Range,
     page_rows: usize,
     visibility_delay: Duration,
-    retry_for: Duration,
+    /// `--follow`: how often to look for new rows once caught up.
+    follow: Option<Duration>,
+    retry: Retry,
     max_buffered: usize,
     metrics: Arc<BackfillMetrics>,
 }
@@ -395,6 +522,7 @@ impl Feeder<'_> {
         let mut next_offset = 0i64;
         let mut failing_since: Option<Instant> = None;
         let mut attempt = 0u32;
+        let mut caught_up_once = false;
         loop {
             // Rows become visible a moment after their ingestion time: nothing
             // more recent than the visibility delay is read yet.
@@ -414,38 +542,42 @@ impl Feeder<'_> {
                 None => {
                     failing_since = None;
                     attempt = 0;
+                    self.retry.set_waiting(None);
                 }
-                Some(e) if e.is_transient() => {
-                    self.metrics.source_errors.inc();
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.retry_for {
-                        anyhow::bail!(
-                            "{e} (failed for {} s; check CLICKHOUSE_HOST)",
-                            since.elapsed().as_secs()
-                        );
-                    }
-                    if crate::ops::log_limit::worth_logging(attempt.into()) {
-                        warn!(error = %e, "reading a page from ClickHouse failed; resuming after the last row read");
-                    }
-                    pause(backoff(attempt), cancel)
-                        .await
-                        .map_err(|_| interrupted())?;
-                    attempt = attempt.saturating_add(1);
+                Some(e) => {
+                    // The next page starts after the last row handed over.
+                    let wait = self.retry.after(e, &mut failing_since, &mut attempt)?;
+                    pause(wait, cancel).await.map_err(|_| interrupted())?;
                     continue;
                 }
-                Some(e) => anyhow::bail!("{e}"),
             }
             if rows == self.page_rows {
+                continue;
+            }
+            if let Some(interval) = self.follow {
+                // Caught up with what is visible: look again later.
+                if !caught_up_once {
+                    caught_up_once = true;
+                    info!(
+                        interval_ms = interval.as_millis() as u64,
+                        "history sent; following newly ingested events"
+                    );
+                }
+                self.retry.set_waiting(Some(format!(
+                    "following, caught up; next look in {} s",
+                    interval.as_secs_f64().ceil()
+                )));
+                pause(interval, cancel).await.map_err(|_| interrupted())?;
                 continue;
             }
             if page_range.until_us >= self.range.until_us {
                 // A short page should mean the end; a server that cuts
                 // answers short without an error (result_overflow_mode=break,
                 // a proxy) would make it look so. Only a count says so.
-                let left = retrying(&self.metrics.source_errors, self.retry_for, cancel, || {
-                    self.source.count(&self.range)
-                })
-                .await?;
+                let left = self
+                    .retry
+                    .run(cancel, || self.source.count(&self.range))
+                    .await?;
                 if left == 0 {
                     let _ = fed.send(Fed::End(next_offset));
                     return Ok(());
@@ -547,7 +679,7 @@ impl Feeder<'_> {
 
 /// Follows the worker's frontier: checkpoints, progress, the lock.
 struct Tracker {
-    state: StateTopic,
+    store: Store,
     key: String,
     checkpoint: Checkpoint,
     positions: Positions,
@@ -558,6 +690,7 @@ struct Tracker {
     done_this_run: u64,
     started: Instant,
     overlap: u64,
+    waiting: Waiting,
 }
 
 impl Tracker {
@@ -572,14 +705,20 @@ impl Tracker {
         self.checkpoint.totals.plus(this_run)
     }
 
-    fn snapshot(&self, waiting: Option<&'static str>) -> progress::Snapshot {
+    fn snapshot(&self) -> progress::Snapshot {
+        let done = self.done_before_run + self.done_this_run;
         progress::Snapshot {
-            done: self.done_before_run + self.done_this_run,
-            total: self.total,
+            done,
+            // Following, the rows keep coming.
+            total: self.total.max(done),
             done_this_run: self.done_this_run,
             elapsed: self.started.elapsed(),
             cursor_us: self.checkpoint.cursor.as_ref().map(|c| c.ingested_at_us),
-            waiting,
+            waiting: self
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -612,7 +751,7 @@ impl Tracker {
         if complete {
             checkpoint.totals.overlap = self.overlap;
         }
-        self.state
+        self.store
             .put(&self.key, &checkpoint, cancel)
             .await
             .map_err(|_| interrupted())
@@ -634,7 +773,7 @@ async fn pipeline(
     worker: partition::Handle,
     mut tracker: Tracker,
     mut progress: mpsc::UnboundedReceiver<Progress>,
-    lock: Lock,
+    lock: Held,
     config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Totals> {
@@ -646,6 +785,7 @@ async fn pipeline(
     let mut saved_at_rows = 0u64;
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
+    let mut shown_waiting: Option<String> = None;
     let line_every = if tty {
         Duration::from_secs(2)
     } else {
@@ -699,9 +839,12 @@ async fn pipeline(
             }
             saved_at_rows = rows;
         }
-        if last_line.elapsed() >= line_every {
+        let snapshot = tracker.snapshot();
+        // A new reason to wait (a throttle, caught up) is shown at once.
+        if last_line.elapsed() >= line_every || snapshot.waiting != shown_waiting {
             last_line = Instant::now();
-            report(&tracker.snapshot(None), tty);
+            shown_waiting = snapshot.waiting.clone();
+            report(&snapshot, tty);
         }
     };
     drop(feeding);
@@ -729,7 +872,7 @@ async fn pipeline(
     {
         warn!("could not write the last checkpoint; a restart resumes from the one before");
     }
-    report(&tracker.snapshot(None), tty);
+    report(&tracker.snapshot(), tty);
     match failure {
         None => {
             let mut totals = tracker.totals();

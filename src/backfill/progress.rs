@@ -8,7 +8,7 @@ use super::checkpoint::Totals;
 use super::source::from_micros;
 
 /// Rows done (checkpointed) of the rows to read, at `elapsed` since this run started.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub done: u64,
     pub total: u64,
@@ -16,8 +16,9 @@ pub struct Snapshot {
     pub done_this_run: u64,
     pub elapsed: Duration,
     pub cursor_us: Option<i64>,
-    /// Waiting for ClickHouse to answer again, or for the bound to pass.
-    pub waiting: Option<&'static str>,
+    /// What the backfill waits for: the source to answer again, its
+    /// throttle, new rows (following).
+    pub waiting: Option<String>,
 }
 
 impl Snapshot {
@@ -52,6 +53,7 @@ impl Snapshot {
         );
         let waiting = self
             .waiting
+            .as_ref()
             .map(|w| format!(", waiting: {w}"))
             .unwrap_or_default();
         format!(
@@ -116,11 +118,11 @@ mod tests {
             done_this_run: 0,
             elapsed: Duration::ZERO,
             cursor_us: None,
-            waiting: Some("ClickHouse unreachable, retrying"),
+            waiting: Some("throttled by the source (HTTP 429), next request in 42 s".into()),
         };
         assert_eq!(
             s.line(),
-            "backfill: 0/10 rows (0.0%), 0 rows/s, ETA unknown, cursor start, waiting: ClickHouse unreachable, retrying"
+            "backfill: 0/10 rows (0.0%), 0 rows/s, ETA unknown, cursor start, waiting: throttled by the source (HTTP 429), next request in 42 s"
         );
     }
 

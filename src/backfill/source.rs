@@ -1,20 +1,25 @@
 //! What the backfill needs of a place that holds PostHog's events: a count,
 //! and keyset pages in ingestion order. The cursor, the hand-over and the
-//! checkpoints know nothing of where rows come from; `clickhouse` is one
-//! such place.
+//! checkpoints know nothing of where rows come from; `clickhouse` (PostHog's
+//! ClickHouse) and `api` (PostHog's query API) are two such places, and
+//! [`Source`] is either.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::config::HistoryStart;
+use super::api::{self, Api};
+use super::clickhouse::{self, ClickHouse};
+use crate::config::{BackfillArgs, HistoryStart, SourceKind};
 
 /// A position in ingestion order: rows strictly after it come next. Rows
 /// are ordered by (ingestion time, uuid), which is unique per row but for
 /// the unmerged duplicates of PostHog's ReplacingMergeTree (the same event).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
-    /// Ingestion time (the source's: ClickHouse's insertion time),
-    /// microseconds since the epoch.
+    /// Ingestion time (the source's: ClickHouse's insertion time, or the
+    /// API's `created_at`), microseconds since the epoch.
     pub ingested_at_us: i64,
     pub uuid: String,
 }
@@ -52,11 +57,104 @@ pub enum SourceError {
         option: &'static str,
         message: String,
     },
+    /// The source asks to wait (HTTP 429 and `Retry-After`): not a failure.
+    #[error("{message}")]
+    Throttled { wait: Duration, message: String },
 }
 
 impl SourceError {
+    /// Worth asking again (after a wait).
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Transient(_))
+        matches!(
+            self,
+            SourceError::Transient(_) | SourceError::Throttled { .. }
+        )
+    }
+}
+
+/// Where a backfill reads rows: one of the two sources.
+pub enum Source {
+    ClickHouse(ClickHouse),
+    Api(Api),
+}
+
+impl Source {
+    pub fn new(args: &BackfillArgs) -> anyhow::Result<Self> {
+        Ok(match args.source() {
+            SourceKind::Api => Source::Api(Api::new(args)?),
+            _ => Source::ClickHouse(ClickHouse::new(args)?),
+        })
+    }
+
+    /// `clickhouse` or `api`, as BACKFILL_SOURCE names it (kept in the checkpoint).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::ClickHouse(_) => "clickhouse",
+            Source::Api(_) => "api",
+        }
+    }
+
+    /// The option that says where the source is, for errors that persist.
+    pub fn location_option(&self) -> &'static str {
+        match self {
+            Source::ClickHouse(_) => "CLICKHOUSE_HOST",
+            Source::Api(_) => "POSTHOG_API_URL",
+        }
+    }
+
+    /// A name for the worker's pseudo-partition and the logs.
+    pub fn name(&self) -> String {
+        match self {
+            Source::ClickHouse(c) => format!("clickhouse:{}.events", c.database()),
+            Source::Api(a) => format!("posthog-api:project-{}.events", a.project_id()),
+        }
+    }
+
+    pub async fn check(&self) -> Result<(), SourceError> {
+        match self {
+            Source::ClickHouse(c) => c.check().await,
+            Source::Api(a) => a.check().await,
+        }
+    }
+
+    /// Rows in `range`.
+    pub async fn count(&self, range: &Range) -> Result<u64, SourceError> {
+        match self {
+            Source::ClickHouse(c) => c.count(range).await,
+            Source::Api(a) => a.count(range).await,
+        }
+    }
+
+    /// Rows in `range` ingested at or after `from_us` (the overlap window).
+    pub async fn count_since(&self, range: &Range, from_us: i64) -> Result<u64, SourceError> {
+        match self {
+            Source::ClickHouse(c) => c.count_since(range, from_us).await,
+            Source::Api(a) => a.count_since(range, from_us).await,
+        }
+    }
+
+    /// Starts reading one page of `range`: at most `limit` rows, in order.
+    pub async fn page(&self, range: &Range, limit: usize) -> Result<Page, SourceError> {
+        Ok(match self {
+            Source::ClickHouse(c) => Page::ClickHouse(c.page(range, limit).await?),
+            Source::Api(a) => Page::Api(a.page(range, limit).await?),
+        })
+    }
+}
+
+/// A page being read.
+pub enum Page {
+    ClickHouse(clickhouse::Page),
+    Api(api::Page),
+}
+
+impl Page {
+    /// The next row, or None at the end of the page.
+    pub async fn next_row(&mut self) -> Result<Option<Row>, SourceError> {
+        match self {
+            Page::ClickHouse(p) => p.next_row().await,
+            Page::Api(p) => Ok(p.next_row()),
+        }
     }
 }
 

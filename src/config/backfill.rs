@@ -1,7 +1,10 @@
-//! The options of `patterns-connector backfill`: where PostHog's ClickHouse
-//! is, and which part of a project's history to send. They take PostHog's
-//! own names where PostHog has one (`CLICKHOUSE_HOST`, `CLICKHOUSE_DATABASE`,
-//! `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`). The connector's options
+//! The options of `patterns-connector backfill`: where PostHog's events are
+//! read from (its ClickHouse, or its query API), and which part of a
+//! project's history to send. They take PostHog's own names where PostHog
+//! has one (`CLICKHOUSE_HOST`, `CLICKHOUSE_DATABASE`, `CLICKHOUSE_USER`,
+//! `CLICKHOUSE_PASSWORD`); the API's follow Patterns' PostHog extractor
+//! (`POSTHOG_API_URL`, `POSTHOG_PROJECT_ID`, `POSTHOG_PERSONAL_API_KEY`).
+//! The connector's options
 //! (webhook, batching, filters, dead letters, `KAFKA_CONSUMER_GROUP`,
 //! `STATE_TOPIC`) apply to the backfill as they do to the stream.
 
@@ -9,7 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
+use clap::{ArgAction, Args, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
@@ -94,6 +97,44 @@ pub fn optional_time(raw: &str) -> Result<Option<DateTime<Utc>>, Problem> {
 
 pub type OptionalTime = Option<DateTime<Utc>>;
 
+/// `BACKFILL_SOURCE`: where the backfill reads PostHog's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// `api` when a personal API key is given, else `clickhouse`.
+    Auto,
+    /// PostHog's ClickHouse, over its HTTP interface (`CLICKHOUSE_*`).
+    Clickhouse,
+    /// PostHog's query API (`POSTHOG_API_URL`, `POSTHOG_PROJECT_ID`,
+    /// `POSTHOG_PERSONAL_API_KEY`): PostHog Cloud, or an install whose
+    /// ClickHouse is out of reach.
+    Api,
+}
+
+/// A PostHog instance's base URL (`https://us.posthog.com`, `http://posthog.internal:8000`).
+pub fn api_url(raw: &str) -> Result<Url, Problem> {
+    let raw = raw.trim();
+    let expected = || {
+        Problem(format!(
+            "expected the PostHog instance's http(s) base URL, such as https://us.posthog.com, got {raw:?}"
+        ))
+    };
+    let url = Url::parse(raw).map_err(|_| expected())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(expected());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Problem(
+            "credentials in the URL are not supported: use POSTHOG_PERSONAL_API_KEY".into(),
+        ));
+    }
+    if url.query().is_some() {
+        return Err(Problem(format!(
+            "expected a base URL without a query string, got {raw:?}"
+        )));
+    }
+    Ok(url)
+}
+
 #[derive(Args, Clone)]
 pub struct BackfillArgs {
     /// PostHog's ClickHouse HTTP interface: a host (port 8123) or a URL.
@@ -117,14 +158,63 @@ pub struct BackfillArgs {
     #[arg(long, env = "CLICKHOUSE_PASSWORD_FILE", value_parser = values::secret_file)]
     pub clickhouse_password_file: Option<SecretFile>,
 
+    /// Where the events are read: `clickhouse`, `api` (PostHog's query
+    /// API), or `auto`: `api` when POSTHOG_PERSONAL_API_KEY is given.
+    #[arg(long = "source", env = "BACKFILL_SOURCE", value_name = "BACKFILL_SOURCE",
+          value_enum, default_value = "auto")]
+    pub source: SourceKind,
+
+    /// The PostHog instance whose query API is read (`api` source):
+    /// https://us.posthog.com, https://eu.posthog.com, or a self-hosted URL.
+    #[arg(long = "posthog-api-url", env = "POSTHOG_API_URL", value_name = "POSTHOG_API_URL",
+          default_value = "https://us.posthog.com", value_parser = api_url)]
+    pub api_url: Url,
+
+    /// The project (its id in PostHog's URLs, /project/<id>) whose events
+    /// the `api` source reads.
+    #[arg(long = "posthog-project-id", env = "POSTHOG_PROJECT_ID", value_name = "POSTHOG_PROJECT_ID",
+          default_value = "", value_parser = values::team_id)]
+    pub project_id: Option<i64>,
+
+    /// A personal API key with the `query:read` scope (`api` source). Never logged.
+    #[arg(long = "posthog-personal-api-key", env = "POSTHOG_PERSONAL_API_KEY",
+          value_name = "POSTHOG_PERSONAL_API_KEY", default_value = "", hide_default_value = true,
+          hide_env_values = true, value_parser = values::secret)]
+    pub personal_api_key: SecretString,
+
+    /// File holding the personal API key; wins over POSTHOG_PERSONAL_API_KEY.
+    #[arg(long = "posthog-personal-api-key-file", env = "POSTHOG_PERSONAL_API_KEY_FILE",
+          value_name = "POSTHOG_PERSONAL_API_KEY_FILE", value_parser = values::secret_file)]
+    pub personal_api_key_file: Option<SecretFile>,
+
+    /// Keep going after history: read newly ingested events as they become
+    /// visible (BACKFILL_VISIBILITY_DELAY_MS behind now), every
+    /// BACKFILL_FOLLOW_INTERVAL_MS, until stopped.
+    #[arg(long = "follow", env = "BACKFILL_FOLLOW", value_name = "BACKFILL_FOLLOW",
+          default_value = "false", num_args = 0..=1, default_missing_value = "true",
+          action = ArgAction::Set, value_parser = values::boolean)]
+    pub follow: bool,
+
+    /// With --follow: how often to ask for newly ingested events once caught up.
+    #[arg(long = "follow-interval-ms", env = "BACKFILL_FOLLOW_INTERVAL_MS",
+          value_name = "BACKFILL_FOLLOW_INTERVAL_MS", default_value = "60000",
+          value_parser = values::millis(100, 24 * 3_600_000))]
+    pub follow_interval: Duration,
+
+    /// A file keeping the checkpoint (and a lock) instead of STATE_TOPIC:
+    /// for a backfill with no Kafka to reach (PostHog Cloud).
+    #[arg(long = "state-file", env = "BACKFILL_STATE_FILE", value_name = "BACKFILL_STATE_FILE",
+          default_value = "", value_parser = values::optional)]
+    pub state_file: Option<String>,
+
     /// Where history starts: `all`, or an RFC 3339 time (events whose own
     /// timestamp is at or after it).
     #[arg(long = "from", env = "BACKFILL_FROM", value_name = "BACKFILL_FROM",
           default_value = "all", value_parser = history_start)]
     pub from: HistoryStart,
 
-    /// Where history ends, by ingestion time (when ClickHouse inserted the
-    /// row: `inserted_at`, else `_timestamp`). Empty (the
+    /// Where history ends, by ingestion time (ClickHouse: when it inserted
+    /// the row, `inserted_at`, else `_timestamp`; the API: `created_at`). Empty (the
     /// default): where the stream's group started, from its record in
     /// STATE_TOPIC, plus BACKFILL_HANDOVER_MARGIN_MS.
     #[arg(long = "until", env = "BACKFILL_UNTIL", value_name = "BACKFILL_UNTIL",
@@ -160,6 +250,20 @@ pub struct BackfillArgs {
 }
 
 impl BackfillArgs {
+    /// The source to read: `auto` resolved.
+    pub fn source(&self) -> SourceKind {
+        match self.source {
+            SourceKind::Auto if self.api_key().is_some() => SourceKind::Api,
+            SourceKind::Auto => SourceKind::Clickhouse,
+            other => other,
+        }
+    }
+
+    /// The personal API key, from its file or its value; None when empty.
+    pub fn api_key(&self) -> Option<SecretString> {
+        choose(&self.personal_api_key, self.personal_api_key_file.as_ref())
+    }
+
     /// The password, from its file or its value; None when empty.
     pub fn password(&self) -> Option<SecretString> {
         choose(
@@ -172,6 +276,23 @@ impl BackfillArgs {
 impl fmt::Debug for BackfillArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackfillArgs")
+            .field("BACKFILL_SOURCE", &self.source())
+            .field("POSTHOG_API_URL", &self.api_url.as_str())
+            .field("POSTHOG_PROJECT_ID", &self.project_id)
+            .field(
+                "POSTHOG_PERSONAL_API_KEY",
+                &if self.api_key().is_some() {
+                    "<set>"
+                } else {
+                    "<empty>"
+                },
+            )
+            .field("BACKFILL_FOLLOW", &self.follow)
+            .field(
+                "BACKFILL_FOLLOW_INTERVAL_MS",
+                &self.follow_interval.as_millis(),
+            )
+            .field("BACKFILL_STATE_FILE", &self.state_file)
             .field("CLICKHOUSE_HOST", &self.clickhouse_host.to_string())
             .field("CLICKHOUSE_DATABASE", &self.clickhouse_database)
             .field("CLICKHOUSE_USER", &self.clickhouse_user)
@@ -216,6 +337,17 @@ mod tests {
         assert!(url("").is_err());
         let refused = url("http://default:hunter2@clickhouse:8123").unwrap_err();
         assert!(!refused.0.contains("hunter2"), "{}", refused.0);
+    }
+
+    #[test]
+    fn posthog_api_url_is_a_base_url_without_credentials() {
+        assert_eq!(
+            api_url("https://eu.posthog.com").unwrap().as_str(),
+            "https://eu.posthog.com/"
+        );
+        assert!(api_url("posthog.example").unwrap_err().0.contains("base URL"));
+        let refused = api_url("https://me:phx_secret@us.posthog.com").unwrap_err();
+        assert!(!refused.0.contains("phx_secret"), "{}", refused.0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod values;
 #[cfg(test)]
 mod tests;
 
-pub use backfill::{BackfillArgs, ClickHouseUrl, HistoryStart};
+pub use backfill::{BackfillArgs, ClickHouseUrl, HistoryStart, SourceKind};
 pub(crate) use kafka_properties::is_secret_key;
 pub use kafka_properties::{
     classic_only_key, consumer_only_key, parse_kafka_properties, refused_kafka_property,
