@@ -49,15 +49,16 @@ ensure_deploy_tools() {
 # ClickHouse stand-in the backfill tests run (tests/clickhouse/standin.py).
 # Exports CHDB_PYTHON, the venv's python. Env: CHDB_VENV (default target/chdb-venv).
 ensure_chdb() {
-  local venv=${CHDB_VENV:-$PWD/target/chdb-venv} version=26.9.0
-  if ! "$venv/bin/python" -c "import sys, chdb; sys.exit(chdb.__version__ != '$version')" 2>/dev/null; then
+  local venv=${CHDB_VENV:-$PWD/target/chdb-venv} version=26.9.0 hogql=1.3.88
+  # hogql-parser: PostHog's HogQL parser, for the query API's stand-in (tests/posthog/).
+  if ! "$venv/bin/python" -c "import sys, chdb; from importlib.metadata import version as v; sys.exit(chdb.__version__ != '$version' or v('hogql-parser') != '$hogql')" 2>/dev/null; then
     command -v python3 >/dev/null || apt_install python3
     if [[ ! -x $venv/bin/python ]]; then
       rm -rf "$venv"
       python3 -m venv "$venv" >&2 || { rm -rf "$venv"; apt_install python3-venv; python3 -m venv "$venv" >&2; }
     fi
-    echo "installing chdb-core $version into $venv" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "chdb-core==$version" >&2
+    echo "installing chdb-core $version and hogql-parser $hogql into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "chdb-core==$version" "hogql-parser==$hogql" >&2
   fi
   export CHDB_PYTHON=$venv/bin/python
 }

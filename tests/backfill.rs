@@ -641,3 +641,386 @@ async fn a_second_backfill_of_the_same_team_and_group_waits_for_the_first() {
         "the second backfill sent events the first had sent"
     );
 }
+
+// ---- The query API source (tests/posthog/query_api.py in front of the same chdb tables) ----
+
+/// A row with a person and a group on every third event, as PostHog's
+/// persons-on-events writes them.
+fn row_with_person(
+    uuid: &str,
+    team: i64,
+    n: u64,
+    ts: DateTime<Utc>,
+    created: DateTime<Utc>,
+) -> Value {
+    let mut r = row(uuid, team, n, ts, created, properties(n));
+    if n % 3 == 0 {
+        r["person_id"] = json!(format!("0190b3a0-1111-7000-8000-{:012}", n % 50));
+        r["person_properties"] = json!(
+            json!({"email": format!("p{}@example.com", n % 50), "plan": "pro/✓"}).to_string()
+        );
+        r["person_created_at"] = json!("2024-01-02 03:04:05.678");
+        r["group0_properties"] = json!(json!({"name": "acme"}).to_string());
+    }
+    r
+}
+
+/// The environment of a backfill through the query API stand-in.
+fn api_env<'a>(
+    api: &'a str,
+    state_file: &'a str,
+    project: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("BACKFILL_SOURCE", "api"),
+        ("POSTHOG_API_URL", api),
+        ("POSTHOG_PROJECT_ID", project),
+        ("POSTHOG_PERSONAL_API_KEY", common::posthog_api::KEY),
+        ("BACKFILL_STATE_FILE", state_file),
+    ]
+}
+
+fn state_file(name: &str) -> String {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}.json", unique(name)))
+        .display()
+        .to_string()
+}
+
+/// Each delivered event's JSON text, by uuid (the last copy wins).
+fn events_as_sent(receiver: &Receiver) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for request in receiver.requests() {
+        let Ok(events) =
+            serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&request.body)
+        else {
+            continue;
+        };
+        for event in events {
+            let v: Value = serde_json::from_str(event.get()).expect("an event");
+            out.insert(
+                v["uuid"].as_str().expect("uuid").to_owned(),
+                event.get().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sources_deliver_the_same_events_byte_for_byte() {
+    let run = run_id();
+    let (group, state, dlq) = names("bf-both");
+    let clickhouse = ClickHouse::start("default", "pw-both");
+    let base = Utc::now() - chrono::Duration::days(3);
+    let until = base + chrono::Duration::seconds(120);
+    // 1,200 events of the team, 10 per second of ingestion (so some share a
+    // created_at to the microsecond: 1 in 4 is ingested at the same instant
+    // as the one before); every 40th arrived late (its own timestamp two days
+    // before its ingestion); 200 ingested after the bound; another team's.
+    let mut rows = Vec::new();
+    for i in 0..1_400u64 {
+        let mut created = base + chrono::Duration::milliseconds(i as i64 * 100 * 1_400 / 1_200);
+        if i % 4 == 1 {
+            created = base + chrono::Duration::milliseconds((i as i64 - 1) * 100 * 1_400 / 1_200);
+        }
+        let ts = if i % 40 == 7 {
+            created - chrono::Duration::days(2)
+        } else {
+            created - chrono::Duration::milliseconds(40)
+        };
+        rows.push(row_with_person(
+            &sample::uuid_for(run, i),
+            TEAM,
+            i,
+            ts,
+            created,
+        ));
+    }
+    for i in 0..50u64 {
+        rows.push(row(
+            &sample::uuid_for(run, 10_000 + i),
+            OTHER_TEAM,
+            i,
+            base,
+            base,
+            properties(i),
+        ));
+    }
+    clickhouse.insert_rows("posthog.events", &rows);
+    let expected: HashSet<String> = (0..1_400u64)
+        .filter(|i| {
+            let created = base
+                + chrono::Duration::milliseconds(
+                    (if i % 4 == 1 { i - 1 } else { *i }) as i64 * 100 * 1_400 / 1_200,
+                );
+            created < until
+        })
+        .map(|i| sample::uuid_for(run, i))
+        .collect();
+    assert!(
+        expected.len() > 1_000 && expected.len() < 1_400,
+        "{}",
+        expected.len()
+    );
+    let until = until.to_rfc3339();
+    let common_env = [
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("STATE_TOPIC", state.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BACKFILL_PAGE_ROWS", "97"),
+    ];
+
+    let from_clickhouse = Receiver::start().await;
+    let (ok, output, logs) = Backfill::run(&clickhouse, &from_clickhouse.url(), &common_env).await;
+    assert!(ok, "clickhouse source: {output}\n{logs}");
+
+    let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, None);
+    let from_api = Receiver::start().await;
+    let (url, file) = (api.url(), state_file("bf-both-api"));
+    let mut env = common_env.to_vec();
+    env.extend(api_env(&url, &file, "2"));
+    let (ok, output, logs) = Backfill::run(&clickhouse, &from_api.url(), &env).await;
+    assert!(ok, "api source: {output}\n{logs}\nstand-in: {}", api.logs());
+    assert_eq!(
+        summary_count(&output, "rows read"),
+        expected.len() as u64,
+        "{output}"
+    );
+
+    let a = events_as_sent(&from_clickhouse);
+    let b = events_as_sent(&from_api);
+    assert_eq!(
+        a.keys().cloned().collect::<HashSet<_>>(),
+        expected,
+        "the ClickHouse source's set"
+    );
+    assert_eq!(
+        b.keys().cloned().collect::<HashSet<_>>(),
+        expected,
+        "the API source's set"
+    );
+    let mut persons = 0;
+    for (uuid, event) in &a {
+        assert_eq!(event, &b[uuid], "event {uuid} differs between the sources");
+        persons += usize::from(event.contains("\"person\":"));
+    }
+    assert!(persons > 300, "persons on {persons} events");
+    let stats = api.stats().await;
+    let queries = stats["queries"].as_array().expect("queries");
+    assert!(queries.len() >= 13, "{} queries", queries.len());
+    for q in queries {
+        let q = q.as_str().unwrap_or_default();
+        assert!(!q.to_uppercase().contains("OFFSET"), "{q}");
+    }
+    assert_eq!(stats["refused"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_delivers_rows_inserted_while_it_runs_through_late_visibility_and_a_kill() {
+    let run = run_id();
+    let (group, _, dlq) = names("bf-follow");
+    let clickhouse = ClickHouse::start("default", "pw-follow");
+    let history = 300u64;
+    let base = Utc::now() - chrono::Duration::days(10);
+    let rows: Vec<Value> = (0..history)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+    let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, None);
+    let receiver = Receiver::start().await;
+    let (url, file) = (api.url(), state_file("bf-follow"));
+    let page_rows = 50usize;
+    let page = page_rows.to_string();
+    let mut env = vec![
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_FOLLOW", "true"),
+        ("BACKFILL_FOLLOW_INTERVAL_MS", "300"),
+        // The safety lag: rows become visible up to 2.5 s late below.
+        ("BACKFILL_VISIBILITY_DELAY_MS", "3000"),
+        ("BACKFILL_PAGE_ROWS", page.as_str()),
+        ("BATCH_MAX_EVENTS", "20"),
+    ];
+    env.extend(api_env(&url, &file, "2"));
+    let mut b = Backfill::start(&clickhouse, &receiver.url(), &env);
+
+    // While it runs: 40 rounds of 10 rows, 250 ms apart; each row inserted
+    // with an ingestion time up to 2.5 s in the past (visible late).
+    let mut inserted = history;
+    let mut kills = 0;
+    for round in 0..40u64 {
+        let now = Utc::now();
+        let batch: Vec<Value> = (0..10u64)
+            .map(|k| {
+                let i = inserted + k;
+                let late = chrono::Duration::milliseconds(((i * 617) % 2_500) as i64);
+                row(
+                    &sample::uuid_for(run, i),
+                    TEAM,
+                    i,
+                    now - late,
+                    now - late,
+                    properties(i),
+                )
+            })
+            .collect();
+        clickhouse.insert_rows("posthog.events", &batch);
+        inserted += 10;
+        if round == 15 {
+            b.kill();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            b = Backfill::start(&clickhouse, &receiver.url(), &env);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let expected: HashSet<String> = (0..inserted).map(|i| sample::uuid_for(run, i)).collect();
+    eventually(
+        Duration::from_secs(60),
+        "every inserted row is delivered",
+        || receiver.delivered_uuids().is_superset(&expected),
+    )
+    .await;
+    // SIGTERM: following ends cleanly, its checkpoint saved.
+    let pid = b.child.as_ref().expect("running").id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = b.wait(Duration::from_secs(30)).await;
+    let (output, logs) = (b.output(), b.logs());
+    assert!(status.success(), "{status}\n{output}\n{logs}");
+    assert!(output.contains("following ended by a signal"), "{output}");
+    assert!(logs.contains("following newly ingested events"), "{logs}");
+    assert!(
+        logs.contains("resuming from the checkpoint") || kills == 0,
+        "{logs}"
+    );
+    let counts = uuid_counts(&receiver.delivered());
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    eprintln!("following: {inserted} rows, {duplicates} duplicates after {kills} kill");
+    assert!(
+        duplicates <= kills * page_rows,
+        "{duplicates} duplicates after {kills} kills: more than a page each"
+    );
+    assert!(std::fs::read_to_string(&file)
+        .expect("the state file")
+        .contains("\"follow\": true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_api_slows_the_backfill_and_loses_no_page() {
+    let run = run_id();
+    let (group, _, dlq) = names("bf-throttle");
+    let clickhouse = ClickHouse::start("default", "pw-throttle");
+    let n = 600u64;
+    let base = Utc::now() - chrono::Duration::days(5);
+    let rows: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+    // Four requests every 3 s: the ~11 the backfill needs take three windows.
+    let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, Some((4, 3.0)));
+    let receiver = Receiver::start().await;
+    let (url, file) = (api.url(), state_file("bf-throttle"));
+    let until = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let mut env = vec![
+        ("KAFKA_CONSUMER_GROUP", group.as_str()),
+        ("DLQ_TOPIC", dlq.as_str()),
+        ("BACKFILL_UNTIL", until.as_str()),
+        ("BACKFILL_PAGE_ROWS", "100"),
+        // Shorter than the throttle: a throttle is not a failure.
+        ("BACKFILL_RETRY_FOR_MS", "1000"),
+    ];
+    env.extend(api_env(&url, &file, "2"));
+    let (ok, output, logs) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
+    assert!(ok, "{output}\n{logs}");
+    let stats = api.stats().await;
+    assert!(stats["throttled"].as_u64().unwrap_or(0) >= 2, "{stats}");
+    assert!(
+        logs.contains("waiting: throttled by the source (HTTP 429), next request in"),
+        "the wait is not in the progress line: {logs}"
+    );
+    let counts = uuid_counts(&receiver.delivered());
+    assert_eq!(counts.len() as u64, n, "rows missing");
+    assert!(counts.values().all(|c| *c == 1), "a page was sent twice");
+    assert_eq!(summary_count(&output, "delivered"), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refusals_name_the_option_and_never_show_the_key() {
+    let (group, _, dlq) = names("bf-api-refuse");
+    let clickhouse = ClickHouse::start("default", "pw-refuse");
+    let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, None);
+    let receiver = Receiver::start().await;
+    let url = api.url();
+    let until = Utc::now().to_rfc3339();
+    let file = state_file("bf-api-refuse");
+    let cases: [(&str, &str, &str, &str); 5] = [
+        (
+            "wrong key",
+            "phx_wrong_key_66",
+            "2",
+            "POSTHOG_PERSONAL_API_KEY",
+        ),
+        (
+            "no scope",
+            common::posthog_api::UNSCOPED_KEY,
+            "2",
+            "query:read",
+        ),
+        (
+            "unknown project",
+            common::posthog_api::KEY,
+            "999",
+            "POSTHOG_PROJECT_ID",
+        ),
+        (
+            "not PostHog",
+            common::posthog_api::KEY,
+            "2",
+            "not PostHog's query API",
+        ),
+        (
+            "no project",
+            common::posthog_api::KEY,
+            "",
+            "POSTHOG_PROJECT_ID",
+        ),
+    ];
+    for (what, key, project, expected) in cases {
+        let base_url = if what == "not PostHog" {
+            clickhouse.url()
+        } else {
+            url.clone()
+        };
+        let env = vec![
+            ("KAFKA_CONSUMER_GROUP", group.as_str()),
+            ("DLQ_TOPIC", dlq.as_str()),
+            ("BACKFILL_UNTIL", until.as_str()),
+            ("BACKFILL_SOURCE", "api"),
+            ("POSTHOG_API_URL", base_url.as_str()),
+            ("POSTHOG_PROJECT_ID", project),
+            ("POSTHOG_PERSONAL_API_KEY", key),
+            ("BACKFILL_STATE_FILE", file.as_str()),
+        ];
+        let mut b = Backfill::start(&clickhouse, &receiver.url(), &env);
+        let status = b.wait(Duration::from_secs(30)).await;
+        let logs = b.logs();
+        assert!(!status.success(), "{what}: exited 0\n{logs}");
+        assert!(
+            logs.contains(expected),
+            "{what}: {expected:?} not in\n{logs}"
+        );
+        assert!(!logs.contains(key), "{what}: the key leaked:\n{logs}");
+        assert!(!b.output().contains(key), "{what}: the key leaked");
+    }
+    assert!(receiver.requests().is_empty());
+}

@@ -38,13 +38,19 @@ use crate::config::{BackfillArgs, HistoryStart};
 /// (ClickHouse's text, to the microsecond); the first column, `created_at`,
 /// is also the cursor's time.
 const COLUMNS: [(&str, &str); 17] = [
-    ("formatDateTime(created_at, '%Y-%m-%d %H:%i:%S.%f', 'UTC')", "created_at"),
+    (
+        "formatDateTime(created_at, '%Y-%m-%d %H:%i:%S.%f', 'UTC')",
+        "created_at",
+    ),
     ("toString(uuid)", "uuid"),
     ("distinct_id", "distinct_id"),
     ("event", "event"),
     ("team_id", "team_id"),
     ("properties", "properties"),
-    ("formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC')", "timestamp"),
+    (
+        "formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC')",
+        "timestamp",
+    ),
     ("elements_chain", "elements_chain"),
     (
         "nullIf(toString(poe.id), '00000000-0000-0000-0000-000000000000')",
@@ -93,7 +99,10 @@ fn uuid_literal(uuid: &str) -> String {
 fn conditions(range: &Range) -> String {
     let mut sql = format!("created_at < {}", time_literal(range.until_us));
     if let HistoryStart::From(from) = range.from {
-        sql += &format!(" AND timestamp >= {}", time_literal(from.timestamp_micros()));
+        sql += &format!(
+            " AND timestamp >= {}",
+            time_literal(from.timestamp_micros())
+        );
     }
     if let Some(after) = &range.after {
         let at = time_literal(after.ingested_at_us);
@@ -297,7 +306,9 @@ struct Answer<'a> {
 fn parse_answer(body: &[u8], width: Option<usize>) -> Result<Vec<Vec<&RawValue>>, SourceError> {
     let answer: Answer<'_> = serde_json::from_slice(body).map_err(|e| SourceError::Refused {
         option: "POSTHOG_API_URL",
-        message: format!("the answer is not PostHog's query JSON ({e}): is POSTHOG_API_URL a PostHog instance?"),
+        message: format!(
+            "the answer is not PostHog's query JSON ({e}): is POSTHOG_API_URL a PostHog instance?"
+        ),
     })?;
     let rows = answer.results.ok_or_else(|| SourceError::Refused {
         option: "POSTHOG_API_URL",
@@ -482,7 +493,10 @@ mod tests {
             "{q}"
         );
         assert!(q.contains("created_at >= toDateTime('2020-09-13 12:26:40.000001', 6, 'UTC') AND (created_at > toDateTime('2020-09-13 12:26:40.000001', 6, 'UTC') OR toString(uuid) > '0190b3a0-0000-7000-8000-000000000001')"), "{q}");
-        assert!(q.ends_with("ORDER BY created_at, toString(uuid) LIMIT 500"), "{q}");
+        assert!(
+            q.ends_with("ORDER BY created_at, toString(uuid) LIMIT 500"),
+            "{q}"
+        );
         assert!(!q.to_uppercase().contains("OFFSET"));
         assert!(q.contains("formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC')"));
     }
@@ -527,7 +541,13 @@ mod tests {
     fn an_answer_of_the_wrong_shape_names_the_url() {
         let e = parse_answer(b"<html>login</html>", None).unwrap_err();
         assert!(
-            matches!(e, SourceError::Refused { option: "POSTHOG_API_URL", .. }),
+            matches!(
+                e,
+                SourceError::Refused {
+                    option: "POSTHOG_API_URL",
+                    ..
+                }
+            ),
             "{e:?}"
         );
         let e = parse_answer(br#"{"results":[[1,2]],"columns":["a","b"]}"#, Some(3)).unwrap_err();
@@ -537,21 +557,77 @@ mod tests {
     #[test]
     fn refusals_name_the_option_and_throttling_waits() {
         let url = Url::parse("https://us.posthog.com/api/projects/7/query/").unwrap();
-        let c = |status, json, retry, body: &str| classify(status, json, retry, body.as_bytes(), 7, &url);
-        let e = c(401, true, None, r#"{"type":"authentication_error","code":"authentication_failed","detail":"Invalid key"}"#);
-        assert!(matches!(e, SourceError::Refused { option: "POSTHOG_PERSONAL_API_KEY", .. }));
+        let c = |status, json, retry, body: &str| {
+            classify(status, json, retry, body.as_bytes(), 7, &url)
+        };
+        let e = c(
+            401,
+            true,
+            None,
+            r#"{"type":"authentication_error","code":"authentication_failed","detail":"Invalid key"}"#,
+        );
+        assert!(matches!(
+            e,
+            SourceError::Refused {
+                option: "POSTHOG_PERSONAL_API_KEY",
+                ..
+            }
+        ));
         assert!(e.to_string().contains("Invalid key"), "{e}");
-        let e = c(403, true, None, r#"{"detail":"API key missing required scope 'query:read'"}"#);
+        let e = c(
+            403,
+            true,
+            None,
+            r#"{"detail":"API key missing required scope 'query:read'"}"#,
+        );
         assert!(e.to_string().contains("query:read"), "{e}");
-        assert!(matches!(e, SourceError::Refused { option: "POSTHOG_PERSONAL_API_KEY", .. }));
+        assert!(matches!(
+            e,
+            SourceError::Refused {
+                option: "POSTHOG_PERSONAL_API_KEY",
+                ..
+            }
+        ));
         let e = c(404, true, None, r#"{"detail":"Not found."}"#);
-        assert!(matches!(e, SourceError::Refused { option: "POSTHOG_PROJECT_ID", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                SourceError::Refused {
+                    option: "POSTHOG_PROJECT_ID",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = c(404, false, None, "<!DOCTYPE html><html>Not Found</html>");
-        assert!(matches!(e, SourceError::Refused { option: "POSTHOG_API_URL", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                SourceError::Refused {
+                    option: "POSTHOG_API_URL",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("an HTML page"), "{e}");
         let e = c(200, false, None, "<html>Log in</html>");
-        assert!(matches!(e, SourceError::Refused { option: "POSTHOG_API_URL", .. }), "{e:?}");
-        match c(429, true, Some(42), r#"{"detail":"Request was throttled."}"#) {
+        assert!(
+            matches!(
+                e,
+                SourceError::Refused {
+                    option: "POSTHOG_API_URL",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        match c(
+            429,
+            true,
+            Some(42),
+            r#"{"detail":"Request was throttled."}"#,
+        ) {
             SourceError::Throttled { wait, message } => {
                 assert_eq!(wait, Duration::from_secs(42));
                 assert!(message.contains("42 s"), "{message}");

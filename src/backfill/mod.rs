@@ -136,7 +136,11 @@ pub async fn run(
     ));
 
     let source = Source::new(&args)?;
-    info!(source = source.kind(), "reading events from {}", source.name());
+    info!(
+        source = source.kind(),
+        "reading events from {}",
+        source.name()
+    );
     let waiting: Waiting = Arc::default();
     let retry = Retry {
         errors: progress_metrics.source_errors.clone(),
@@ -320,6 +324,14 @@ pub async fn run(
                 &totals,
                 started.elapsed(),
                 &handover_text(&checkpoint),
+            ),
+        }),
+        // Following has no end: a signal is how it stops, and the checkpoint
+        // is saved (pipeline) for the next run to go on from.
+        Err(_) if checkpoint.follow && shutdown.is_cancelled() => Ok(Finished {
+            summary: format!(
+                "backfill stopped: team {team_id}: following ended by a signal after {:.1} s; the checkpoint is saved, run it again to go on",
+                started.elapsed().as_secs_f64()
             ),
         }),
         Err(e) => Err(e),

@@ -73,7 +73,10 @@ impl Store {
         match value {
             None => Ok(None),
             Some(value) => serde_json::from_slice(&value).map(Some).with_context(|| {
-                format!("the checkpoint {key} in {} is not readable", self.describe())
+                format!(
+                    "the checkpoint {key} in {} is not readable",
+                    self.describe()
+                )
             }),
         }
     }
@@ -117,9 +120,9 @@ fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, serde_json::Value>>
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).with_context(|| {
-            format!("cannot read BACKFILL_STATE_FILE {}", path.display())
-        }),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read BACKFILL_STATE_FILE {}", path.display()))
+        }
     }
 }
 
@@ -161,9 +164,9 @@ async fn file_lock(path: &Path, cancel: &CancellationToken) -> anyhow::Result<Fi
         })?;
     let mut told = false;
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match try_lock(&file) {
+            Ok(true) => return Ok(file),
+            Ok(false) => {
                 if !told {
                     info!(lock = %lock_path.display(), "another backfill holds the lock of this state file; waiting for it to end");
                     told = true;
@@ -172,11 +175,16 @@ async fn file_lock(path: &Path, cancel: &CancellationToken) -> anyhow::Result<Fi
                     .await
                     .map_err(|_| anyhow::anyhow!("interrupted while waiting for the lock"))?;
             }
-            Err(std::fs::TryLockError::Error(e)) => {
+            Err(e) => {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
             }
         }
     }
+}
+
+/// An exclusive `flock` without waiting: Ok(false) when another holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    fs4::fs_std::FileExt::try_lock_exclusive(file)
 }
 
 #[cfg(test)]
@@ -212,7 +220,10 @@ mod tests {
         assert_eq!(store.get("b").unwrap(), Some(checkpoint(2)));
         std::fs::write(dir.join("bad.json"), b"not json").unwrap();
         let bad = Store::File(dir.join("bad.json")).get("a").unwrap_err();
-        assert!(format!("{bad:#}").contains("BACKFILL_STATE_FILE"), "{bad:#}");
+        assert!(
+            format!("{bad:#}").contains("BACKFILL_STATE_FILE"),
+            "{bad:#}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -232,7 +243,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(!second.is_finished(), "the second took a held lock");
         drop(first);
-        assert!(second.await.unwrap(), "the second got the lock once released");
+        assert!(
+            second.await.unwrap(),
+            "the second got the lock once released"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -160,8 +160,13 @@ pub struct BackfillArgs {
 
     /// Where the events are read: `clickhouse`, `api` (PostHog's query
     /// API), or `auto`: `api` when POSTHOG_PERSONAL_API_KEY is given.
-    #[arg(long = "source", env = "BACKFILL_SOURCE", value_name = "BACKFILL_SOURCE",
-          value_enum, default_value = "auto")]
+    #[arg(
+        long = "source",
+        env = "BACKFILL_SOURCE",
+        value_name = "BACKFILL_SOURCE",
+        value_enum,
+        default_value = "auto"
+    )]
     pub source: SourceKind,
 
     /// The PostHog instance whose query API is read (`api` source):
@@ -174,7 +179,7 @@ pub struct BackfillArgs {
     /// the `api` source reads.
     #[arg(long = "posthog-project-id", env = "POSTHOG_PROJECT_ID", value_name = "POSTHOG_PROJECT_ID",
           default_value = "", value_parser = values::team_id)]
-    pub project_id: Option<i64>,
+    pub project_id: super::TeamId,
 
     /// A personal API key with the `query:read` scope (`api` source). Never logged.
     #[arg(long = "posthog-personal-api-key", env = "POSTHOG_PERSONAL_API_KEY",
@@ -205,7 +210,7 @@ pub struct BackfillArgs {
     /// for a backfill with no Kafka to reach (PostHog Cloud).
     #[arg(long = "state-file", env = "BACKFILL_STATE_FILE", value_name = "BACKFILL_STATE_FILE",
           default_value = "", value_parser = values::optional)]
-    pub state_file: Option<String>,
+    pub state_file: super::OptionalText,
 
     /// Where history starts: `all`, or an RFC 3339 time (events whose own
     /// timestamp is at or after it).
@@ -345,7 +350,10 @@ mod tests {
             api_url("https://eu.posthog.com").unwrap().as_str(),
             "https://eu.posthog.com/"
         );
-        assert!(api_url("posthog.example").unwrap_err().0.contains("base URL"));
+        assert!(api_url("posthog.example")
+            .unwrap_err()
+            .0
+            .contains("base URL"));
         let refused = api_url("https://me:phx_secret@us.posthog.com").unwrap_err();
         assert!(!refused.0.contains("phx_secret"), "{}", refused.0);
     }

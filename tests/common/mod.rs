@@ -27,6 +27,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
 pub mod clickhouse;
+pub mod posthog_api;
 pub mod steady;
 
 /// The broker every test uses.
