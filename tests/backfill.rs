@@ -913,7 +913,7 @@ async fn following_delivers_rows_inserted_while_it_runs_through_late_visibility_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttled_api_slows_the_backfill_and_loses_no_page() {
+async fn a_throttled_api_and_pages_that_run_out_of_time_lose_nothing() {
     let run = run_id();
     let (group, _, dlq) = names("bf-throttle");
     let clickhouse = ClickHouse::start("default", "pw-throttle");
@@ -926,8 +926,15 @@ async fn a_throttled_api_slows_the_backfill_and_loses_no_page() {
         })
         .collect();
     clickhouse.insert_rows("posthog.events", &rows);
-    // Four requests every 3 s: the ~11 the backfill needs take three windows.
-    let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, Some((4, 3.0)));
+    // Four requests every 3 s: the ~15 the backfill needs take four windows.
+    // A page above 150 rows runs out of PostHog's time: 400 rows, then 200,
+    // then 100 per page.
+    let api = common::posthog_api::QueryApi::start_with(
+        &clickhouse,
+        TEAM,
+        Some((4, 3.0)),
+        &["--timeout-above-rows", "150"],
+    );
     let receiver = Receiver::start().await;
     let (url, file) = (api.url(), state_file("bf-throttle"));
     let until = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
@@ -935,7 +942,9 @@ async fn a_throttled_api_slows_the_backfill_and_loses_no_page() {
         ("KAFKA_CONSUMER_GROUP", group.as_str()),
         ("DLQ_TOPIC", dlq.as_str()),
         ("BACKFILL_UNTIL", until.as_str()),
-        ("BACKFILL_PAGE_ROWS", "100"),
+        ("BACKFILL_PAGE_ROWS", "400"),
+        // The stream's team filter does not apply: the project is the URL's.
+        ("POSTHOG_TEAM_ID", "77"),
         // Shorter than the throttle: a throttle is not a failure.
         ("BACKFILL_RETRY_FOR_MS", "1000"),
     ];
@@ -947,6 +956,15 @@ async fn a_throttled_api_slows_the_backfill_and_loses_no_page() {
     assert!(
         logs.contains("waiting: throttled by the source (HTTP 429), next request in"),
         "the wait is not in the progress line: {logs}"
+    );
+    assert!(
+        logs.contains("a page ran out of time; reading smaller pages from now on"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("a page ran out of time").count(),
+        2,
+        "400 rows, then 200, then 100: {logs}"
     );
     let counts = uuid_counts(&receiver.delivered());
     assert_eq!(counts.len() as u64, n, "rows missing");

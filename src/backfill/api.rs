@@ -69,14 +69,25 @@ const COLUMNS: [(&str, &str); 17] = [
     ("goe_4.properties", "group4_properties"),
 ];
 
-/// `toDateTime('<UTC text>', 6, 'UTC')`: a bound HogQL reads in UTC, to the
-/// microsecond, whatever the project's timezone.
-fn time_literal(us: i64) -> String {
-    let t = super::source::from_micros(us);
+/// The ingestion time as fixed-width UTC text to the microsecond, which
+/// orders as the time does. Bounds and the cursor compare with it as text:
+/// nothing depends on how a HogQL version reads a time literal or which
+/// timezone it applies (`created_at` has no index to lose).
+const CREATED: &str = "formatDateTime(created_at, '%Y-%m-%d %H:%i:%S.%f', 'UTC')";
+
+/// `'YYYY-MM-DD HH:MM:SS.ffffff'` in UTC: the text `CREATED` gives.
+fn time_text(us: i64) -> String {
     format!(
-        "toDateTime('{}', 6, 'UTC')",
-        t.format("%Y-%m-%d %H:%M:%S%.6f")
+        "'{}'",
+        super::source::from_micros(us).format("%Y-%m-%d %H:%M:%S%.6f")
     )
+}
+
+/// `toDateTime('<UTC text>', 'UTC')`: a time HogQL reads in UTC (its
+/// `toDateTime` takes the timezone as its second argument and keeps
+/// microseconds), whatever the project's timezone.
+fn time_literal(us: i64) -> String {
+    format!("toDateTime({}, 'UTC')", time_text(us))
 }
 
 /// A string literal: only our own UUIDs reach one, checked, else the nil UUID.
@@ -97,17 +108,18 @@ fn uuid_literal(uuid: &str) -> String {
 
 /// `WHERE` of the rows of `range` (the project is the URL's).
 fn conditions(range: &Range) -> String {
-    let mut sql = format!("created_at < {}", time_literal(range.until_us));
+    let mut sql = format!("{CREATED} < {}", time_text(range.until_us));
     if let HistoryStart::From(from) = range.from {
+        // `timestamp` is in PostHog's sort key: a time, so the index helps.
         sql += &format!(
             " AND timestamp >= {}",
             time_literal(from.timestamp_micros())
         );
     }
     if let Some(after) = &range.after {
-        let at = time_literal(after.ingested_at_us);
+        let at = time_text(after.ingested_at_us);
         sql += &format!(
-            " AND created_at >= {at} AND (created_at > {at} OR toString(uuid) > {})",
+            " AND {CREATED} >= {at} AND ({CREATED} > {at} OR toString(uuid) > {})",
             uuid_literal(&after.uuid)
         );
     }
@@ -120,8 +132,8 @@ pub fn count_hogql(range: &Range) -> String {
 
 pub fn count_since_hogql(range: &Range, from_us: i64) -> String {
     format!(
-        "SELECT countIf(created_at >= {}) FROM events WHERE {}",
-        time_literal(from_us),
+        "SELECT countIf({CREATED} >= {}) FROM events WHERE {}",
+        time_text(from_us),
         conditions(range)
     )
 }
@@ -164,6 +176,9 @@ impl Api {
             // PostHog gives a query 60 s; the answer then has to arrive.
             .timeout(Duration::from_secs(180))
             .user_agent(concat!("patterns-connector/", env!("CARGO_PKG_VERSION")))
+            // A redirect (http to https, a login page) would drop the key
+            // or turn the POST into a GET: said, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Api {
             http,
@@ -386,6 +401,19 @@ pub fn classify(
     } else {
         String::new()
     };
+    if (300..400).contains(&status) {
+        return SourceError::Refused {
+            option: "POSTHOG_API_URL",
+            message: format!(
+                "{endpoint} answered HTTP {status}, a redirect: POSTHOG_API_URL must be the instance's own base URL (https, the host PostHog is served on), such as https://us.posthog.com"
+            ),
+        };
+    }
+    if (400..600).contains(&status) && ran_out_of_time(&detail) {
+        return SourceError::TooSlow(format!(
+            "PostHog stopped the query for taking too long (HTTP {status}: {detail})"
+        ));
+    }
     if !json && status != 429 && status < 500 {
         return SourceError::Refused {
             option: "POSTHOG_API_URL",
@@ -447,6 +475,21 @@ pub fn classify(
     }
 }
 
+/// PostHog's words for a query over its time limit (ClickHouse's
+/// TIMEOUT_EXCEEDED, or its own estimate refusing to start one).
+fn ran_out_of_time(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    [
+        "timeout_exceeded",
+        "timed out",
+        "timeout exceeded",
+        "estimated query execution time",
+        "query took too long",
+    ]
+    .iter()
+    .any(|words| detail.contains(words))
+}
+
 fn describe_body(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let lower = text.to_ascii_lowercase();
@@ -488,17 +531,24 @@ mod tests {
             uuid: "0190b3a0-0000-7000-8000-000000000001".into(),
         });
         let q = page_hogql(&r, 500);
+        let created = "formatDateTime(created_at, '%Y-%m-%d %H:%i:%S.%f', 'UTC')";
         assert!(
-            q.contains("created_at < toDateTime('2023-11-14 22:13:20.123456', 6, 'UTC')"),
+            q.contains(&format!("WHERE {created} < '2023-11-14 22:13:20.123456'")),
             "{q}"
         );
-        assert!(q.contains("created_at >= toDateTime('2020-09-13 12:26:40.000001', 6, 'UTC') AND (created_at > toDateTime('2020-09-13 12:26:40.000001', 6, 'UTC') OR toString(uuid) > '0190b3a0-0000-7000-8000-000000000001')"), "{q}");
+        assert!(q.contains(&format!("{created} >= '2020-09-13 12:26:40.000001' AND ({created} > '2020-09-13 12:26:40.000001' OR toString(uuid) > '0190b3a0-0000-7000-8000-000000000001')")), "{q}");
         assert!(
             q.ends_with("ORDER BY created_at, toString(uuid) LIMIT 500"),
             "{q}"
         );
         assert!(!q.to_uppercase().contains("OFFSET"));
         assert!(q.contains("formatDateTime(timestamp, '%Y-%m-%d %H:%i:%S.%f', 'UTC')"));
+        r.from = HistoryStart::From(super::super::source::from_micros(1_500_000_000_000_000));
+        let q = page_hogql(&r, 500);
+        assert!(
+            q.contains("timestamp >= toDateTime('2017-07-14 02:40:00.000000', 'UTC')"),
+            "{q}"
+        );
     }
 
     #[test]
@@ -611,6 +661,18 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("an HTML page"), "{e}");
+        let e = c(301, false, None, "");
+        assert!(e.to_string().contains("a redirect"), "{e}");
+        assert!(
+            matches!(
+                e,
+                SourceError::Refused {
+                    option: "POSTHOG_API_URL",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = c(200, false, None, "<html>Log in</html>");
         assert!(
             matches!(
@@ -634,6 +696,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let e = c(
+            500,
+            true,
+            None,
+            r#"{"detail":"Code: 159. DB::Exception: Timeout exceeded: elapsed 60.1 seconds, maximum: 60. (TIMEOUT_EXCEEDED)"}"#,
+        );
+        assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
+        let e = c(
+            400,
+            true,
+            None,
+            r#"{"detail":"Estimated query execution time (75 seconds) is too long"}"#,
+        );
+        assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
         assert!(c(503, false, None, "").is_transient());
         assert!(c(502, true, None, "{}").is_transient());
     }

@@ -342,6 +342,7 @@ mod code {
     pub const REQUIRED_PASSWORD: u32 = 194;
     pub const ACCESS_DENIED: u32 = 497;
     pub const AUTHENTICATION_FAILED: u32 = 516;
+    pub const TIMEOUT_EXCEEDED: u32 = 159;
 }
 
 /// What a non-2xx answer means for the backfill.
@@ -366,6 +367,9 @@ pub fn classify(status: u16, exception_code: Option<u32>, body: &str) -> SourceE
             option: "CLICKHOUSE_USER",
             message: format!("ClickHouse denied the user access to the events table: {message}"),
         },
+        Some(code::TIMEOUT_EXCEEDED) => {
+            SourceError::TooSlow(format!("ClickHouse stopped the query: {message}"))
+        }
         Some(code::UNKNOWN_TABLE | code::UNKNOWN_DATABASE) => SourceError::Refused {
             option: "CLICKHOUSE_DATABASE",
             message: format!("PostHog's events table is not there: {message}"),

@@ -76,6 +76,9 @@ use store::{Held, Store};
 /// Rows handed to the worker at once, and the checkpoint's granularity.
 const CHUNK: usize = 32;
 
+/// The smallest page a query that ran out of time is retried with.
+const MIN_PAGE_ROWS: usize = 100;
+
 /// The bound of a backfill that follows: none (in ms, far enough that
 /// microseconds still fit an i64).
 const NO_END_MS: i64 = i64::MAX / 1_000_000;
@@ -117,7 +120,13 @@ pub async fn run(
     // kept, the filter would skip every row and the backfill would "complete"
     // having sent nothing. The query already selects the team's rows.
     if config.project_token.take().is_some() {
-        info!("POSTHOG_PROJECT_TOKEN does not apply to a backfill (ClickHouse rows carry no token); POSTHOG_TEAM_ID selects the project's events");
+        info!("POSTHOG_PROJECT_TOKEN does not apply to a backfill (its rows carry no token); the query selects the project's events");
+    }
+    if args.source() == SourceKind::Api && config.team_id.take().is_some() {
+        // The API reads POSTHOG_PROJECT_ID's events, whose team_id (an
+        // environment's) need not be the project's id: a team filter kept
+        // from the stream could skip every row.
+        info!("POSTHOG_TEAM_ID does not apply to the api source; POSTHOG_PROJECT_ID selects the project's events");
     }
     let config = Arc::new(config);
     let started = Instant::now();
@@ -171,14 +180,24 @@ pub async fn run(
                 c.source
             );
         }
-        if c.follow != args.follow && !c.complete {
-            warn!(
-                checkpoint_follows = c.follow,
-                "--follow differs from the checkpoint's run; resuming as the checkpoint was started"
-            );
+        if c.follow && !args.follow {
+            warn!("this backfill's checkpoint follows new events (it was started with --follow): it goes on following; stop it with SIGTERM, or use another KAFKA_CONSUMER_GROUP for a bounded backfill");
         }
     }
     let checkpoint = match earlier {
+        Some(mut c) if c.complete && args.follow && !c.follow => {
+            // History is done; following goes on from where it ended.
+            info!(cursor = ?c.cursor, "this backfill's history is complete; following newly ingested events from its end");
+            c.follow = true;
+            c.complete = false;
+            c.until_ms = NO_END_MS;
+            c.overlap_from_ms = NO_END_MS;
+            store
+                .put(&key, &c, &shutdown)
+                .await
+                .map_err(|_| interrupted())?;
+            c
+        }
         Some(c) if c.complete => {
             let summary =
                 progress::summary(team_id, &c.totals, started.elapsed(), &handover_text(&c));
@@ -300,8 +319,8 @@ pub async fn run(
     let feeder = Feeder {
         source: &source,
         range: resumed,
-        page_rows: args.page_rows,
-        visibility_delay: args.visibility_delay,
+        page_limit: args.page_rows,
+        visibility_delay: args.visibility_delay(),
         follow: checkpoint.follow.then_some(args.follow_interval),
         retry,
         max_buffered: config.max_buffered_bytes,
@@ -436,17 +455,17 @@ impl Retry {
     ) -> anyhow::Result<Duration> {
         match e {
             SourceError::Throttled { wait, message } => {
-                if crate::ops::log_limit::worth_logging((*attempt).into()) {
-                    warn!("{message}");
-                }
+                // The source answered: it is not failing, it paces us.
+                *since = None;
+                *attempt = 0;
+                warn!("{message}");
                 self.set_waiting(Some(format!(
                     "throttled by the source (HTTP 429), next request in {} s",
                     wait.as_secs()
                 )));
-                *attempt = attempt.saturating_add(1);
                 Ok(wait)
             }
-            SourceError::Transient(_) => {
+            SourceError::Transient(_) | SourceError::TooSlow(_) => {
                 self.errors.inc();
                 let failing = since.get_or_insert_with(Instant::now).elapsed();
                 if failing >= self.retry_for {
@@ -507,7 +526,9 @@ struct Feeder<'a> {
     source: &'a Source,
     /// What is left to read: `after` moves with every row handed over.
     range: Range,
-    page_rows: usize,
+    /// The rows asked per page now: BACKFILL_PAGE_ROWS, halved for each
+    /// page that ran out of time (for the rest of the run).
+    page_limit: usize,
     visibility_delay: Duration,
     /// `--follow`: how often to look for new rows once caught up.
     follow: Option<Duration>,
@@ -556,6 +577,11 @@ impl Feeder<'_> {
                     attempt = 0;
                     self.retry.set_waiting(None);
                 }
+                Some(SourceError::TooSlow(e)) if self.page_limit > MIN_PAGE_ROWS => {
+                    self.page_limit = (self.page_limit / 2).max(MIN_PAGE_ROWS);
+                    warn!(error = %e, page_rows = self.page_limit, "a page ran out of time; reading smaller pages from now on");
+                    continue;
+                }
                 Some(e) => {
                     // The next page starts after the last row handed over.
                     let wait = self.retry.after(e, &mut failing_since, &mut attempt)?;
@@ -563,7 +589,7 @@ impl Feeder<'_> {
                     continue;
                 }
             }
-            if rows == self.page_rows {
+            if rows == self.page_limit {
                 continue;
             }
             if let Some(interval) = self.follow {
@@ -621,7 +647,7 @@ impl Feeder<'_> {
         next_offset: &mut i64,
         cancel: &CancellationToken,
     ) -> (usize, Option<SourceError>) {
-        let mut page = match self.source.page(range, self.page_rows).await {
+        let mut page = match self.source.page(range, self.page_limit).await {
             Ok(page) => page,
             Err(e) => return (0, Some(e)),
         };

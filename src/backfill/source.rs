@@ -60,6 +60,10 @@ pub enum SourceError {
     /// The source asks to wait (HTTP 429 and `Retry-After`): not a failure.
     #[error("{message}")]
     Throttled { wait: Duration, message: String },
+    /// The query ran out of time (PostHog allows 60 s a query): a smaller
+    /// page may pass.
+    #[error("{0}")]
+    TooSlow(String),
 }
 
 impl SourceError {
@@ -67,7 +71,7 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Transient(_) | SourceError::Throttled { .. }
+            SourceError::Transient(_) | SourceError::Throttled { .. } | SourceError::TooSlow(_)
         )
     }
 }

@@ -168,7 +168,7 @@ async fn file_lock(path: &Path, cancel: &CancellationToken) -> anyhow::Result<Fi
             Ok(true) => return Ok(file),
             Ok(false) => {
                 if !told {
-                    info!(lock = %lock_path.display(), "another backfill holds the lock of this state file; waiting for it to end");
+                    info!(lock = %lock_path.display(), "another backfill uses this BACKFILL_STATE_FILE (each running backfill needs its own file); waiting for it to end");
                     told = true;
                 }
                 pause(Duration::from_millis(500), cancel)

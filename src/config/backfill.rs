@@ -97,11 +97,23 @@ pub fn optional_time(raw: &str) -> Result<Option<DateTime<Utc>>, Problem> {
 
 pub type OptionalTime = Option<DateTime<Utc>>;
 
+/// An optional duration in ms; empty is none (the default applies).
+pub type OptionalDuration = Option<Duration>;
+
+fn optional_millis(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<OptionalDuration, Problem> + Clone + Send + Sync + 'static {
+    let parse = values::millis(min, max);
+    move |raw| match raw.trim() {
+        "" => Ok(None),
+        raw => parse(raw).map(Some),
+    }
+}
+
 /// `BACKFILL_SOURCE`: where the backfill reads PostHog's events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {
-    /// `api` when a personal API key is given, else `clickhouse`.
-    Auto,
     /// PostHog's ClickHouse, over its HTTP interface (`CLICKHOUSE_*`).
     Clickhouse,
     /// PostHog's query API (`POSTHOG_API_URL`, `POSTHOG_PROJECT_ID`,
@@ -111,12 +123,14 @@ pub enum SourceKind {
 }
 
 /// A PostHog instance's base URL (`https://us.posthog.com`, `http://posthog.internal:8000`).
+/// Errors never repeat the value: a URL may carry a key.
 pub fn api_url(raw: &str) -> Result<Url, Problem> {
     let raw = raw.trim();
     let expected = || {
-        Problem(format!(
-            "expected the PostHog instance's http(s) base URL, such as https://us.posthog.com, got {raw:?}"
-        ))
+        Problem(
+            "expected the PostHog instance's http(s) base URL, such as https://us.posthog.com"
+                .into(),
+        )
     };
     let url = Url::parse(raw).map_err(|_| expected())?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -127,10 +141,11 @@ pub fn api_url(raw: &str) -> Result<Url, Problem> {
             "credentials in the URL are not supported: use POSTHOG_PERSONAL_API_KEY".into(),
         ));
     }
-    if url.query().is_some() {
-        return Err(Problem(format!(
-            "expected a base URL without a query string, got {raw:?}"
-        )));
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Problem(
+            "expected a base URL without a query string (the key goes in POSTHOG_PERSONAL_API_KEY)"
+                .into(),
+        ));
     }
     Ok(url)
 }
@@ -158,14 +173,14 @@ pub struct BackfillArgs {
     #[arg(long, env = "CLICKHOUSE_PASSWORD_FILE", value_parser = values::secret_file)]
     pub clickhouse_password_file: Option<SecretFile>,
 
-    /// Where the events are read: `clickhouse`, `api` (PostHog's query
-    /// API), or `auto`: `api` when POSTHOG_PERSONAL_API_KEY is given.
+    /// Where the events are read: `clickhouse` (PostHog's ClickHouse) or
+    /// `api` (PostHog's query API: PostHog Cloud, or no ClickHouse within reach).
     #[arg(
         long = "source",
         env = "BACKFILL_SOURCE",
         value_name = "BACKFILL_SOURCE",
         value_enum,
-        default_value = "auto"
+        default_value = "clickhouse"
     )]
     pub source: SourceKind,
 
@@ -235,12 +250,14 @@ pub struct BackfillArgs {
           value_parser = values::millis(0, 7 * 24 * 3_600_000))]
     pub handover_margin: Duration,
 
-    /// How long after its ingestion time a row may become visible in
-    /// ClickHouse: the backfill reads no row ingested more recently than this.
+    /// How long after its ingestion time a row may become visible: the
+    /// backfill reads no row ingested more recently than this (with
+    /// --follow, the safety lag). Empty: 30 s for ClickHouse (its insertion
+    /// time), 5 minutes for the API (`created_at` is set before Kafka).
     #[arg(long = "visibility-delay-ms", env = "BACKFILL_VISIBILITY_DELAY_MS",
-          value_name = "BACKFILL_VISIBILITY_DELAY_MS", default_value = "30000",
-          value_parser = values::millis(0, 24 * 3_600_000))]
-    pub visibility_delay: Duration,
+          value_name = "BACKFILL_VISIBILITY_DELAY_MS", default_value = "",
+          value_parser = optional_millis(0, 24 * 3_600_000))]
+    pub visibility_delay: OptionalDuration,
 
     /// How long ClickHouse may keep failing (unreachable, server errors)
     /// before the backfill gives up; it resumes from its checkpoint when run again.
@@ -255,13 +272,18 @@ pub struct BackfillArgs {
 }
 
 impl BackfillArgs {
-    /// The source to read: `auto` resolved.
     pub fn source(&self) -> SourceKind {
-        match self.source {
-            SourceKind::Auto if self.api_key().is_some() => SourceKind::Api,
-            SourceKind::Auto => SourceKind::Clickhouse,
-            other => other,
-        }
+        self.source
+    }
+
+    /// BACKFILL_VISIBILITY_DELAY_MS, or the source's default: 30 s for
+    /// ClickHouse's insertion time, 5 minutes for the API's `created_at`,
+    /// which PostHog sets before the event goes through Kafka to ClickHouse.
+    pub fn visibility_delay(&self) -> Duration {
+        self.visibility_delay.unwrap_or(match self.source {
+            SourceKind::Clickhouse => Duration::from_secs(30),
+            SourceKind::Api => Duration::from_secs(300),
+        })
     }
 
     /// The personal API key, from its file or its value; None when empty.
@@ -317,7 +339,7 @@ impl fmt::Debug for BackfillArgs {
             )
             .field(
                 "BACKFILL_VISIBILITY_DELAY_MS",
-                &self.visibility_delay.as_millis(),
+                &self.visibility_delay().as_millis(),
             )
             .field("BACKFILL_RETRY_FOR_MS", &self.retry_for.as_millis())
             .field("BACKFILL_PAGE_ROWS", &self.page_rows)
@@ -355,6 +377,10 @@ mod tests {
             .0
             .contains("base URL"));
         let refused = api_url("https://me:phx_secret@us.posthog.com").unwrap_err();
+        assert!(!refused.0.contains("phx_secret"), "{}", refused.0);
+        let refused = api_url("https://us.posthog.com/?personal_api_key=phx_secret").unwrap_err();
+        assert!(!refused.0.contains("phx_secret"), "{}", refused.0);
+        let refused = api_url("us.posthog.com?personal_api_key=phx_secret").unwrap_err();
         assert!(!refused.0.contains("phx_secret"), "{}", refused.0);
     }
 

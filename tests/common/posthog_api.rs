@@ -30,6 +30,16 @@ impl QueryApi {
     /// Serves `project`'s events from `clickhouse`; `budget`: at most that
     /// many requests per window of that many seconds, then 429.
     pub fn start(clickhouse: &ClickHouse, project: i64, budget: Option<(u32, f64)>) -> QueryApi {
+        Self::start_with(clickhouse, project, budget, &[])
+    }
+
+    /// As `start`, with more of the stand-in's arguments (`--timeout-above-rows N`).
+    pub fn start_with(
+        clickhouse: &ClickHouse,
+        project: i64,
+        budget: Option<(u32, f64)>,
+        more: &[&str],
+    ) -> QueryApi {
         let python = std::env::var("CHDB_PYTHON")
             .expect("CHDB_PYTHON is not set: run the suite with scripts/test");
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("query-api") + ".log");
@@ -47,6 +57,7 @@ impl QueryApi {
                 "--window",
                 &window.to_string(),
             ])
+            .args(more)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))

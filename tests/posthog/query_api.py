@@ -12,7 +12,11 @@ What it refuses, as PostHog does:
 - a field the HogQL `events` table does not expose (`_timestamp`,
   `inserted_at`, ...), a function outside the few printed here: 400;
 - more than `--budget` requests per `--window` seconds per key: 429 with
-  `Retry-After` (whole seconds) and PostHog's throttled body.
+  `Retry-After` (whole seconds) and PostHog's throttled body;
+- with `--timeout-above-rows N`, a query asking more than N rows is taken
+  to run past PostHog's 60 s: 500 with ClickHouse's TIMEOUT_EXCEEDED text
+  (what a page too large for a big project meets; the status PostHog gives
+  it is an assumption).
 
 It answers PostHog's shape: `results`, `columns`, `types`, `hasMore`
 (from a LIMIT+1 read, as PostHog's paginator does), `limit`, `offset`. A
@@ -20,14 +24,14 @@ query without LIMIT gets HogQL's default, 100. DateTime columns are rendered
 as PostHog renders them, ISO 8601 in the project's timezone (`--timezone`),
 which is why the connector formats every time it reads in UTC itself; a
 time literal without a timezone is read in the project's timezone too.
-Not modelled: the 60 s query limit, caching, async queries.
+Not modelled: real query time, caching, async queries.
 
 `GET /stats` answers {"requests", "throttled", "refused"} counts and the
 HogQL of every query run, for the tests.
 
 Usage: query_api.py --clickhouse http://127.0.0.1:PORT [--clickhouse-user U
 --clickhouse-password P] --project N --key K [--unscoped-key K2]
-[--budget N --window S] [--timezone TZ] [--port N]. Prints
+[--budget N --window S] [--timeout-above-rows N] [--timezone TZ] [--port N]. Prints
 "listening on 127.0.0.1:PORT" when ready.
 """
 import argparse
@@ -102,8 +106,9 @@ COMPARE = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 class Printer:
     """HogQL's JSON AST to ClickHouse SQL, for the subset the connector uses."""
 
-    def __init__(self, project_tz):
+    def __init__(self, project_tz, timeout_above):
         self.tz = project_tz
+        self.timeout_above = timeout_above
 
     def call(self, node):
         name, args = node["name"], [self.expr(a) for a in node["args"]]
@@ -117,13 +122,12 @@ class Printer:
                 raise validation(f"Function '{name}' expects {low} to {high} arguments")
             return f"{'nullIf' if name == 'nullif' else name}({', '.join(args)})"
         if name == "toDateTime":
-            # HogQL: parseDateTime64BestEffortOrNull, in the project's timezone
-            # unless one is given.
-            if len(args) == 1:
-                args.append("6")
-            if len(args) == 2:
-                args.append(quote(self.tz))
-            return f"parseDateTime64BestEffortOrNull({', '.join(args)})"
+            # HogQL: 1 or 2 arguments (the second a timezone, else the
+            # project's), printed as parseDateTime64BestEffortOrNull(text, 6, tz).
+            if not 1 <= len(args) <= 2:
+                raise validation(f"Function 'toDateTime' expects 1 to 2 arguments, got {len(args)}")
+            zone = args[1] if len(args) == 2 else quote(self.tz)
+            return f"parseDateTime64BestEffortOrNull({args[0]}, 6, {zone})"
         if name == "toUUID":
             return f"accurateCastOrNull({args[0]}, 'UUID')"
         raise validation(f"Unsupported function call '{name}(...)'")
@@ -181,6 +185,11 @@ class Printer:
             limit = ast["limit"]["value"]
         if limit > MAX_ROWS:
             raise validation(f"LIMIT {limit} is above the {MAX_ROWS} rows a query may return")
+        if self.timeout_above and limit > self.timeout_above:
+            raise Refused(500, {"type": "server_error", "code": "error",
+                                "detail": "Code: 159. DB::Exception: Timeout exceeded: elapsed "
+                                          "60.0 seconds, maximum: 60. (TIMEOUT_EXCEEDED)",
+                                "attr": None})
         columns = [self.expr(e) for e in ast["select"]]
         where = f"team_id = {int(project)}"
         if ast.get("where"):
@@ -202,7 +211,7 @@ def quote(value):
 class Api:
     def __init__(self, args):
         self.args = args
-        self.printer = Printer(args.timezone)
+        self.printer = Printer(args.timezone, args.timeout_above_rows)
         self.lock = threading.Lock()
         self.windows = {}  # key -> (window start, requests in it)
         self.stats = {"requests": 0, "throttled": 0, "refused": 0, "queries": []}
@@ -349,6 +358,7 @@ def main():
     parser.add_argument("--budget", type=int, default=0, help="requests per window; 0: no limit")
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--timezone", default="America/Los_Angeles")
+    parser.add_argument("--timeout-above-rows", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
