@@ -76,6 +76,10 @@ use store::{Held, Store};
 /// Rows handed to the worker at once, and the checkpoint's granularity.
 const CHUNK: usize = 32;
 
+/// The progress line's wait while following has nothing new: its line
+/// then comes once a minute, not every few seconds.
+const CAUGHT_UP: &str = "following, caught up";
+
 /// The smallest page a query that ran out of time is retried with.
 const MIN_PAGE_ROWS: usize = 100;
 
@@ -602,7 +606,7 @@ impl Feeder<'_> {
                     );
                 }
                 self.retry.set_waiting(Some(format!(
-                    "following, caught up; next look in {} s",
+                    "{CAUGHT_UP}; next look in {} s",
                     interval.as_secs_f64().ceil()
                 )));
                 pause(interval, cancel).await.map_err(|_| interrupted())?;
@@ -879,7 +883,14 @@ async fn pipeline(
         }
         let snapshot = tracker.snapshot();
         // A new reason to wait (a throttle, caught up) is shown at once.
-        if last_line.elapsed() >= line_every || snapshot.waiting != shown_waiting {
+        let every = match &snapshot.waiting {
+            Some(w) if w.starts_with(CAUGHT_UP) => Duration::from_secs(60),
+            _ => line_every,
+        };
+        // Following, the wait's countdown changes nothing worth a line.
+        let changed = snapshot.waiting.as_deref().map(|w| w.split(';').next())
+            != shown_waiting.as_deref().map(|w| w.split(';').next());
+        if last_line.elapsed() >= every || changed {
             last_line = Instant::now();
             shown_waiting = snapshot.waiting.clone();
             report(&snapshot, tty);
