@@ -267,8 +267,8 @@ impl Api {
         let body = self.query(hogql).await?;
         let rows = parse_answer(&body, Some(1))?;
         rows.first()
-            .and_then(|row| row.first())
-            .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+            .and_then(|row| row_values(row.get().as_bytes(), 1).ok())
+            .and_then(|values| serde_json::from_str::<u64>(values[0].get()).ok())
             .ok_or_else(|| {
                 SourceError::Transient(format!(
                     "PostHog answered a count with {}",
@@ -285,40 +285,53 @@ impl Api {
         self.number(&count_since_hogql(range, from_us)).await
     }
 
-    /// One page, read whole (the API answers a page in one JSON document).
+    /// One page. The API answers it in one JSON document, which is held
+    /// while its rows are handed on; each row is rebuilt only when asked
+    /// for, so a page costs its answer's bytes, not twice that.
     pub async fn page(&self, range: &Range, limit: usize) -> Result<Page, SourceError> {
         let body = self.query(&page_hogql(range, limit)).await?;
+        let base = body.as_ptr() as usize;
         let rows = parse_answer(&body, Some(COLUMNS.len()))?
             .iter()
-            .map(|row| to_row(row))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|row| {
+                let start = row.get().as_ptr() as usize - base;
+                (start, start + row.get().len())
+            })
+            .collect::<Vec<_>>();
         Ok(Page {
+            body,
             rows: rows.into_iter(),
         })
     }
 }
 
-/// A page read: its rows in order.
+/// A page read: the answer, and where each row's array is in it.
 pub struct Page {
-    rows: std::vec::IntoIter<Row>,
+    body: Bytes,
+    rows: std::vec::IntoIter<(usize, usize)>,
 }
 
 impl Page {
-    pub fn next_row(&mut self) -> Option<Row> {
-        self.rows.next()
+    pub fn next_row(&mut self) -> Result<Option<Row>, SourceError> {
+        let Some((start, end)) = self.rows.next() else {
+            return Ok(None);
+        };
+        let values = row_values(&self.body[start..end], COLUMNS.len())?;
+        to_row(&values).map(Some)
     }
 }
 
 #[derive(Deserialize)]
 struct Answer<'a> {
     #[serde(borrow)]
-    results: Option<Vec<Vec<&'a RawValue>>>,
-    #[serde(default)]
+    results: Option<Vec<&'a RawValue>>,
+    #[serde(default, borrow)]
     columns: Option<Vec<&'a RawValue>>,
 }
 
-/// The rows of a query's answer, each with `width` columns when given.
-fn parse_answer(body: &[u8], width: Option<usize>) -> Result<Vec<Vec<&RawValue>>, SourceError> {
+/// The rows of a query's answer, each a raw JSON array, when the answer
+/// names `width` columns (if given).
+fn parse_answer(body: &[u8], width: Option<usize>) -> Result<Vec<&RawValue>, SourceError> {
     let answer: Answer<'_> = serde_json::from_slice(body).map_err(|e| SourceError::Refused {
         option: "POSTHOG_API_URL",
         message: format!(
@@ -334,16 +347,29 @@ fn parse_answer(body: &[u8], width: Option<usize>) -> Result<Vec<Vec<&RawValue>>
     })?;
     if let Some(width) = width {
         let columns = answer.columns.map_or(width, |c| c.len());
-        if columns != width || rows.iter().any(|r| r.len() != width) {
-            return Err(SourceError::Refused {
-                option: "POSTHOG_API_URL",
-                message: format!(
-                    "PostHog answered {columns} columns where the query asked for {width}"
-                ),
-            });
+        if columns != width {
+            return Err(wrong_width(columns, width));
         }
     }
     Ok(rows)
+}
+
+/// A row's values: a JSON array of `width`.
+fn row_values(row: &[u8], width: usize) -> Result<Vec<&RawValue>, SourceError> {
+    let values: Vec<&RawValue> = serde_json::from_slice(row).map_err(|e| {
+        SourceError::Transient(format!("PostHog answered a row that is not an array ({e})"))
+    })?;
+    if values.len() != width {
+        return Err(wrong_width(values.len(), width));
+    }
+    Ok(values)
+}
+
+fn wrong_width(columns: usize, width: usize) -> SourceError {
+    SourceError::Refused {
+        option: "POSTHOG_API_URL",
+        message: format!("PostHog answered {columns} columns where the query asked for {width}"),
+    }
 }
 
 /// Microseconds since the epoch of HogQL's `YYYY-MM-DD HH:MM:SS.ffffff` (UTC).
@@ -569,7 +595,8 @@ mod tests {
             "$pageview",2,"{\"a\":1}","2024-04-30 08:00:00.500000","",null,"{}","1970-01-01 00:00:00.000000","full","","","","",""]],
             "columns":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"],"hasMore":false}"#;
         let rows = parse_answer(body, Some(COLUMNS.len())).unwrap();
-        let row = to_row(&rows[0]).unwrap();
+        let values = row_values(rows[0].get().as_bytes(), COLUMNS.len()).unwrap();
+        let row = to_row(&values).unwrap();
         assert_eq!(row.cursor.ingested_at_us, 1_714_564_800_000_123);
         assert_eq!(&row.key[..], br#""d\u00e9""#);
         let v: serde_json::Value = serde_json::from_slice(&row.json).unwrap();
@@ -601,6 +628,8 @@ mod tests {
             "{e:?}"
         );
         let e = parse_answer(br#"{"results":[[1,2]],"columns":["a","b"]}"#, Some(3)).unwrap_err();
+        assert!(e.to_string().contains("2 columns"), "{e}");
+        let e = row_values(b"[1,2]", 3).unwrap_err();
         assert!(e.to_string().contains("2 columns"), "{e}");
     }
 
