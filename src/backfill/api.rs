@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
+use super::rows::{RowScanner, ScanError};
 use super::source::{Cursor, Range, Row, SourceError};
 use crate::config::{BackfillArgs, HistoryStart};
 
@@ -192,7 +193,9 @@ impl Api {
         self.project_id
     }
 
-    async fn query(&self, hogql: &str) -> Result<Bytes, SourceError> {
+    /// Sends `hogql`; a 2xx JSON answer is returned unread, anything else
+    /// is read and classified.
+    async fn send(&self, hogql: &str) -> Result<reqwest::Response, SourceError> {
         let body = serde_json::json!({
             "query": {"kind": "HogQLQuery", "query": hogql},
             // Never a cached answer: a page must see what is there now.
@@ -232,15 +235,10 @@ impl Api {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("json"));
-        let body = response.bytes().await.map_err(|e| {
-            SourceError::Transient(format!(
-                "reading PostHog's answer failed: {}",
-                super::clickhouse::without_url(&e)
-            ))
-        })?;
         if (200..300).contains(&status) && json {
-            return Ok(body);
+            return Ok(response);
         }
+        let body = response.bytes().await.map_err(body_error)?;
         Err(classify(
             status,
             json,
@@ -249,6 +247,11 @@ impl Api {
             self.project_id,
             &self.endpoint,
         ))
+    }
+
+    /// A small answer (a count), read whole.
+    async fn query(&self, hogql: &str) -> Result<Bytes, SourceError> {
+        self.send(hogql).await?.bytes().await.map_err(body_error)
     }
 
     async fn answer(&self, hogql: &str) -> Result<(Bytes, usize), SourceError> {
@@ -285,39 +288,60 @@ impl Api {
         self.number(&count_since_hogql(range, from_us)).await
     }
 
-    /// One page. The API answers it in one JSON document, which is held
-    /// while its rows are handed on; each row is rebuilt only when asked
-    /// for, so a page costs its answer's bytes, not twice that.
+    /// One page: its rows as the answer arrives (`rows::RowScanner`),
+    /// never the whole answer held.
     pub async fn page(&self, range: &Range, limit: usize) -> Result<Page, SourceError> {
-        let body = self.query(&page_hogql(range, limit)).await?;
-        let base = body.as_ptr() as usize;
-        let rows = parse_answer(&body, Some(COLUMNS.len()))?
-            .iter()
-            .map(|row| {
-                let start = row.get().as_ptr() as usize - base;
-                (start, start + row.get().len())
-            })
-            .collect::<Vec<_>>();
+        let response = self.send(&page_hogql(range, limit)).await?;
         Ok(Page {
-            body,
-            rows: rows.into_iter(),
+            response,
+            scanner: RowScanner::default(),
+            done: false,
         })
     }
 }
 
-/// A page read: the answer, and where each row's array is in it.
+fn body_error(e: reqwest::Error) -> SourceError {
+    SourceError::Transient(format!(
+        "reading PostHog's answer failed: {}",
+        super::clickhouse::without_url(&e)
+    ))
+}
+
+/// A page being read.
 pub struct Page {
-    body: Bytes,
-    rows: std::vec::IntoIter<(usize, usize)>,
+    response: reqwest::Response,
+    scanner: RowScanner,
+    done: bool,
 }
 
 impl Page {
-    pub fn next_row(&mut self) -> Result<Option<Row>, SourceError> {
-        let Some((start, end)) = self.rows.next() else {
-            return Ok(None);
-        };
-        let values = row_values(&self.body[start..end], COLUMNS.len())?;
-        to_row(&values).map(Some)
+    /// The next row, or None at the end of the page.
+    pub async fn next_row(&mut self) -> Result<Option<Row>, SourceError> {
+        loop {
+            if let Some(row) = self.scanner.next_row().map_err(scan_error)? {
+                let values = row_values(&row, COLUMNS.len())?;
+                return to_row(&values).map(Some);
+            }
+            if self.done {
+                self.scanner.finish().map_err(scan_error)?;
+                return Ok(None);
+            }
+            match self.response.chunk().await.map_err(body_error)? {
+                Some(chunk) => self.scanner.push(&chunk),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+fn scan_error(e: ScanError) -> SourceError {
+    match e {
+        // A connection cut mid-answer: the next page starts after the last row.
+        ScanError::Truncated => SourceError::Transient(format!("PostHog's answer {e}")),
+        _ => SourceError::Refused {
+            option: "POSTHOG_API_URL",
+            message: format!("{e}: is POSTHOG_API_URL a PostHog instance?"),
+        },
     }
 }
 

@@ -46,6 +46,7 @@ pub mod checkpoint;
 pub mod clickhouse;
 pub mod handover;
 pub mod progress;
+pub mod rows;
 pub mod source;
 pub mod store;
 

@@ -157,7 +157,7 @@ impl Page {
     pub async fn next_row(&mut self) -> Result<Option<Row>, SourceError> {
         match self {
             Page::ClickHouse(p) => p.next_row().await,
-            Page::Api(p) => p.next_row(),
+            Page::Api(p) => p.next_row().await,
         }
     }
 }
