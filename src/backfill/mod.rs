@@ -948,3 +948,88 @@ fn report(snapshot: &progress::Snapshot, tty: bool) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(retry_for: Duration) -> Retry {
+        Retry {
+            errors: prometheus::IntCounter::new("errors", "errors").unwrap(),
+            retry_for,
+            location: "POSTHOG_API_URL",
+            waiting: Waiting::default(),
+        }
+    }
+
+    fn throttled(secs: u64) -> SourceError {
+        SourceError::Throttled {
+            wait: Duration::from_secs(secs),
+            message: "429".into(),
+        }
+    }
+
+    #[test]
+    fn a_throttle_waits_as_asked_and_is_not_a_failure() {
+        let r = retry(Duration::from_millis(50));
+        let (mut since, mut attempt) = (None, 0);
+        let wait = r
+            .after(
+                SourceError::Transient("502".into()),
+                &mut since,
+                &mut attempt,
+            )
+            .unwrap();
+        assert_eq!(wait, backoff(0));
+        assert!(since.is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        // Throttled for longer than BACKFILL_RETRY_FOR_MS: the source answered.
+        assert_eq!(
+            r.after(throttled(42), &mut since, &mut attempt).unwrap(),
+            Duration::from_secs(42)
+        );
+        assert_eq!((since, attempt), (None, 0));
+        assert!(r
+            .waiting
+            .lock()
+            .unwrap()
+            .as_deref()
+            .unwrap()
+            .contains("next request in 42 s"));
+        // The next failure starts its own clock, with the first backoff.
+        let wait = r
+            .after(
+                SourceError::Transient("502".into()),
+                &mut since,
+                &mut attempt,
+            )
+            .unwrap();
+        assert_eq!(wait, backoff(0));
+        assert_eq!(r.errors.get(), 2);
+    }
+
+    #[test]
+    fn failures_end_after_retry_for_naming_the_source_and_refusals_at_once() {
+        let r = retry(Duration::ZERO);
+        let (mut since, mut attempt) = (None, 0);
+        let e = r
+            .after(
+                SourceError::TooSlow("timeout".into()),
+                &mut since,
+                &mut attempt,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("check POSTHOG_API_URL"), "{e}");
+        let e = r
+            .after(
+                SourceError::Refused {
+                    option: "POSTHOG_PROJECT_ID",
+                    message: "404".into(),
+                },
+                &mut None,
+                &mut 0,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("POSTHOG_PROJECT_ID"), "{e}");
+    }
+}
