@@ -414,6 +414,18 @@ async fn a_backfill_killed_midway_resumes_from_its_checkpoint() {
     let (ok, output, _) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
     assert!(ok && output.contains("backfill complete"), "{output}");
     assert_eq!(receiver.requests().len(), sent);
+    // Following from a checkpoint in STATE_TOPIC would resend what a
+    // stream delivers from there: refused, naming the option.
+    let mut follow: Vec<_> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "BACKFILL_UNTIL")
+        .collect();
+    follow.push(("BACKFILL_FOLLOW", "true"));
+    let (ok, _, logs) = Backfill::run(&clickhouse, &receiver.url(), &follow).await;
+    assert!(!ok, "{logs}");
+    assert!(logs.contains("invalid value for BACKFILL_FOLLOW"), "{logs}");
+    assert_eq!(receiver.requests().len(), sent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

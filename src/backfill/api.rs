@@ -174,8 +174,10 @@ impl Api {
         endpoint.set_path(&format!("{base}/api/projects/{project_id}/query/"));
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            // PostHog gives a query 60 s; the answer then has to arrive.
-            .timeout(Duration::from_secs(180))
+            // No total timeout: a page's answer is read as the worker takes
+            // its rows, which a slow webhook can hold up for minutes. PostHog
+            // gives a query 60 s; a read that stalls 120 s is a dead connection.
+            .read_timeout(Duration::from_secs(120))
             .user_agent(concat!("patterns-connector/", env!("CARGO_PKG_VERSION")))
             // A redirect (http to https, a login page) would drop the key
             // or turn the POST into a GET: said, never followed.
@@ -459,12 +461,13 @@ pub fn classify(
             ),
         };
     }
-    if (400..600).contains(&status) && ran_out_of_time(&detail) {
+    // 504 and Cloudflare's 524: a gateway gave up waiting for the query.
+    if matches!(status, 504 | 524) || (400..600).contains(&status) && ran_out_of_time(&detail) {
         return SourceError::TooSlow(format!(
             "PostHog stopped the query for taking too long (HTTP {status}: {detail})"
         ));
     }
-    if !json && status != 429 && status < 500 {
+    if !json && !matches!(status, 408 | 429) && status < 500 {
         return SourceError::Refused {
             option: "POSTHOG_API_URL",
             message: format!(
@@ -483,7 +486,9 @@ pub fn classify(
         },
         401 => SourceError::Refused {
             option: "POSTHOG_PERSONAL_API_KEY",
-            message: format!("PostHog refused the personal API key (HTTP 401: {detail})"),
+            message: format!(
+                "PostHog refused the personal API key (HTTP 401: {detail}); a key works only on its own instance or Cloud region (POSTHOG_API_URL: https://us.posthog.com or https://eu.posthog.com)"
+            ),
         },
         403 => SourceError::Refused {
             option: "POSTHOG_PERSONAL_API_KEY",
@@ -525,11 +530,13 @@ pub fn classify(
     }
 }
 
-/// PostHog's words for a query over its time limit (ClickHouse's
-/// TIMEOUT_EXCEEDED, or its own estimate refusing to start one).
+/// PostHog's words for a query over its time limit (its own "max
+/// execution time" answer, ClickHouse's TIMEOUT_EXCEEDED, or its estimate
+/// refusing to start one).
 fn ran_out_of_time(detail: &str) -> bool {
     let detail = detail.to_ascii_lowercase();
     [
+        "max execution time",
         "timeout_exceeded",
         "timed out",
         "timeout exceeded",
@@ -763,6 +770,16 @@ mod tests {
             r#"{"detail":"Estimated query execution time (75 seconds) is too long"}"#,
         );
         assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
+        let e = c(
+            504,
+            true,
+            None,
+            r#"{"type":"server_error","code":"timeout","detail":"Query has hit the max execution time before completing. See our docs for how to improve your query performance."}"#,
+        );
+        assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
+        let e = c(504, false, None, "<html>Gateway Timeout</html>");
+        assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
+        assert!(c(408, false, None, "<html>Request Timeout</html>").is_transient());
         assert!(c(503, false, None, "").is_transient());
         assert!(c(502, true, None, "{}").is_transient());
     }

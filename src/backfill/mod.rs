@@ -190,8 +190,15 @@ pub async fn run(
         }
     }
     let checkpoint = match earlier {
+        Some(c) if c.complete && args.follow && !c.follow && matches!(store, Store::Topic(_)) => {
+            anyhow::bail!(
+                "invalid value for BACKFILL_FOLLOW: this backfill completed up to where the stream took over (its checkpoint is in {}); following from there would send again what the stream delivers. Follow with another KAFKA_CONSUMER_GROUP, or BACKFILL_STATE_FILE where no stream runs",
+                store.describe()
+            );
+        }
         Some(mut c) if c.complete && args.follow && !c.follow => {
-            // History is done; following goes on from where it ended.
+            // History is done (to BACKFILL_UNTIL, no stream); following goes
+            // on from where it ended.
             info!(cursor = ?c.cursor, "this backfill's history is complete; following newly ingested events from its end");
             c.follow = true;
             c.complete = false;
@@ -460,9 +467,12 @@ impl Retry {
     ) -> anyhow::Result<Duration> {
         match e {
             SourceError::Throttled { wait, message } => {
-                // The source answered: it is not failing, it paces us.
-                *since = None;
-                *attempt = 0;
+                // The source answered and paces us: the wait is not failing
+                // time. A failure going on meanwhile (a 5xx between 429s)
+                // keeps its clock, paused for the wait.
+                if let Some(start) = since.as_mut() {
+                    *start += wait;
+                }
                 warn!("{message}");
                 self.set_waiting(Some(format!(
                     "throttled by the source (HTTP 429), next request in {} s",
@@ -589,6 +599,12 @@ impl Feeder<'_> {
                 }
                 Some(e) => {
                     // The next page starts after the last row handed over.
+                    // Rows came before the error: the source is working (a
+                    // long answer cut, say), so its failing clock restarts.
+                    if rows > 0 {
+                        failing_since = None;
+                        attempt = 0;
+                    }
                     let wait = self.retry.after(e, &mut failing_since, &mut attempt)?;
                     pause(wait, cancel).await.map_err(|_| interrupted())?;
                     continue;
@@ -970,42 +986,39 @@ mod tests {
     }
 
     #[test]
-    fn a_throttle_waits_as_asked_and_is_not_a_failure() {
-        let r = retry(Duration::from_millis(50));
+    fn a_throttle_waits_as_asked_and_its_wait_is_not_failing_time() {
+        let r = retry(Duration::from_millis(300));
         let (mut since, mut attempt) = (None, 0);
-        let wait = r
-            .after(
-                SourceError::Transient("502".into()),
-                &mut since,
-                &mut attempt,
-            )
-            .unwrap();
-        assert_eq!(wait, backoff(0));
-        assert!(since.is_some());
-        std::thread::sleep(Duration::from_millis(60));
-        // Throttled for longer than BACKFILL_RETRY_FOR_MS: the source answered.
+        let transient = || SourceError::Transient("502".into());
         assert_eq!(
-            r.after(throttled(42), &mut since, &mut attempt).unwrap(),
-            Duration::from_secs(42)
+            r.after(transient(), &mut since, &mut attempt).unwrap(),
+            backoff(0)
         );
-        assert_eq!((since, attempt), (None, 0));
+        std::thread::sleep(Duration::from_millis(200));
+        // A 429 between failures: waited as asked, shown, not counted.
+        assert_eq!(
+            r.after(throttled(1), &mut since, &mut attempt).unwrap(),
+            Duration::from_secs(1)
+        );
         assert!(r
             .waiting
             .lock()
             .unwrap()
             .as_deref()
             .unwrap()
-            .contains("next request in 42 s"));
-        // The next failure starts its own clock, with the first backoff.
-        let wait = r
-            .after(
-                SourceError::Transient("502".into()),
-                &mut since,
-                &mut attempt,
-            )
-            .unwrap();
-        assert_eq!(wait, backoff(0));
-        assert_eq!(r.errors.get(), 2);
+            .contains("next request in 1 s"));
+        std::thread::sleep(Duration::from_secs(1));
+        // 200 ms of failing so far: going on.
+        assert!(r.after(transient(), &mut since, &mut attempt).is_ok());
+        std::thread::sleep(Duration::from_millis(150));
+        // 350 ms of failing, throttles between or not: the end, naming the source.
+        let e = r.after(transient(), &mut since, &mut attempt).unwrap_err();
+        assert!(e.to_string().contains("check POSTHOG_API_URL"), "{e}");
+        assert_eq!(r.errors.get(), 3);
+        // A throttle alone starts no failing clock.
+        let mut none = None;
+        r.after(throttled(5), &mut none, &mut 0).unwrap();
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -14,9 +14,9 @@ What it refuses, as PostHog does:
 - more than `--budget` requests per `--window` seconds per key: 429 with
   `Retry-After` (whole seconds) and PostHog's throttled body;
 - with `--timeout-above-rows N`, a query asking more than N rows is taken
-  to run past PostHog's 60 s: 500 with ClickHouse's TIMEOUT_EXCEEDED text
-  (what a page too large for a big project meets; the status PostHog gives
-  it is an assumption).
+  to run past PostHog's 60 s: 504 with PostHog's "max execution time"
+  answer (ClickHouseQueryTimeOut). Real cost follows the rows scanned, not
+  the LIMIT: a project too large to scan in 60 s fails whatever the page.
 
 It answers PostHog's shape: `results`, `columns`, `types`, `hasMore`
 (from a LIMIT+1 read, as PostHog's paginator does), `limit`, `offset`. A
@@ -186,10 +186,11 @@ class Printer:
         if limit > MAX_ROWS:
             raise validation(f"LIMIT {limit} is above the {MAX_ROWS} rows a query may return")
         if self.timeout_above and limit > self.timeout_above:
-            raise Refused(500, {"type": "server_error", "code": "error",
-                                "detail": "Code: 159. DB::Exception: Timeout exceeded: elapsed "
-                                          "60.0 seconds, maximum: 60. (TIMEOUT_EXCEEDED)",
-                                "attr": None})
+            raise Refused(504, {"type": "server_error", "code": "timeout",
+                                "detail": "Query has hit the max execution time before "
+                                          "completing. See our docs for how to improve your "
+                                          "query performance. You may need to materialize or "
+                                          "add filters to the query.", "attr": None})
         columns = [self.expr(e) for e in ast["select"]]
         where = f"team_id = {int(project)}"
         if ast.get("where"):
