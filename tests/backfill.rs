@@ -61,6 +61,19 @@ fn properties(n: u64) -> Value {
     p
 }
 
+/// Seeds `n` events of the team, one a second from `days_ago` days ago,
+/// each ingested at its own timestamp.
+fn seed(clickhouse: &ClickHouse, run: u32, n: u64, days_ago: i64) {
+    let base = Utc::now() - chrono::Duration::days(days_ago);
+    let rows: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = base + chrono::Duration::seconds(i as i64);
+            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
+        })
+        .collect();
+    clickhouse.insert_rows("posthog.events", &rows);
+}
+
 /// The backfill process.
 struct Backfill {
     child: Option<Child>,
@@ -361,14 +374,7 @@ async fn a_backfill_killed_midway_resumes_from_its_checkpoint() {
     let (group, state, dlq) = names("bf-kill");
     let clickhouse = ClickHouse::start("default", "pw");
     let n = 1_500u64;
-    let base = Utc::now() - chrono::Duration::days(30);
-    let rows: Vec<Value> = (0..n)
-        .map(|i| {
-            let t = base + chrono::Duration::seconds(i as i64);
-            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
-        })
-        .collect();
-    clickhouse.insert_rows("posthog.events", &rows);
+    seed(&clickhouse, run, n, 30);
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::ok().delayed(Duration::from_millis(30)));
     let page_rows = 100usize;
@@ -604,14 +610,7 @@ async fn a_second_backfill_of_the_same_team_and_group_waits_for_the_first() {
     let (group, state, dlq) = names("bf-lock");
     let clickhouse = ClickHouse::start("default", "pw");
     let n = 500u64;
-    let base = Utc::now() - chrono::Duration::days(2);
-    let rows: Vec<Value> = (0..n)
-        .map(|i| {
-            let t = base + chrono::Duration::seconds(i as i64);
-            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
-        })
-        .collect();
-    clickhouse.insert_rows("posthog.events", &rows);
+    seed(&clickhouse, run, n, 2);
     let receiver = Receiver::start().await;
     // About 100 events a second: the first runs for about five seconds.
     receiver.set_default(Reply::ok().delayed(Duration::from_millis(100)));
@@ -835,14 +834,7 @@ async fn following_delivers_rows_inserted_while_it_runs_through_late_visibility_
     let (group, _, dlq) = names("bf-follow");
     let clickhouse = ClickHouse::start("default", "pw-follow");
     let history = 300u64;
-    let base = Utc::now() - chrono::Duration::days(10);
-    let rows: Vec<Value> = (0..history)
-        .map(|i| {
-            let t = base + chrono::Duration::seconds(i as i64);
-            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
-        })
-        .collect();
-    clickhouse.insert_rows("posthog.events", &rows);
+    seed(&clickhouse, run, history, 10);
     let api = common::posthog_api::QueryApi::start(&clickhouse, TEAM, None);
     let receiver = Receiver::start().await;
     let (url, file) = (api.url(), state_file("bf-follow"));
@@ -930,14 +922,7 @@ async fn a_throttled_api_and_pages_that_run_out_of_time_lose_nothing() {
     let (group, _, dlq) = names("bf-throttle");
     let clickhouse = ClickHouse::start("default", "pw-throttle");
     let n = 600u64;
-    let base = Utc::now() - chrono::Duration::days(5);
-    let rows: Vec<Value> = (0..n)
-        .map(|i| {
-            let t = base + chrono::Duration::seconds(i as i64);
-            row(&sample::uuid_for(run, i), TEAM, i, t, t, properties(i))
-        })
-        .collect();
-    clickhouse.insert_rows("posthog.events", &rows);
+    seed(&clickhouse, run, n, 5);
     // Four requests every 3 s: the ~15 the backfill needs take four windows.
     // A page above 150 rows runs out of PostHog's time: 400 rows, then 200,
     // then 100 per page.

@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use super::rows::{RowScanner, ScanError};
-use super::source::{Cursor, Range, Row, SourceError};
+use super::source::{checked_uuid, without_url, Cursor, Range, Row, SourceError};
 use crate::config::{BackfillArgs, HistoryStart};
 
 /// What a page selects, in order, and the `clickhouse_events_json` field
@@ -88,22 +88,6 @@ fn time_literal(us: i64) -> String {
     format!("toDateTime({}, 'UTC')", time_text(us))
 }
 
-/// A string literal: only our own UUIDs reach one, checked, else the nil UUID.
-fn uuid_literal(uuid: &str) -> String {
-    let ok = uuid.len() == 36
-        && uuid.bytes().enumerate().all(|(i, b)| {
-            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
-        });
-    format!(
-        "'{}'",
-        if ok {
-            uuid
-        } else {
-            "00000000-0000-0000-0000-000000000000"
-        }
-    )
-}
-
 /// `WHERE` of the rows of `range` (the project is the URL's).
 fn conditions(range: &Range) -> String {
     let mut sql = format!("{CREATED} < {}", time_text(range.until_us));
@@ -117,8 +101,8 @@ fn conditions(range: &Range) -> String {
     if let Some(after) = &range.after {
         let at = time_text(after.ingested_at_us);
         sql += &format!(
-            " AND {CREATED} >= {at} AND ({CREATED} > {at} OR toString(uuid) > {})",
-            uuid_literal(&after.uuid)
+            " AND {CREATED} >= {at} AND ({CREATED} > {at} OR toString(uuid) > '{}')",
+            checked_uuid(&after.uuid)
         );
     }
     sql
@@ -220,7 +204,7 @@ impl Api {
                 SourceError::Transient(format!(
                     "PostHog's query API at {} is unreachable: {}",
                     self.endpoint,
-                    super::clickhouse::without_url(&e)
+                    without_url(&e)
                 ))
             })?;
         let status = response.status().as_u16();
@@ -297,7 +281,7 @@ impl Api {
 fn body_error(e: reqwest::Error) -> SourceError {
     SourceError::Transient(format!(
         "reading PostHog's answer failed: {}",
-        super::clickhouse::without_url(&e)
+        without_url(&e)
     ))
 }
 
@@ -552,11 +536,7 @@ fn describe_body(body: &[u8]) -> String {
 }
 
 fn truncate(text: &str) -> String {
-    const MAX: usize = 200;
-    match text.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
+    super::source::truncate(text, 200)
 }
 
 #[cfg(test)]

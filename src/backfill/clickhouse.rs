@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::source::{Cursor, Range, Row, SourceError};
+use super::source::{checked_uuid, without_url, Cursor, Range, Row, SourceError};
 use crate::config::{BackfillArgs, HistoryStart};
 
 /// When ClickHouse got the row: `inserted_at`, or the Kafka time of the
@@ -34,7 +34,7 @@ person_properties, person_created_at, person_mode, group0_properties, group1_pro
 group2_properties, group3_properties, group4_properties";
 
 /// `WHERE` of the rows of `range`. Values are numbers, or a UUID checked
-/// by `uuid_literal`: nothing the operator or a row gives reaches the SQL
+/// by `source::checked_uuid`: nothing the operator or a row gives reaches the SQL
 /// unchecked.
 fn conditions(range: &Range) -> String {
     let mut sql = format!(
@@ -53,25 +53,11 @@ fn conditions(range: &Range) -> String {
         sql += &format!(
             " AND {INGESTED} >= fromUnixTimestamp64Micro({us}, 'UTC') \
              AND ({INGESTED}, uuid) > (fromUnixTimestamp64Micro({us}, 'UTC'), toUUID('{}'))",
-            uuid_literal(&after.uuid),
+            checked_uuid(&after.uuid),
             us = after.ingested_at_us,
         );
     }
     sql
-}
-
-/// A UUID's text, or the nil UUID if it is not one (a cursor is only ever
-/// made from ClickHouse's own UUIDs).
-fn uuid_literal(uuid: &str) -> &str {
-    let ok = uuid.len() == 36
-        && uuid.bytes().enumerate().all(|(i, b)| {
-            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
-        });
-    if ok {
-        uuid
-    } else {
-        "00000000-0000-0000-0000-000000000000"
-    }
 }
 
 pub fn count_sql(database: &str, range: &Range) -> String {
@@ -318,21 +304,6 @@ fn body_error(e: reqwest::Error) -> SourceError {
     ))
 }
 
-/// reqwest's error text without the URL it names (ours holds no secret,
-/// but the message is shorter and the URL is logged once on its own).
-pub(super) fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(&format!(" for url ({url})"), "");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 /// ClickHouse's exception codes the backfill tells apart.
 mod code {
     pub const UNKNOWN_TABLE: u32 = 60;
@@ -389,11 +360,7 @@ pub fn classify(status: u16, exception_code: Option<u32>, body: &str) -> SourceE
 }
 
 fn truncate(text: &str) -> String {
-    const MAX: usize = 300;
-    match text.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
+    super::source::truncate(text, 300)
 }
 
 #[cfg(test)]
@@ -441,11 +408,11 @@ mod tests {
     #[test]
     fn nothing_but_a_uuid_and_an_identifier_reaches_the_sql() {
         assert_eq!(
-            uuid_literal("'); DROP TABLE events; --"),
+            checked_uuid("'); DROP TABLE events; --"),
             "00000000-0000-0000-0000-000000000000"
         );
         assert_eq!(
-            uuid_literal("0190B3A0-0000-7000-8000-00000000000f"),
+            checked_uuid("0190B3A0-0000-7000-8000-00000000000f"),
             "0190B3A0-0000-7000-8000-00000000000f"
         );
         assert_eq!(identifier("post`hog"), "`post\\`hog`");

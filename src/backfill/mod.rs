@@ -898,17 +898,23 @@ async fn pipeline(
             }
             saved_at_rows = rows;
         }
-        let snapshot = tracker.snapshot();
-        // A new reason to wait (a throttle, caught up) is shown at once.
-        let every = match &snapshot.waiting {
-            Some(w) if w.starts_with(CAUGHT_UP) => Duration::from_secs(60),
-            _ => line_every,
+        // A new reason to wait (a throttle, caught up) is shown at once;
+        // following, the wait's countdown changes nothing worth a line.
+        // The snapshot is built only for a line.
+        let (every, changed) = {
+            let waiting = tracker.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            fn reason(w: &Option<String>) -> Option<&str> {
+                w.as_deref().and_then(|w| w.split(';').next())
+            }
+            let every = match waiting.as_deref() {
+                Some(w) if w.starts_with(CAUGHT_UP) => Duration::from_secs(60),
+                _ => line_every,
+            };
+            (every, reason(&waiting) != reason(&shown_waiting))
         };
-        // Following, the wait's countdown changes nothing worth a line.
-        let changed = snapshot.waiting.as_deref().map(|w| w.split(';').next())
-            != shown_waiting.as_deref().map(|w| w.split(';').next());
         if last_line.elapsed() >= every || changed {
             last_line = Instant::now();
+            let snapshot = tracker.snapshot();
             shown_waiting = snapshot.waiting.clone();
             report(&snapshot, tty);
         }

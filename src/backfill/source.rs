@@ -169,3 +169,40 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
 pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
+
+/// A UUID's text, or the nil UUID if it is not one: what reaches a query
+/// from a cursor (only ever made from the source's own UUIDs).
+pub fn checked_uuid(uuid: &str) -> &str {
+    let ok = uuid.len() == 36
+        && uuid.bytes().enumerate().all(|(i, b)| {
+            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
+        });
+    if ok {
+        uuid
+    } else {
+        "00000000-0000-0000-0000-000000000000"
+    }
+}
+
+/// `text` cut to `max` characters, for a source's answer in an error.
+pub fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// reqwest's error text without the URL it names (it is logged once on its
+/// own), with its causes.
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}

@@ -8,12 +8,11 @@
 //! The client here is a few lines of blocking HTTP/1.1 over a TcpStream, so
 //! sync and async tests alike can seed and read.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -216,38 +215,15 @@ impl ClickHouse {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {python} {STANDIN}: {e}"));
-        // Its one line of stdout says where it listens; the thread then
-        // reads on to EOF so the pipe never fills.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let port = super::listening_port(&mut child, Duration::from_secs(60));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                break line;
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                self.stop();
-                panic!(
-                    "the ClickHouse stand-in did not start ({}):\n{}",
-                    exited.map_or("timed out".to_owned(), |s| s.to_string()),
-                    self.logs()
-                );
-            }
-        };
-        self.port = line
-            .strip_prefix("listening on 127.0.0.1:")
-            .and_then(|port| port.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the stand-in: {line:?}"));
+        self.port = port.unwrap_or_else(|e| {
+            self.stop();
+            panic!(
+                "the ClickHouse stand-in did not start ({e}):\n{}",
+                self.logs()
+            )
+        });
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to /ping");
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         stream

@@ -868,3 +868,36 @@ pub fn metric_values(text: &str, name: &str) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// The port a stand-in process (tests/clickhouse, tests/posthog) says it
+/// listens on, in its first stdout line `listening on 127.0.0.1:PORT`;
+/// its stdout is then read on to EOF so the pipe never fills. Err when it
+/// exited, or said nothing within `timeout`, or said something else.
+pub fn listening_port(child: &mut std::process::Child, timeout: Duration) -> Result<u16, String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let line = loop {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            break line;
+        }
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Err(format!("exited: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err("timed out".into());
+        }
+    };
+    line.strip_prefix("listening on 127.0.0.1:")
+        .and_then(|port| port.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected first line: {line:?}"))
+}

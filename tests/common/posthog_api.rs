@@ -3,11 +3,9 @@
 //! PostHog's own (PyPI hogql-parser) and whose engine is the ClickHouse
 //! stand-in (chdb) it is given. Run with CHDB_PYTHON, on a loopback port.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -63,30 +61,13 @@ impl QueryApi {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {python} {STANDIN}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
+        let port = super::listening_port(&mut child, Duration::from_secs(60)).unwrap_or_else(|e| {
+            let _ = child.kill();
+            panic!(
+                "the query API stand-in did not start ({e}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
         });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let line = loop {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-                break line;
-            }
-            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "the query API stand-in did not start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        let port = line
-            .strip_prefix("listening on 127.0.0.1:")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the stand-in: {line:?}"));
         QueryApi { child, port, log }
     }
 
