@@ -32,7 +32,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
 use crate::kafka::connection::KafkaLogs;
@@ -449,16 +449,71 @@ pub fn run(
     store_progress(&consumer, progress);
     let finals = ctx.stop_workers(workers, shutdown_timeout);
     commit_at_shutdown(&consumer, &finals);
-    consumer.unsubscribe();
-    // Dropping the consumer closes it: it leaves the group so the partitions
-    // move to the other replicas without waiting for the session timeout.
-    drop(consumer);
-    info!("consumer closed");
+    let deadline = ctx.shutdown_deadline.get().copied();
+    close_by(consumer, close_limit(deadline, tokio::time::Instant::now()));
     match fatal {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
     }
 }
+
+/// Closes the consumer, which leaves the group so that the partitions move
+/// to the other replicas without waiting for the session timeout, but waits
+/// for it only until `limit`. librdkafka's close waits for every commit in
+/// flight, and a coordinator that moved mid-rebalance can hold those for
+/// many seconds: a broker serves one connection's requests in order, and a
+/// JoinGroup sent just before (librdkafka rejoins on its own when the
+/// coordinator moves) is held until the rebalance ends (seen in the chaos
+/// test: a replica stopped while a broker restarted). Past `limit` the
+/// process goes on without the close: what was delivered but not committed
+/// is redelivered, and the group drops this member after its session timeout.
+fn close_by(consumer: Consumer_, limit: tokio::time::Instant) {
+    consumer.unsubscribe();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("closing-consumer".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    if let Err(e) = closing {
+        error!(error = %e, "cannot start the thread that closes the consumer; exiting without leaving the group");
+        return;
+    }
+    let wait = limit.saturating_duration_since(tokio::time::Instant::now());
+    match closed_rx.recv_timeout(wait) {
+        Ok(()) => info!("consumer closed"),
+        Err(_) => warn!(
+            waited_ms = wait.as_millis() as u64,
+            "leaving the group did not finish in time (the group coordinator does not answer); \
+             exiting without it: the group reassigns this replica's partitions after its session timeout, \
+             and what is uncommitted is redelivered"
+        ),
+    }
+}
+
+/// Until when the shutdown waits for the consumer's close: the shutdown
+/// deadline plus [`CLOSE_GRACE`], safely before the watchdog's limit, or a
+/// moment from `now` if that has passed (a close that is quick still gets
+/// to finish).
+fn close_limit(
+    deadline: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let by_deadline = deadline.map_or(now + CLOSE_GRACE, |d| d + CLOSE_GRACE);
+    by_deadline.max(now + MIN_CLOSE_WAIT)
+}
+
+/// How long past the shutdown deadline the close may take: the final commit
+/// takes up to [`commit::COMMIT_RETRY_FOR`] of the watchdog's
+/// [`EXIT_GRACE`](crate::ops::shutdown::EXIT_GRACE), the close most of the rest.
+const CLOSE_GRACE: Duration = Duration::from_secs(8);
+/// The least wait for the close, even past [`CLOSE_GRACE`].
+const MIN_CLOSE_WAIT: Duration = Duration::from_millis(500);
+const _: () = assert!(
+    COMMIT_RETRY_FOR.as_millis() < CLOSE_GRACE.as_millis()
+        && CLOSE_GRACE.as_millis() < crate::ops::shutdown::EXIT_GRACE.as_millis()
+);
 
 /// Why the group refused this replica's join (`rejoin` decides what next).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,5 +583,17 @@ mod tests {
         assert_eq!(debug_contexts(Some("broker")), "broker,cgrp");
         assert_eq!(debug_contexts(Some("broker,cgrp")), "broker,cgrp");
         assert_eq!(debug_contexts(Some("all")), "all");
+    }
+
+    #[test]
+    fn the_close_waits_past_the_deadline_but_stops_before_the_watchdog() {
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_secs(5);
+        assert_eq!(close_limit(Some(deadline), now), deadline + CLOSE_GRACE);
+        // Long past the deadline (a commit that took its whole time): a moment still.
+        let late = deadline + Duration::from_secs(30);
+        assert_eq!(close_limit(Some(deadline), late), late + MIN_CLOSE_WAIT);
+        // No deadline recorded yet (a fatal error starts the shutdown).
+        assert_eq!(close_limit(None, now), now + CLOSE_GRACE);
     }
 }
