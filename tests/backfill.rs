@@ -79,6 +79,8 @@ struct Backfill {
     child: Option<Child>,
     stdout: PathBuf,
     log: PathBuf,
+    /// HTTP_ADDR: its /metrics.
+    http: std::net::SocketAddr,
 }
 
 impl Backfill {
@@ -89,13 +91,14 @@ impl Backfill {
             dir.join(format!("{name}.out")),
             dir.join(format!("{name}.log")),
         );
+        let http = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
         cmd.arg("backfill")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KAFKA_HOSTS", kafka())
             .env("PATTERNS_WEBHOOK_URL", webhook)
-            .env("HTTP_ADDR", free_port().to_string())
+            .env("HTTP_ADDR", http.to_string())
             .env("POSTHOG_TEAM_ID", TEAM.to_string())
             .env("CLICKHOUSE_HOST", clickhouse.url())
             .env("CLICKHOUSE_USER", clickhouse.user())
@@ -115,6 +118,49 @@ impl Backfill {
             child: Some(cmd.spawn().expect("start patterns-connector backfill")),
             stdout,
             log,
+            http,
+        }
+    }
+
+    /// Waits for the exit like `wait`, scraping /metrics meanwhile: the
+    /// exit status and the last values read of each of `names` (0 if never
+    /// read).
+    async fn wait_scraping(
+        &mut self,
+        timeout: Duration,
+        names: &[&str],
+    ) -> (std::process::ExitStatus, Vec<f64>) {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://{}/metrics", self.http);
+        let mut last = vec![0.0; names.len()];
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
+                self.child = None;
+                return (status, last);
+            }
+            if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(1), async {
+                reqwest::get(&url).await?.text().await
+            })
+            .await
+            {
+                for (value, name) in last.iter_mut().zip(names) {
+                    if let Some((_, v)) = metric_values(&text, name).first() {
+                        *value = *v;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the backfill did not exit within {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -946,10 +992,24 @@ async fn a_throttled_api_and_pages_that_run_out_of_time_lose_nothing() {
         ("BACKFILL_RETRY_FOR_MS", "1000"),
     ];
     env.extend(api_env(&url, &file, "2"));
-    let (ok, output, logs) = Backfill::run(&clickhouse, &receiver.url(), &env).await;
-    assert!(ok, "{output}\n{logs}");
+    let mut backfill = Backfill::start(&clickhouse, &receiver.url(), &env);
+    let (status, seen) = backfill
+        .wait_scraping(
+            Duration::from_secs(120),
+            &[
+                "patterns_connector_backfill_throttled_seconds_total",
+                "patterns_connector_backfill_rows_done_total",
+            ],
+        )
+        .await;
+    let (output, logs) = (backfill.output(), backfill.logs());
+    assert!(status.success(), "{output}\n{logs}");
     let stats = api.stats().await;
     assert!(stats["throttled"].as_u64().unwrap_or(0) >= 2, "{stats}");
+    // The metrics tell the wait: at least two throttles of about a second
+    // each were counted (read while it ran; the last scrape may miss the end).
+    assert!(seen[0] >= 1.0, "throttled seconds read: {seen:?}");
+    assert!(seen[1] > 0.0, "rows done read: {seen:?}");
     assert!(
         logs.contains("waiting: throttled by the source (HTTP 429), next request in"),
         "the wait is not in the progress line: {logs}"

@@ -158,6 +158,7 @@ pub async fn run(
     let waiting: Waiting = Arc::default();
     let retry = Retry {
         errors: progress_metrics.source_errors.clone(),
+        throttled: progress_metrics.throttled.clone(),
         retry_for: args.retry_for,
         location: source.location_option(),
         waiting: waiting.clone(),
@@ -449,6 +450,8 @@ fn choose_handover(
 #[derive(Clone)]
 struct Retry {
     errors: prometheus::IntCounter,
+    /// Seconds waited on the source's 429s.
+    throttled: prometheus::Counter,
     retry_for: Duration,
     /// The option naming where the source is.
     location: &'static str,
@@ -473,6 +476,7 @@ impl Retry {
                 if let Some(start) = since.as_mut() {
                     *start += wait;
                 }
+                self.throttled.inc_by(wait.as_secs_f64());
                 warn!("{message}");
                 self.set_waiting(Some(format!(
                     "throttled by the source (HTTP 429), next request in {} s",
@@ -978,6 +982,7 @@ mod tests {
     fn retry(retry_for: Duration) -> Retry {
         Retry {
             errors: prometheus::IntCounter::new("errors", "errors").unwrap(),
+            throttled: prometheus::Counter::new("throttled", "throttled").unwrap(),
             retry_for,
             location: "POSTHOG_API_URL",
             waiting: Waiting::default(),
@@ -1021,10 +1026,12 @@ mod tests {
         let e = r.after(transient(), &mut since, &mut attempt).unwrap_err();
         assert!(e.to_string().contains("check POSTHOG_API_URL"), "{e}");
         assert_eq!(r.errors.get(), 3);
+        assert_eq!(r.throttled.get(), 1.0);
         // A throttle alone starts no failing clock.
         let mut none = None;
         r.after(throttled(5), &mut none, &mut 0).unwrap();
         assert_eq!(none, None);
+        assert_eq!(r.throttled.get(), 6.0);
     }
 
     #[test]

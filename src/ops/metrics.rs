@@ -55,6 +55,7 @@ pub const BACKFILL_EVENTS_DELIVERED: &str = "patterns_connector_backfill_events_
 pub const BACKFILL_ROWS_REMAINING: &str = "patterns_connector_backfill_rows_remaining";
 pub const BACKFILL_CURSOR: &str = "patterns_connector_backfill_cursor_timestamp_seconds";
 pub const BACKFILL_SOURCE_ERRORS: &str = "patterns_connector_backfill_source_errors_total";
+pub const BACKFILL_THROTTLED: &str = "patterns_connector_backfill_throttled_seconds_total";
 
 /// The metrics `patterns-connector backfill` adds to the connector's own.
 pub const BACKFILL: &[&str] = &[
@@ -64,6 +65,7 @@ pub const BACKFILL: &[&str] = &[
     BACKFILL_ROWS_REMAINING,
     BACKFILL_CURSOR,
     BACKFILL_SOURCE_ERRORS,
+    BACKFILL_THROTTLED,
 ];
 
 /// Every metric name the connector exports (histograms add `_bucket`, `_sum`, `_count`).
@@ -292,6 +294,7 @@ pub struct BackfillMetrics {
     pub rows_remaining: IntGauge,
     pub cursor: prometheus::Gauge,
     pub source_errors: IntCounter,
+    pub throttled: prometheus::Counter,
 }
 
 impl BackfillMetrics {
@@ -306,6 +309,7 @@ impl BackfillMetrics {
             rows_remaining: register(r, IntGauge::with_opts(Opts::new(BACKFILL_ROWS_REMAINING, "Rows left to backfill, from the count taken at the start."))),
             cursor: register(r, prometheus::Gauge::with_opts(Opts::new(BACKFILL_CURSOR, "Ingestion time (created_at, Unix seconds) of the last checkpointed row."))),
             source_errors: counter(BACKFILL_SOURCE_ERRORS, "Failed reads from the backfill's source (each retried)."),
+            throttled: register(r, prometheus::Counter::with_opts(Opts::new(BACKFILL_THROTTLED, "Seconds waited because the source throttled the backfill (HTTP 429 with Retry-After)."))),
         }
     }
 }
