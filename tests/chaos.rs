@@ -1441,6 +1441,13 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
         .filter(|(m, _)| m.contains("partition paused"))
         .map(|(_, n)| n)
         .sum();
+    // SIGTERMs that ended without leaving the group (the coordinator did not
+    // answer in time): the exit is 0, the partitions wait for the session timeout.
+    let abandoned_closes: u64 = digest
+        .iter()
+        .filter(|(m, _)| m.contains("leaving the group did not finish in time"))
+        .map(|(_, n)| n)
+        .sum();
     let stalls = if seen.stall_metric_present {
         format!(
             "{} (during the drain: {})",
@@ -1453,7 +1460,7 @@ async fn seeded_fault_combinations_lose_nothing_stall_nothing_and_commit_only_wh
     let summary = format!(
         "chaos summary: seed={seed} protocol={protocol} result={result} faults={seconds}s produced={} delivered={} lost={} \
          duplicates={duplicates} max_lag_seconds={:.1} outages={outages} pauses={} (log: {pause_log_lines}) \
-         kills={} sigterms={} starts={} wedge_restarts={} latest_restart={} partitions={n} commit_samples={} commit_checks={commit_checks} \
+         kills={} sigterms={} (closes abandoned: {abandoned_closes}) starts={} wedge_restarts={} latest_restart={} partitions={n} commit_samples={} commit_checks={commit_checks} \
          stall_readings={stalls} drain={drain_seconds:.1}s wall={:.1}s",
         sent.len(),
         first_index.len(),

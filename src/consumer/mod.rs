@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, StartAt};
+use crate::kafka::close::{self, Closed};
 use crate::kafka::connection::KafkaLogs;
 use crate::kafka::group_protocol::GroupProtocol;
 use crate::kafka::topics;
@@ -343,9 +344,9 @@ pub fn run(
             // take the usual way out below.)
             if let Some(refusal) = refusal(&consumer).filter(|_| ctx.workers().is_empty()) {
                 let had_joined = ctx.ever_joined.load(Ordering::Relaxed);
-                let closing = std::thread::Builder::new().name("closing-consumer".into());
-                // Closing a fenced client may hang: not on this thread.
-                let _ = closing.spawn(move || drop(consumer));
+                // Closing a fenced client may hang: not on this thread,
+                // and not waited for.
+                close::within(consumer, Duration::ZERO, "closing-consumer");
                 return Err(JoinRefused {
                     refusal,
                     reason,
@@ -469,25 +470,22 @@ pub fn run(
 /// is redelivered, and the group drops this member after its session timeout.
 fn close_by(consumer: Consumer_, limit: tokio::time::Instant) {
     consumer.unsubscribe();
-    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
-    let closing = std::thread::Builder::new()
-        .name("closing-consumer".into())
-        .spawn(move || {
-            drop(consumer);
-            let _ = closed_tx.send(());
-        });
-    if let Err(e) = closing {
-        error!(error = %e, "cannot start the thread that closes the consumer; exiting without leaving the group");
-        return;
-    }
     let wait = limit.saturating_duration_since(tokio::time::Instant::now());
-    match closed_rx.recv_timeout(wait) {
-        Ok(()) => info!("consumer closed"),
-        Err(_) => warn!(
+    match close::within(consumer, wait, "closing-consumer") {
+        Closed::Done => info!("consumer closed"),
+        Closed::TimedOut => warn!(
             waited_ms = wait.as_millis() as u64,
             "leaving the group did not finish in time (the group coordinator does not answer); \
              exiting without it: the group reassigns this replica's partitions after its session timeout, \
              and what is uncommitted is redelivered"
+        ),
+        Closed::Panicked => error!(
+            "closing the consumer panicked (see the panic above); exiting without leaving the group: \
+             what is uncommitted is redelivered"
+        ),
+        Closed::NoThread => error!(
+            "cannot start the thread that closes the consumer; exiting without leaving the group: \
+             what is uncommitted is redelivered"
         ),
     }
 }

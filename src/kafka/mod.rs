@@ -13,10 +13,12 @@
 //! - `state`: `STATE_TOPIC`, the connector's own compacted topic (where the
 //!   group started reading each partition, backfill checkpoints, a lock).
 //! - `wedge`: recognises librdkafka's stuck cooperative group state.
+//! - `close`: closes a client on a thread of its own, waiting only so long.
 //!
 //! Calls only `config` and `ops` (logs, metrics): `sink` and the consumer use
 //! it, never the other way round.
 
+pub mod close;
 pub mod connection;
 pub mod group_protocol;
 pub mod originals;

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::kafka::close;
 use crate::kafka::connection::{Connection, SideContext};
 use crate::kafka::read::{self, kafka_retry_delay};
 use crate::ops::shutdown::{pause, Cancelled};
@@ -400,7 +401,7 @@ fn owns_first(assignment: &TopicPartitionList, topic: &str) -> bool {
 pub struct Lock {
     held: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<BaseConsumer<SideContext>>>,
 }
 
 impl Lock {
@@ -424,8 +425,7 @@ impl Lock {
                         h.store(false, Ordering::Relaxed);
                     }
                 }
-                // Dropping the consumer leaves the group: a waiting backfill
-                // takes the lock at once, not after the session timeout.
+                consumer
             })
             .ok();
         Lock { held, stop, thread }
@@ -438,11 +438,21 @@ impl Lock {
     }
 }
 
+/// How long releasing the lock waits for the consumer to leave the group.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
+
 impl Drop for Lock {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // Closing the consumer leaves the group: a waiting backfill takes
+            // the lock at once, not after the session timeout. A LeaveGroup
+            // can wait up to socket.timeout.ms (60 s): not for that long.
+            if let Ok(consumer) = thread.join() {
+                if close::within(consumer, LEAVE_WAIT, "closing-lock") != close::Closed::Done {
+                    warn!("releasing the backfill's lock did not finish in time; another backfill waiting for it gets it after the group's session timeout");
+                }
+            }
         }
     }
 }
