@@ -80,6 +80,67 @@ fn every_manifest_and_compose_file_passes_a_strict_schema_check_and_sets_only_re
             "backfill-job.yaml sets {name}, which patterns-connector backfill does not accept"
         );
     }
+    cloud_configuration_runs(&out, &accepted);
+}
+
+/// deploy/kubernetes-cloud sets only real options, and the binary takes
+/// its ConfigMap's values: it starts, and fails only on the (unreachable)
+/// API, naming POSTHOG_API_URL.
+fn cloud_configuration_runs(validate_out: &str, accepted: &[String]) {
+    let names: Vec<&str> = validate_out
+        .lines()
+        .filter_map(|l| l.strip_prefix("CLOUD_ENV "))
+        .collect();
+    assert!(names.contains(&"POSTHOG_PERSONAL_API_KEY"), "{names:?}");
+    for name in &names {
+        assert!(
+            accepted.iter().any(|a| a == name),
+            "deploy/kubernetes-cloud sets {name}, which patterns-connector backfill does not accept"
+        );
+    }
+    let dir = tmp("cloud");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_patterns-connector"));
+    cmd.arg("backfill")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for line in validate_out
+        .lines()
+        .filter_map(|l| l.strip_prefix("CLOUD_VALUE "))
+    {
+        let (name, value) = line.split_once(' ').unwrap_or((line, ""));
+        cmd.env(name, value);
+    }
+    // Loopback only: nothing here may reach PostHog Cloud.
+    let state = dir.join("follow.json");
+    cmd.env("POSTHOG_API_URL", format!("http://{closed}"))
+        .env("BACKFILL_STATE_FILE", &state)
+        .env("HTTP_ADDR", http.to_string())
+        .env("BACKFILL_RETRY_FOR_MS", "500")
+        .env("PATTERNS_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+        .env("POSTHOG_PERSONAL_API_KEY", "phx_deploy_test_key");
+    let out = cmd.output().expect("run patterns-connector backfill");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected the unreachable API to end the run (exit 1), not a refused option (2):\n{text}"
+    );
+    assert!(text.contains("POSTHOG_API_URL"), "{text}");
+    assert!(!text.contains("invalid value"), "{text}");
+    assert!(
+        !text.contains("phx_deploy_test_key"),
+        "the key was shown: {text}"
+    );
 }
 
 #[test]

@@ -16,9 +16,16 @@
 //     with KAFKA_GROUP_INSTANCE_ID set to the pod's name (and the group
 //     protocol chosen for static identities), and points the
 //     ScaledObject at it;
-//   - it prints the environment variables the files set ("ENV NAME", and
-//     "BACKFILL_ENV NAME" for the ones the backfill Job sets), so a test can
-//     check each is an option the binary accepts.
+//   - the PostHog Cloud kustomization (deploy/kubernetes-cloud) builds one
+//     StatefulSet of one replica running `backfill` with the api source and
+//     --follow, its checkpoint file on the StatefulSet's volume claim, the
+//     Deployment's image and security context, and labels none of the
+//     stream's selectors match;
+//   - it prints the environment variables the files set ("ENV NAME",
+//     "BACKFILL_ENV NAME" for the ones the backfill Job sets, "CLOUD_ENV
+//     NAME" for the Cloud one's), so a test can check each is an option the
+//     binary accepts; and the Cloud ConfigMap's values ("CLOUD_VALUE NAME
+//     VALUE"), so a test can run the binary with them.
 //
 // Usage: go run ./deploy/validate <repo root>
 package main
@@ -260,12 +267,14 @@ func main() {
 		env[e.Name] = true
 	}
 	backfillEnv := checkJob(&job, &deployment, &service, &pdb)
+	cloudEnv := checkCloud(filepath.Join(root, "deploy", "kubernetes-cloud"), &deployment, &service, &pdb)
 	for _, name := range checkStatic(filepath.Join(root, "deploy", "kubernetes-static-membership"), &deployment, &scaled) {
 		env[name] = true
 	}
 	// What kubectl apply -k creates, built by kustomize itself.
-	builtKinds(k8s, []string{"Deployment"}, nil)
-	builtKinds(filepath.Join(root, "deploy", "kubernetes-static-membership"), []string{"StatefulSet"}, []string{"Deployment"})
+	builtKinds(k8s, []string{"Deployment"}, nil, true)
+	builtKinds(filepath.Join(root, "deploy", "kubernetes-static-membership"), []string{"StatefulSet"}, []string{"Deployment"}, true)
+	builtKinds(filepath.Join(root, "deploy", "kubernetes-cloud"), []string{"StatefulSet", "ConfigMap"}, []string{"Deployment", "Secret", "ScaledObject", "Job"}, false)
 
 	// Compose files, validated against the Compose specification.
 	for _, file := range []string{filepath.Join(root, "docker-compose.yml"), filepath.Join(root, "deploy", "posthog", "docker-compose.yml")} {
@@ -319,6 +328,12 @@ func main() {
 	}
 	for _, k := range backfillEnv {
 		fmt.Println("BACKFILL_ENV", k)
+	}
+	for _, k := range cloudEnv {
+		fmt.Println("CLOUD_ENV", k)
+	}
+	for _, k := range sortedKeys(cloudValues(filepath.Join(root, "deploy", "kubernetes-cloud"))) {
+		fmt.Println("CLOUD_VALUE", k)
 	}
 	if len(failures) > 0 {
 		for _, f := range failures {
@@ -473,9 +488,9 @@ func checkStatic(dir string, deployment *appsv1.Deployment, scaled *ScaledObject
 }
 
 // builtKinds builds the kustomization in dir with kustomize's own library and
-// checks that it yields the given kinds and none of the refused ones, and that
-// the ScaledObject targets the workload it yields.
-func builtKinds(dir string, want, refused []string) {
+// checks that it yields the given kinds and none of the refused ones, and (if
+// scaled) that the ScaledObject targets the workload it yields.
+func builtKinds(dir string, want, refused []string, scaled bool) {
 	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
 		fail("kustomize build %s: %v", dir, err)
@@ -497,7 +512,7 @@ func builtKinds(dir string, want, refused []string) {
 		if !kinds[k] {
 			fail("kustomize build %s: no %s", dir, k)
 		}
-		if target != k {
+		if scaled && k != "ConfigMap" && target != k {
 			fail("kustomize build %s: the ScaledObject targets a %s, not the %s", dir, target, k)
 		}
 	}
@@ -506,4 +521,156 @@ func builtKinds(dir string, want, refused []string) {
 			fail("kustomize build %s: a %s is left", dir, k)
 		}
 	}
+}
+
+// checkCloud checks the PostHog Cloud kustomization: one pod running
+// `backfill --follow` on the query API, its checkpoint file on the
+// StatefulSet's volume claim, run as the Deployment's pods are, and out of
+// the stream's selectors. It returns the names its ConfigMap and Secret set.
+func checkCloud(dir string, deployment *appsv1.Deployment, service *corev1.Service, pdb *policyv1.PodDisruptionBudget) []string {
+	var kustomization Kustomization
+	strict(filepath.Join(dir, "kustomization.yaml"), &kustomization)
+	var set appsv1.StatefulSet
+	strict(filepath.Join(dir, "statefulset.yaml"), &set)
+	var configMap corev1.ConfigMap
+	strict(filepath.Join(dir, "configmap.yaml"), &configMap)
+	var secret corev1.Secret
+	strict(filepath.Join(dir, "secret.example.yaml"), &secret)
+	if set.Kind != "StatefulSet" || set.APIVersion != "apps/v1" || configMap.Kind != "ConfigMap" || secret.Kind != "Secret" {
+		fail("cloud: expected an apps/v1 StatefulSet, a ConfigMap and a Secret")
+	}
+	if !slices.Equal(kustomization.Resources, []string{"configmap.yaml", "statefulset.yaml"}) {
+		fail("cloud: the kustomization must list configmap.yaml and statefulset.yaml only (the Secret is created out of band), not %v", kustomization.Resources)
+	}
+	// One process: the query API has no partitions, and the file one writer.
+	if set.Spec.Replicas == nil || *set.Spec.Replicas != 1 {
+		fail("cloud: the StatefulSet must run exactly one replica")
+	}
+	data := configMap.Data
+	if data["BACKFILL_SOURCE"] != "api" || data["BACKFILL_FOLLOW"] != "true" {
+		fail("cloud: the ConfigMap must set BACKFILL_SOURCE=api and BACKFILL_FOLLOW=true")
+	}
+	// No Kafka: no dead-letter topic, so a refused event must stop the run.
+	if data["DLQ_POLICY"] != "block" {
+		fail("cloud: the ConfigMap must set DLQ_POLICY=block (no dead-letter topic without Kafka)")
+	}
+	for _, k := range []string{"POSTHOG_API_URL", "POSTHOG_PROJECT_ID"} {
+		if data[k] == "" {
+			fail("cloud: the ConfigMap must set %s", k)
+		}
+	}
+	for _, k := range []string{"PATTERNS_WEBHOOK_URL", "POSTHOG_PERSONAL_API_KEY"} {
+		if _, ok := secret.StringData[k]; !ok {
+			fail("cloud: the Secret must hold %s", k)
+		}
+		if _, ok := data[k]; ok {
+			fail("cloud: %s is a secret, not ConfigMap data", k)
+		}
+	}
+	pod := set.Spec.Template.Spec
+	stream := deployment.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		fail("cloud: expected one container, found %d", len(pod.Containers))
+		return nil
+	}
+	c, s := pod.Containers[0], stream.Containers[0]
+	if !slices.Equal(c.Args, []string{"backfill"}) || len(c.Command) > 0 {
+		fail("cloud: the container must run the image's entrypoint with args [backfill], not %v %v", c.Command, c.Args)
+	}
+	if c.Image != s.Image {
+		fail("cloud: image %q differs from the deployment's %q", c.Image, s.Image)
+	}
+	from := map[string]bool{}
+	for _, e := range c.EnvFrom {
+		if e.ConfigMapRef != nil && e.ConfigMapRef.Name == configMap.Name {
+			from["configmap"] = true
+		}
+		if e.SecretRef != nil && e.SecretRef.Name == secret.Name {
+			from["secret"] = true
+		}
+	}
+	if !from["configmap"] || !from["secret"] {
+		fail("cloud: envFrom must name the ConfigMap %q and the Secret %q", configMap.Name, secret.Name)
+	}
+	if !reflect.DeepEqual(c.SecurityContext, s.SecurityContext) || !reflect.DeepEqual(c.Ports, s.Ports) {
+		fail("cloud: the container's securityContext and ports must be the deployment's")
+	}
+	if pod.SecurityContext == nil || pod.SecurityContext.RunAsUser == nil || pod.SecurityContext.FSGroup == nil || *pod.SecurityContext.FSGroup != *pod.SecurityContext.RunAsUser {
+		fail("cloud: the pod's fsGroup must be its runAsUser, so that the volume is writable")
+	}
+	if c.Resources.Limits.Memory().IsZero() {
+		fail("cloud: expected a memory limit")
+	}
+	if c.ReadinessProbe == nil || c.LivenessProbe == nil {
+		fail("cloud: expected readiness and liveness probes")
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || *g*1000 <= 20000+5000 {
+		fail("cloud: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (20 s) with room for the last checkpoint")
+	}
+	// The checkpoint and its lock live on the volume claim, the only
+	// writable place (the root filesystem is read-only).
+	stateDir := filepath.Dir(data["BACKFILL_STATE_FILE"])
+	onClaim := false
+	for _, m := range c.VolumeMounts {
+		for _, t := range set.Spec.VolumeClaimTemplates {
+			if m.Name == t.Name && m.MountPath == stateDir && !m.ReadOnly {
+				onClaim = true
+			}
+		}
+	}
+	if !filepath.IsAbs(data["BACKFILL_STATE_FILE"]) || !onClaim {
+		fail("cloud: BACKFILL_STATE_FILE must be in the directory where a volumeClaimTemplate is mounted")
+	}
+	labels := set.Spec.Template.Labels
+	for k, v := range set.Spec.Selector.MatchLabels {
+		if labels[k] != v {
+			fail("cloud: selector %s=%s does not match the pod template", k, v)
+		}
+	}
+	for _, sel := range []struct {
+		name     string
+		selector map[string]string
+	}{
+		{"deployment", deployment.Spec.Selector.MatchLabels}, {"service", service.Spec.Selector}, {"pdb", pdb.Spec.Selector.MatchLabels},
+	} {
+		matched := len(sel.selector) > 0
+		for k, v := range sel.selector {
+			matched = matched && labels[k] == v
+		}
+		if matched {
+			fail("cloud: the stream's %s selector matches the Cloud pod", sel.name)
+		}
+	}
+	names := []string{}
+	for k := range data {
+		names = append(names, k)
+	}
+	for k := range secret.StringData {
+		names = append(names, k)
+	}
+	for _, e := range c.Env {
+		names = append(names, e.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// cloudValues is the Cloud ConfigMap's data, as "NAME VALUE".
+func cloudValues(dir string) map[string]bool {
+	var configMap corev1.ConfigMap
+	strict(filepath.Join(dir, "configmap.yaml"), &configMap)
+	lines := map[string]bool{}
+	for k, v := range configMap.Data {
+		lines[k+" "+v] = true
+	}
+	return lines
+}
+
+func sortedKeys(m map[string]bool) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
