@@ -449,8 +449,9 @@ impl Drop for Lock {
             // the lock at once, not after the session timeout. A LeaveGroup
             // can wait up to socket.timeout.ms (60 s): not for that long.
             if let Ok(consumer) = thread.join() {
-                if close::within(consumer, LEAVE_WAIT, "closing-lock") != close::Closed::Done {
-                    warn!("releasing the backfill's lock did not finish in time; another backfill waiting for it gets it after the group's session timeout");
+                let closed = close::within(consumer, LEAVE_WAIT, "closing-lock");
+                if closed != close::Closed::Done {
+                    warn!(?closed, "releasing the backfill's lock did not finish; another backfill waiting for it gets it after the group's session timeout");
                 }
             }
         }
