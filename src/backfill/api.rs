@@ -9,7 +9,8 @@
 //!   60 s: each page is a scan of the project's events filtered on
 //!   `created_at`, which PostHog's table does not index, so pages are kept
 //!   to what answers well within that;
-//! - throttling per key: HTTP 429 with `Retry-After` is waited out, not an error;
+//! - throttling per key: an HTTP 429 is waited out for as long as its body
+//!   says (PostHog's own has no `Retry-After`), not an error;
 //! - times: the API renders DateTime values in the project's timezone, so
 //!   every time the backfill reads is formatted in UTC by the query itself
 //!   (`formatDateTime(..., 'UTC')`), and every bound is given in UTC.
@@ -479,11 +480,18 @@ pub fn classify(
             ),
         },
         429 => {
-            let wait = Duration::from_secs(retry_after.unwrap_or(60).max(1));
+            // PostHog's own answer carries no Retry-After header: its body
+            // says when ("Expected available in N seconds."). A proxy's may.
+            let (secs, said) = match (retry_after, expected_available(&detail)) {
+                (Some(secs), _) => (secs, "as Retry-After says"),
+                (None, Some(secs)) => (secs, "as PostHog says"),
+                (None, None) => (THROTTLE_WAIT_S, "PostHog gave no time"),
+            };
+            let wait = Duration::from_secs(secs.max(1));
             SourceError::Throttled {
                 wait,
                 message: format!(
-                    "PostHog throttled the query API (HTTP 429: {}); waiting {} s as Retry-After says",
+                    "PostHog throttled the query API (HTTP 429: {}); waiting {} s, {said}",
                     if detail.is_empty() { "no detail" } else { &detail },
                     wait.as_secs()
                 ),
@@ -506,6 +514,21 @@ pub fn classify(
     }
 }
 
+/// The wait after a 429 that names none.
+const THROTTLE_WAIT_S: u64 = 60;
+
+/// The N of DRF's throttled answer, "Request was throttled. Expected
+/// available in N seconds." (N may be fractional in other versions).
+fn expected_available(detail: &str) -> Option<u64> {
+    let rest = detail.split("available in ").nth(1)?;
+    let number: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let secs: f64 = number.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| secs.ceil() as u64)
+}
+
 /// PostHog's words for a query over its time limit (its own "max
 /// execution time" answer, ClickHouse's TIMEOUT_EXCEEDED, or its estimate
 /// refusing to start one).
@@ -518,6 +541,7 @@ fn ran_out_of_time(detail: &str) -> bool {
         "timeout exceeded",
         "estimated query execution time",
         "query took too long",
+        "time limit for queries",
     ]
     .iter()
     .any(|words| detail.contains(words))
@@ -728,6 +752,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // PostHog's own 429 has no Retry-After: its body says the wait.
+        match c(
+            429,
+            true,
+            None,
+            r#"{"type":"throttled_error","code":"throttled","detail":"Request was throttled. Expected available in 37 seconds.","attr":null}"#,
+        ) {
+            SourceError::Throttled { wait, message } => {
+                assert_eq!(wait, Duration::from_secs(37));
+                assert!(message.contains("37 s"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Neither (too many concurrent queries): a minute.
+        match c(
+            429,
+            true,
+            None,
+            r#"{"detail":"Too many concurrent queries."}"#,
+        ) {
+            SourceError::Throttled { wait, .. } => assert_eq!(wait, Duration::from_secs(60)),
+            other => panic!("{other:?}"),
+        }
+        // A newer PostHog's words for the API's time limit.
+        let e = c(
+            400,
+            true,
+            None,
+            r#"{"detail":"This query hit the 60-second time limit for queries run through the API. Submit it as an async query to give it more time."}"#,
+        );
+        assert!(matches!(e, SourceError::TooSlow(_)), "{e:?}");
         let e = c(
             500,
             true,

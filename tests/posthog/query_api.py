@@ -8,11 +8,14 @@ What it refuses, as PostHog does:
 - no `Authorization: Bearer <key>`, or an unknown key: 401;
 - a key without the `query:read` scope (`--unscoped-key`): 403;
 - another project than `--project`: 404;
-- `OFFSET` (refused for personal-key queries), a `LIMIT` above 50,000 rows;
+- `OFFSET` (refused for personal-key queries); a `LIMIT` above 50,000 rows
+  is cut to 50,000 without a word, as PostHog's printer does;
 - a field the HogQL `events` table does not expose (`_timestamp`,
   `inserted_at`, ...), a function outside the few printed here: 400;
 - more than `--budget` requests per `--window` seconds per key: 429 with
-  `Retry-After` (whole seconds) and PostHog's throttled body;
+  PostHog's throttled body ("Expected available in N seconds.") and, as
+  PostHog's, no `Retry-After` header (`--retry-after-header` adds one, as a
+  proxy in front might);
 - with `--timeout-above-rows N`, a query asking more than N rows is taken
   to run past PostHog's 60 s: 504 with PostHog's "max execution time"
   answer (ClickHouseQueryTimeOut). Real cost follows the rows scanned, not
@@ -31,7 +34,7 @@ HogQL of every query run, for the tests.
 
 Usage: query_api.py --clickhouse http://127.0.0.1:PORT [--clickhouse-user U
 --clickhouse-password P] --project N --key K [--unscoped-key K2]
-[--budget N --window S] [--timeout-above-rows N] [--timezone TZ] [--port N]. Prints
+[--budget N --window S [--retry-after-header]] [--timeout-above-rows N] [--timezone TZ] [--port N]. Prints
 "listening on 127.0.0.1:PORT" when ready.
 """
 import argparse
@@ -183,8 +186,7 @@ class Printer:
             if ast["limit"].get("node") != "Constant" or not isinstance(ast["limit"]["value"], int):
                 raise validation("LIMIT must be a number")
             limit = ast["limit"]["value"]
-        if limit > MAX_ROWS:
-            raise validation(f"LIMIT {limit} is above the {MAX_ROWS} rows a query may return")
+        limit = min(limit, MAX_ROWS)
         if self.timeout_above and limit > self.timeout_above:
             raise Refused(504, {"type": "server_error", "code": "timeout",
                                 "detail": "Query has hit the max execution time before "
@@ -250,7 +252,7 @@ class Api:
                 raise Refused(429, {"type": "throttled_error", "code": "throttled",
                                     "detail": f"Request was throttled. Expected available in "
                                               f"{wait} seconds.", "attr": None},
-                              {"Retry-After": str(wait)})
+                              {"Retry-After": str(wait)} if self.args.retry_after_header else {})
             self.windows[key] = (start, used + 1)
 
     def clickhouse(self, sql):
@@ -358,6 +360,7 @@ def main():
     parser.add_argument("--unscoped-key", default="")
     parser.add_argument("--budget", type=int, default=0, help="requests per window; 0: no limit")
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--retry-after-header", action="store_true")
     parser.add_argument("--timezone", default="America/Los_Angeles")
     parser.add_argument("--timeout-above-rows", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
