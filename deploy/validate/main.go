@@ -546,7 +546,25 @@ func checkCloud(dir string, deployment *appsv1.Deployment, service *corev1.Servi
 	if set.Spec.Replicas == nil || *set.Spec.Replicas != 1 {
 		fail("cloud: the StatefulSet must run exactly one replica")
 	}
-	data := configMap.Data
+	pod := set.Spec.Template.Spec
+	if len(pod.Containers) != 1 {
+		fail("cloud: expected one container, found %d", len(pod.Containers))
+		return nil
+	}
+	c := pod.Containers[0]
+	// What the process sees: the ConfigMap's data, under the container's own
+	// env (which wins over envFrom).
+	data := map[string]string{}
+	for k, v := range configMap.Data {
+		data[k] = v
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil {
+			data[e.Name] = "<from " + e.Name + " elsewhere>"
+		} else {
+			data[e.Name] = e.Value
+		}
+	}
 	if data["BACKFILL_SOURCE"] != "api" || data["BACKFILL_FOLLOW"] != "true" {
 		fail("cloud: the ConfigMap must set BACKFILL_SOURCE=api and BACKFILL_FOLLOW=true")
 	}
@@ -564,16 +582,10 @@ func checkCloud(dir string, deployment *appsv1.Deployment, service *corev1.Servi
 			fail("cloud: the Secret must hold %s", k)
 		}
 		if _, ok := data[k]; ok {
-			fail("cloud: %s is a secret, not ConfigMap data", k)
+			fail("cloud: %s is a secret, not ConfigMap data or a plain env value", k)
 		}
 	}
-	pod := set.Spec.Template.Spec
-	stream := deployment.Spec.Template.Spec
-	if len(pod.Containers) != 1 {
-		fail("cloud: expected one container, found %d", len(pod.Containers))
-		return nil
-	}
-	c, s := pod.Containers[0], stream.Containers[0]
+	s := deployment.Spec.Template.Spec.Containers[0]
 	if !slices.Equal(c.Args, []string{"backfill"}) || len(c.Command) > 0 {
 		fail("cloud: the container must run the image's entrypoint with args [backfill], not %v %v", c.Command, c.Args)
 	}
@@ -604,22 +616,31 @@ func checkCloud(dir string, deployment *appsv1.Deployment, service *corev1.Servi
 	if c.ReadinessProbe == nil || c.LivenessProbe == nil {
 		fail("cloud: expected readiness and liveness probes")
 	}
-	if g := pod.TerminationGracePeriodSeconds; g == nil || *g*1000 <= 20000+5000 {
-		fail("cloud: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (20 s) with room for the last checkpoint")
+	drain := 20000 // SHUTDOWN_TIMEOUT_MS's default
+	if v, ok := data["SHUTDOWN_TIMEOUT_MS"]; ok {
+		parsed, err := strconv.Atoi(v)
+		if err != nil {
+			fail("cloud: SHUTDOWN_TIMEOUT_MS %q is not a number of milliseconds", v)
+		}
+		drain = parsed
+	}
+	if g := pod.TerminationGracePeriodSeconds; g == nil || *g*1000 <= int64(drain)+5000 {
+		fail("cloud: terminationGracePeriodSeconds must exceed SHUTDOWN_TIMEOUT_MS (%d ms) with room for the last checkpoint", drain)
 	}
 	// The checkpoint and its lock live on the volume claim, the only
 	// writable place (the root filesystem is read-only).
-	stateDir := filepath.Dir(data["BACKFILL_STATE_FILE"])
+	stateFile := filepath.Clean(data["BACKFILL_STATE_FILE"])
 	onClaim := false
 	for _, m := range c.VolumeMounts {
 		for _, t := range set.Spec.VolumeClaimTemplates {
-			if m.Name == t.Name && m.MountPath == stateDir && !m.ReadOnly {
+			// The backfill creates the file, not its directory.
+			if m.Name == t.Name && filepath.Clean(m.MountPath) == filepath.Dir(stateFile) && !m.ReadOnly {
 				onClaim = true
 			}
 		}
 	}
 	if !filepath.IsAbs(data["BACKFILL_STATE_FILE"]) || !onClaim {
-		fail("cloud: BACKFILL_STATE_FILE must be in the directory where a volumeClaimTemplate is mounted")
+		fail("cloud: BACKFILL_STATE_FILE must be a file in the directory where a volumeClaimTemplate is mounted (the backfill does not create directories)")
 	}
 	labels := set.Spec.Template.Labels
 	for k, v := range set.Spec.Selector.MatchLabels {

@@ -487,7 +487,7 @@ pub fn classify(
                 (None, Some(secs)) => (secs, "as PostHog says"),
                 (None, None) => (THROTTLE_WAIT_S, "PostHog gave no time"),
             };
-            let wait = Duration::from_secs(secs.max(1));
+            let wait = Duration::from_secs(secs.clamp(1, MAX_THROTTLE_WAIT_S));
             SourceError::Throttled {
                 wait,
                 message: format!(
@@ -516,6 +516,8 @@ pub fn classify(
 
 /// The wait after a 429 that names none.
 const THROTTLE_WAIT_S: u64 = 60;
+/// The longest wait a 429 gets: PostHog's throttle window is an hour.
+const MAX_THROTTLE_WAIT_S: u64 = 3600;
 
 /// The N of DRF's throttled answer, "Request was throttled. Expected
 /// available in N seconds." (N may be fractional in other versions).
@@ -764,6 +766,20 @@ mod tests {
                 assert!(message.contains("37 s"), "{message}");
             }
             other => panic!("{other:?}"),
+        }
+        // An absurd wait is cut to an hour, PostHog's throttle window
+        // (a wait of u64::MAX seconds would overflow the failing clock).
+        for (header, body) in [
+            (Some(u64::MAX), "{}"),
+            (
+                None,
+                r#"{"detail":"Expected available in 99999999999999999999999 seconds."}"#,
+            ),
+        ] {
+            match c(429, true, header, body) {
+                SourceError::Throttled { wait, .. } => assert_eq!(wait, Duration::from_secs(3600)),
+                other => panic!("{other:?}"),
+            }
         }
         // Neither (too many concurrent queries): a minute.
         match c(

@@ -474,7 +474,7 @@ impl Retry {
                 // time. A failure going on meanwhile (a 5xx between 429s)
                 // keeps its clock, paused for the wait.
                 if let Some(start) = since.as_mut() {
-                    *start += wait;
+                    *start = start.checked_add(wait).unwrap_or(*start);
                 }
                 self.throttled.inc_by(wait.as_secs_f64());
                 warn!("{message}");

@@ -309,7 +309,7 @@ impl BackfillMetrics {
             rows_remaining: register(r, IntGauge::with_opts(Opts::new(BACKFILL_ROWS_REMAINING, "Rows left to backfill, from the count taken at the start."))),
             cursor: register(r, prometheus::Gauge::with_opts(Opts::new(BACKFILL_CURSOR, "Ingestion time (created_at, Unix seconds) of the last checkpointed row."))),
             source_errors: counter(BACKFILL_SOURCE_ERRORS, "Failed reads from the backfill's source (each retried)."),
-            throttled: register(r, prometheus::Counter::with_opts(Opts::new(BACKFILL_THROTTLED, "Seconds waited because the source throttled the backfill (HTTP 429 with Retry-After)."))),
+            throttled: register(r, prometheus::Counter::with_opts(Opts::new(BACKFILL_THROTTLED, "Seconds the source asked the backfill to wait (HTTP 429), counted when asked."))),
         }
     }
 }
