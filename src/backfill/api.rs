@@ -569,6 +569,22 @@ fn truncate(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The option a refusal names, if it is one.
+    fn refused_by(e: &SourceError) -> Option<&'static str> {
+        match e {
+            SourceError::Refused { option, .. } => Some(option),
+            _ => None,
+        }
+    }
+
+    /// A throttle's wait and message.
+    fn throttled_wait(e: SourceError) -> (Duration, String) {
+        match e {
+            SourceError::Throttled { wait, message } => (wait, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn range() -> Range {
         Range {
             team_id: 2,
@@ -646,16 +662,7 @@ mod tests {
     #[test]
     fn an_answer_of_the_wrong_shape_names_the_url() {
         let e = parse_answer(b"<html>login</html>", None).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                SourceError::Refused {
-                    option: "POSTHOG_API_URL",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(refused_by(&e), Some("POSTHOG_API_URL"), "{e:?}");
         let e = parse_answer(br#"{"results":[[1,2]],"columns":["a","b"]}"#, Some(3)).unwrap_err();
         assert!(e.to_string().contains("2 columns"), "{e}");
         let e = row_values(b"[1,2]", 3).unwrap_err();
@@ -674,13 +681,7 @@ mod tests {
             None,
             r#"{"type":"authentication_error","code":"authentication_failed","detail":"Invalid key"}"#,
         );
-        assert!(matches!(
-            e,
-            SourceError::Refused {
-                option: "POSTHOG_PERSONAL_API_KEY",
-                ..
-            }
-        ));
+        assert_eq!(refused_by(&e), Some("POSTHOG_PERSONAL_API_KEY"), "{e:?}");
         assert!(e.to_string().contains("Invalid key"), "{e}");
         let e = c(
             403,
@@ -689,84 +690,34 @@ mod tests {
             r#"{"detail":"API key missing required scope 'query:read'"}"#,
         );
         assert!(e.to_string().contains("query:read"), "{e}");
-        assert!(matches!(
-            e,
-            SourceError::Refused {
-                option: "POSTHOG_PERSONAL_API_KEY",
-                ..
-            }
-        ));
+        assert_eq!(refused_by(&e), Some("POSTHOG_PERSONAL_API_KEY"), "{e:?}");
         let e = c(404, true, None, r#"{"detail":"Not found."}"#);
-        assert!(
-            matches!(
-                e,
-                SourceError::Refused {
-                    option: "POSTHOG_PROJECT_ID",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(refused_by(&e), Some("POSTHOG_PROJECT_ID"), "{e:?}");
         let e = c(404, false, None, "<!DOCTYPE html><html>Not Found</html>");
-        assert!(
-            matches!(
-                e,
-                SourceError::Refused {
-                    option: "POSTHOG_API_URL",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(refused_by(&e), Some("POSTHOG_API_URL"), "{e:?}");
         assert!(e.to_string().contains("an HTML page"), "{e}");
         let e = c(301, false, None, "");
         assert!(e.to_string().contains("a redirect"), "{e}");
-        assert!(
-            matches!(
-                e,
-                SourceError::Refused {
-                    option: "POSTHOG_API_URL",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!(refused_by(&e), Some("POSTHOG_API_URL"), "{e:?}");
         let e = c(200, false, None, "<html>Log in</html>");
-        assert!(
-            matches!(
-                e,
-                SourceError::Refused {
-                    option: "POSTHOG_API_URL",
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        match c(
+        assert_eq!(refused_by(&e), Some("POSTHOG_API_URL"), "{e:?}");
+        let (wait, message) = throttled_wait(c(
             429,
             true,
             Some(42),
             r#"{"detail":"Request was throttled."}"#,
-        ) {
-            SourceError::Throttled { wait, message } => {
-                assert_eq!(wait, Duration::from_secs(42));
-                assert!(message.contains("42 s"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        ));
+        assert_eq!(wait, Duration::from_secs(42));
+        assert!(message.contains("42 s"), "{message}");
         // PostHog's own 429 has no Retry-After: its body says the wait.
-        match c(
+        let (wait, message) = throttled_wait(c(
             429,
             true,
             None,
             r#"{"type":"throttled_error","code":"throttled","detail":"Request was throttled. Expected available in 37 seconds.","attr":null}"#,
-        ) {
-            SourceError::Throttled { wait, message } => {
-                assert_eq!(wait, Duration::from_secs(37));
-                assert!(message.contains("37 s"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        ));
+        assert_eq!(wait, Duration::from_secs(37));
+        assert!(message.contains("37 s"), "{message}");
         // An absurd wait is cut to an hour, PostHog's throttle window
         // (a wait of u64::MAX seconds would overflow the failing clock).
         for (header, body) in [
@@ -776,21 +727,19 @@ mod tests {
                 r#"{"detail":"Expected available in 99999999999999999999999 seconds."}"#,
             ),
         ] {
-            match c(429, true, header, body) {
-                SourceError::Throttled { wait, .. } => assert_eq!(wait, Duration::from_secs(3600)),
-                other => panic!("{other:?}"),
-            }
+            assert_eq!(
+                throttled_wait(c(429, true, header, body)).0,
+                Duration::from_secs(3600)
+            );
         }
         // Neither (too many concurrent queries): a minute.
-        match c(
+        let (wait, _) = throttled_wait(c(
             429,
             true,
             None,
             r#"{"detail":"Too many concurrent queries."}"#,
-        ) {
-            SourceError::Throttled { wait, .. } => assert_eq!(wait, Duration::from_secs(60)),
-            other => panic!("{other:?}"),
-        }
+        ));
+        assert_eq!(wait, Duration::from_secs(60));
         // A newer PostHog's words for the API's time limit.
         let e = c(
             400,
