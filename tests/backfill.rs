@@ -134,14 +134,7 @@ impl Backfill {
         let url = format!("http://{}/metrics", self.http);
         let mut last = vec![0.0; names.len()];
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .expect("running")
-                .try_wait()
-                .expect("try_wait")
-            {
-                self.child = None;
+            if let Some(status) = self.exited() {
                 return (status, last);
             }
             if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(1), async {
@@ -172,12 +165,22 @@ impl Backfill {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The exit status once the process has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
     async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
+            if let Some(status) = self.exited() {
                 return status;
             }
             assert!(

@@ -386,22 +386,7 @@ func checkJob(job *batchv1.Job, deployment *appsv1.Deployment, service *corev1.S
 	if job.Spec.TTLSecondsAfterFinished == nil {
 		fail("backfill-job: expected ttlSecondsAfterFinished")
 	}
-	// A pod the stream's selectors match would count as a replica (Service, PDB, Deployment).
-	labels := job.Spec.Template.Labels
-	for _, sel := range []struct {
-		name     string
-		selector map[string]string
-	}{
-		{"deployment", deployment.Spec.Selector.MatchLabels}, {"service", service.Spec.Selector}, {"pdb", pdb.Spec.Selector.MatchLabels},
-	} {
-		matched := len(sel.selector) > 0
-		for k, v := range sel.selector {
-			matched = matched && labels[k] == v
-		}
-		if matched {
-			fail("backfill-job: the %s's selector matches the Job's pod", sel.name)
-		}
-	}
+	notAReplica("backfill-job", job.Spec.Template.Labels, deployment, service, pdb)
 	names := []string{}
 	for _, e := range c.Env {
 		names = append(names, e.Name)
@@ -648,20 +633,7 @@ func checkCloud(dir string, deployment *appsv1.Deployment, service *corev1.Servi
 			fail("cloud: selector %s=%s does not match the pod template", k, v)
 		}
 	}
-	for _, sel := range []struct {
-		name     string
-		selector map[string]string
-	}{
-		{"deployment", deployment.Spec.Selector.MatchLabels}, {"service", service.Spec.Selector}, {"pdb", pdb.Spec.Selector.MatchLabels},
-	} {
-		matched := len(sel.selector) > 0
-		for k, v := range sel.selector {
-			matched = matched && labels[k] == v
-		}
-		if matched {
-			fail("cloud: the stream's %s selector matches the Cloud pod", sel.name)
-		}
-	}
+	notAReplica("cloud", labels, deployment, service, pdb)
 	names := []string{}
 	for k := range data {
 		names = append(names, k)
@@ -694,4 +666,24 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// notAReplica fails when one of the stream's selectors (Deployment, Service,
+// PodDisruptionBudget) matches a pod with these labels: it would count as a
+// stream replica.
+func notAReplica(who string, labels map[string]string, deployment *appsv1.Deployment, service *corev1.Service, pdb *policyv1.PodDisruptionBudget) {
+	for _, sel := range []struct {
+		name     string
+		selector map[string]string
+	}{
+		{"deployment", deployment.Spec.Selector.MatchLabels}, {"service", service.Spec.Selector}, {"pdb", pdb.Spec.Selector.MatchLabels},
+	} {
+		matched := len(sel.selector) > 0
+		for k, v := range sel.selector {
+			matched = matched && labels[k] == v
+		}
+		if matched {
+			fail("%s: the stream's %s selector matches its pod", who, sel.name)
+		}
+	}
 }
